@@ -1,0 +1,1 @@
+//! ferry-agent (placeholder while the crate is built).

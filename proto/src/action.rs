@@ -1,0 +1,315 @@
+//! The answer→action table of SPEC §3, as one pure function.
+//!
+//! The agent turns whatever happened to one shipping attempt into an
+//! [`Outcome`], calls [`decide`] with the episode's [`Strikes`] so far, and
+//! executes the [`Action`] it gets back. Nothing here does IO, so every row
+//! of the table is a unit test below.
+
+use std::time::Duration;
+
+use crate::reply::{BadRequest, Reply};
+
+/// Consecutive `digest-mismatch` answers after which the episode is
+/// quarantined instead of re-packed (SPEC §3: "quarantine after 3 in a row").
+pub const DIGEST_MISMATCH_LIMIT: u32 = 3;
+/// Consecutive passes with a local read error after which the episode is
+/// quarantined naming the file and the error (SPEC §3: "after 5 failed
+/// passes").
+pub const LOCAL_READ_LIMIT: u32 = 5;
+
+/// What happened to one attempt to ship one episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// The receiver answered with this HTTP status. `reply` is the parsed
+    /// JSON body when it parsed; `retry_after` the `Retry-After` header.
+    Answered {
+        status: u16,
+        reply: Option<&'a Reply>,
+        retry_after: Option<Duration>,
+    },
+    /// No answer: connection refused or reset, DNS, TLS, timeout, a body
+    /// that stopped arriving.
+    Network,
+    /// Reading the episode's own files failed (EIO, EUCLEAN, EACCES, …):
+    /// the episode's problem, possibly temporary.
+    LocalRead,
+    /// Writing the outbox failed because the device's disk is full.
+    DiskFull,
+    /// The episode's `meta.json` names no valid commit: it can never be
+    /// shipped as it is.
+    NoCommit,
+    /// The shipping was interrupted by shutdown. Never a failure (SPEC §4.2).
+    Aborted,
+}
+
+/// Per-episode counts of consecutive failures of one kind, before the
+/// outcome being decided. Any other outcome resets them (the agent's job).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Strikes {
+    pub digest_mismatch: u32,
+    pub local_read: u32,
+}
+
+/// Why an episode is quarantined. The agent writes it into
+/// `quarantine_reason.json` and the 412 kind is the one it re-checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuarantineKind {
+    /// 412: the commit is not allowed. Re-queued by itself once the
+    /// receiver allows the commit.
+    CommitRejected,
+    /// The receiver refused the episode itself (400 other than
+    /// digest-mismatch, 413, other 4xx).
+    Refused,
+    /// `DIGEST_MISMATCH_LIMIT` digest mismatches in a row: the bytes change
+    /// between pack and upload (bad RAM, bad disk, a middlebox).
+    RepeatedDigestMismatch,
+    /// `LOCAL_READ_LIMIT` passes in a row could not read the episode.
+    Unreadable,
+    /// No commit in `meta.json`: quarantined without shipping.
+    NoCommit,
+}
+
+/// What the agent does next with the episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// 201/200: move to `shipped/`, delete the tarball.
+    Retire,
+    /// 409: move to `conflict/` with `conflict.json`; never shipped again by
+    /// itself.
+    Conflict,
+    /// Move to `quarantine/` with `quarantine_reason.json`.
+    Quarantine(QuarantineKind),
+    /// 400 digest-mismatch under the limit: delete the tarball, re-pack,
+    /// retry.
+    Repack,
+    /// 401/403: the device's credentials are wrong. Never the episode's
+    /// fault: keep everything, back off all shipping, tell the operator.
+    DeviceBackoff,
+    /// Transient: keep the tarball and retry after an exponential backoff
+    /// with full jitter; `retry_after` (from the receiver) is a floor.
+    Backoff { retry_after: Option<Duration> },
+    /// A local read error under the limit: skip this episode this pass,
+    /// keep shipping the rest.
+    SkipThisPass,
+    /// Shutdown interrupted the attempt: keep the tarball, record nothing;
+    /// the next start ships it.
+    Abandon,
+}
+
+/// The table of SPEC §3.
+pub fn decide(outcome: Outcome<'_>, strikes: Strikes) -> Action {
+    match outcome {
+        Outcome::Answered {
+            status,
+            reply,
+            retry_after,
+        } => match status {
+            200 | 201 => Action::Retire,
+            409 => Action::Conflict,
+            412 => Action::Quarantine(QuarantineKind::CommitRejected),
+            400 => match reply {
+                Some(Reply::BadRequest {
+                    error: BadRequest::DigestMismatch,
+                    ..
+                }) => {
+                    if strikes.digest_mismatch + 1 >= DIGEST_MISMATCH_LIMIT {
+                        Action::Quarantine(QuarantineKind::RepeatedDigestMismatch)
+                    } else {
+                        Action::Repack
+                    }
+                }
+                _ => Action::Quarantine(QuarantineKind::Refused),
+            },
+            401 | 403 => Action::DeviceBackoff,
+            408 | 429 => Action::Backoff { retry_after },
+            402 | 404..=407 | 410..=411 | 413..=428 | 430..=499 => {
+                Action::Quarantine(QuarantineKind::Refused)
+            }
+            // 5xx including 503 and 507, and anything unexpected (1xx, 3xx
+            // from a misconfigured proxy): the answer says nothing about
+            // the episode, so keep it and try again later.
+            _ => Action::Backoff { retry_after },
+        },
+        Outcome::Network | Outcome::DiskFull => Action::Backoff { retry_after: None },
+        Outcome::LocalRead => {
+            if strikes.local_read + 1 >= LOCAL_READ_LIMIT {
+                Action::Quarantine(QuarantineKind::Unreadable)
+            } else {
+                Action::SkipThisPass
+            }
+        }
+        Outcome::NoCommit => Action::Quarantine(QuarantineKind::NoCommit),
+        Outcome::Aborted => Action::Abandon,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: u16) -> Action {
+        decide(
+            Outcome::Answered {
+                status,
+                reply: None,
+                retry_after: None,
+            },
+            Strikes::default(),
+        )
+    }
+
+    fn bad_request(error: BadRequest, strikes: Strikes) -> Action {
+        let reply = Reply::BadRequest {
+            error,
+            detail: String::new(),
+        };
+        decide(
+            Outcome::Answered {
+                status: 400,
+                reply: Some(&reply),
+                retry_after: None,
+            },
+            strikes,
+        )
+    }
+
+    #[test]
+    fn row_201_and_200_retire() {
+        assert_eq!(answered(201), Action::Retire);
+        assert_eq!(answered(200), Action::Retire);
+    }
+
+    #[test]
+    fn row_409_moves_to_conflict() {
+        assert_eq!(answered(409), Action::Conflict);
+    }
+
+    #[test]
+    fn row_412_quarantines_for_recheck() {
+        assert_eq!(
+            answered(412),
+            Action::Quarantine(QuarantineKind::CommitRejected)
+        );
+    }
+
+    #[test]
+    fn row_400_digest_mismatch_repacks_then_quarantines_on_the_third() {
+        let s = |n| Strikes {
+            digest_mismatch: n,
+            local_read: 0,
+        };
+        assert_eq!(
+            bad_request(BadRequest::DigestMismatch, s(0)),
+            Action::Repack
+        );
+        assert_eq!(
+            bad_request(BadRequest::DigestMismatch, s(1)),
+            Action::Repack
+        );
+        assert_eq!(
+            bad_request(BadRequest::DigestMismatch, s(2)),
+            Action::Quarantine(QuarantineKind::RepeatedDigestMismatch)
+        );
+    }
+
+    #[test]
+    fn row_other_400_413_and_other_4xx_quarantine() {
+        for e in [
+            BadRequest::MissingCommit,
+            BadRequest::MalformedCommit,
+            BadRequest::BadEpisodeId,
+            BadRequest::MissingDigest,
+            BadRequest::MalformedBody,
+        ] {
+            assert_eq!(
+                bad_request(e, Strikes::default()),
+                Action::Quarantine(QuarantineKind::Refused)
+            );
+        }
+        // A 400 whose body did not parse is still a refusal of the episode.
+        assert_eq!(answered(400), Action::Quarantine(QuarantineKind::Refused));
+        for s in [404, 405, 410, 413, 415, 422] {
+            assert_eq!(
+                answered(s),
+                Action::Quarantine(QuarantineKind::Refused),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn row_401_403_never_quarantine() {
+        assert_eq!(answered(401), Action::DeviceBackoff);
+        assert_eq!(answered(403), Action::DeviceBackoff);
+    }
+
+    #[test]
+    fn row_transient_backs_off_and_keeps_retry_after() {
+        for s in [408, 429, 500, 502, 503, 504, 507, 302, 100] {
+            assert_eq!(answered(s), Action::Backoff { retry_after: None }, "{s}");
+        }
+        let ra = Some(Duration::from_secs(7));
+        assert_eq!(
+            decide(
+                Outcome::Answered {
+                    status: 503,
+                    reply: None,
+                    retry_after: ra
+                },
+                Strikes::default()
+            ),
+            Action::Backoff { retry_after: ra }
+        );
+        assert_eq!(
+            decide(Outcome::Network, Strikes::default()),
+            Action::Backoff { retry_after: None }
+        );
+    }
+
+    #[test]
+    fn row_local_read_error_skips_then_quarantines_on_the_fifth() {
+        for n in 0..4 {
+            let s = Strikes {
+                digest_mismatch: 0,
+                local_read: n,
+            };
+            assert_eq!(decide(Outcome::LocalRead, s), Action::SkipThisPass, "{n}");
+        }
+        let s = Strikes {
+            digest_mismatch: 0,
+            local_read: 4,
+        };
+        assert_eq!(
+            decide(Outcome::LocalRead, s),
+            Action::Quarantine(QuarantineKind::Unreadable)
+        );
+    }
+
+    #[test]
+    fn row_disk_full_is_transient_whatever_the_strikes() {
+        let s = Strikes {
+            digest_mismatch: 9,
+            local_read: 9,
+        };
+        assert_eq!(
+            decide(Outcome::DiskFull, s),
+            Action::Backoff { retry_after: None }
+        );
+    }
+
+    #[test]
+    fn missing_commit_is_quarantined_without_shipping() {
+        assert_eq!(
+            decide(Outcome::NoCommit, Strikes::default()),
+            Action::Quarantine(QuarantineKind::NoCommit)
+        );
+    }
+
+    #[test]
+    fn shutdown_is_never_a_failure() {
+        assert_eq!(
+            decide(Outcome::Aborted, Strikes::default()),
+            Action::Abandon
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! JSON shapes of the operator surfaces: the receiver's admin API
+//! (`/v1/admin/...`) and its `--json` command-line output. Both print the
+//! same types so that scripts can switch between them.
+
+use serde::{Deserialize, Serialize};
+
+/// One allow-list entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitInfo {
+    pub commit: String,
+    /// Whether this is the head commit (the one remediations point to).
+    pub head: bool,
+    pub note: Option<String>,
+    /// UTC, `%Y-%m-%dT%H:%M:%SZ`.
+    pub allowed_at: String,
+}
+
+/// One device. The token itself is never stored or shown after `add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub revoked: bool,
+    pub created_at: String,
+    /// Last authenticated request, if any.
+    pub last_seen_at: Option<String>,
+    /// Last episode stored (201), if any.
+    pub last_upload_at: Option<String>,
+    pub episodes: u64,
+    pub bytes: u64,
+}
+
+/// One stored episode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpisodeInfo {
+    pub episode_id: String,
+    pub sha256: String,
+    pub size: u64,
+    pub commit: String,
+    pub device: String,
+    pub stored_at: String,
+}
+
+/// Body of `POST /v1/admin/commits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowCommit {
+    pub commit: String,
+    #[serde(default)]
+    pub head: bool,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Body of `POST /v1/admin/devices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddDevice {
+    pub name: String,
+}
+
+/// Answer of `POST /v1/admin/devices`: the only time the token is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewDevice {
+    pub name: String,
+    pub token: String,
+}
+
+/// One finding of `episodes verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyFinding {
+    pub episode_id: String,
+    /// `ok`, `mismatch`, `missing` or `unreadable`.
+    pub state: String,
+    pub expected_sha256: String,
+    pub actual_sha256: Option<String>,
+    pub detail: Option<String>,
+}

@@ -1,0 +1,30 @@
+//! The ferry wire contract (protocol v1), shared by `ferry-agent` and
+//! `ferry-receiver`.
+//!
+//! This crate is the only place that knows the wire format: the validated
+//! identifiers ([`EpisodeId`], [`Commit`], [`Sha256`]), the header names
+//! ([`headers`]), the JSON body of every answer ([`Reply`]) and the one table
+//! that maps an answer to what the agent does next ([`action::decide`]).
+//!
+//! It does no IO and has no async code: everything here is a pure function
+//! of its inputs, unit-tested beside the code.
+
+pub mod action;
+pub mod admin;
+pub mod headers;
+mod ids;
+pub mod reply;
+
+pub use action::{decide, Action, Outcome, QuarantineKind, Strikes};
+pub use ids::{Commit, EpisodeId, ParseIdError, Sha256};
+pub use reply::{BadRequest, Reply};
+
+/// Path of the upload endpoint for one episode: `/v1/episodes/{id}`.
+pub fn episode_path(id: &EpisodeId) -> String {
+    format!("/v1/episodes/{id}")
+}
+
+/// Path of the commit check endpoint: `/v1/commits/{commit}`.
+pub fn commit_path(commit: &Commit) -> String {
+    format!("/v1/commits/{commit}")
+}

@@ -1,0 +1,276 @@
+//! The JSON body of every receiver answer. Every body has a `status` field
+//! (SPEC §2); every refusal also says why (`detail`).
+
+use serde::{Deserialize, Serialize};
+
+/// The `error` field of a 400 `bad-request` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BadRequest {
+    MissingCommit,
+    MalformedCommit,
+    BadEpisodeId,
+    MissingDigest,
+    /// The `X-Ferry-Sha256` header itself is not 64 lowercase hex.
+    MalformedDigest,
+    DigestMismatch,
+    MalformedBody,
+    /// `Content-Length` is absent (for example a chunked upload).
+    MissingLength,
+    /// Any other malformed request (bad JSON on an admin route, bad query).
+    Invalid,
+}
+
+impl BadRequest {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadRequest::MissingCommit => "missing-commit",
+            BadRequest::MalformedCommit => "malformed-commit",
+            BadRequest::BadEpisodeId => "bad-episode-id",
+            BadRequest::MissingDigest => "missing-digest",
+            BadRequest::MalformedDigest => "malformed-digest",
+            BadRequest::DigestMismatch => "digest-mismatch",
+            BadRequest::MalformedBody => "malformed-body",
+            BadRequest::MissingLength => "missing-length",
+            BadRequest::Invalid => "invalid",
+        }
+    }
+}
+
+/// One receiver answer. Serialised with `status` as the tag, kebab-case,
+/// exactly as SPEC §2 lists them. Optional fields are omitted when `None`.
+///
+/// Ids and digests are plain strings here rather than the validated
+/// newtypes: an answer must be readable even when it echoes back what the
+/// client sent wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Reply {
+    /// 201: first successful store.
+    Stored {
+        episode_id: String,
+        sha256: String,
+        size: u64,
+    },
+    /// 200: the id is stored with the same sha256.
+    AlreadyPresent {
+        episode_id: String,
+        sha256: String,
+        size: u64,
+    },
+    /// 409: the id is stored with a different sha256.
+    Conflict {
+        episode_id: String,
+        existing_sha256: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+    },
+    /// 412: the commit is not on the allow-list.
+    CommitRejected {
+        your_commit: String,
+        #[serde(default)]
+        head_commit: Option<String>,
+        remediation: String,
+    },
+    /// 400.
+    BadRequest { error: BadRequest, detail: String },
+    /// 401: no token, or an unknown one.
+    Unauthenticated { detail: String },
+    /// 403: the device is revoked.
+    Forbidden { detail: String },
+    /// 404 (HEAD, admin lookups, unknown routes).
+    NotFound { detail: String },
+    /// 405.
+    MethodNotAllowed { detail: String },
+    /// 408: the body did not arrive in time.
+    RequestTimeout { detail: String },
+    /// 413: over `max_episode_size`.
+    TooLarge { limit: u64, detail: String },
+    /// 503 or 429: over capacity; `Retry-After` is set.
+    Overloaded {
+        retry_after_secs: u64,
+        detail: String,
+    },
+    /// 507: the receiver cannot store now (disk full, storage failing).
+    InsufficientStorage { detail: String },
+    /// 500: a bug or an unexpected failure; the log has the details.
+    Internal { detail: String },
+}
+
+impl Reply {
+    /// The `status` string of this reply, as serialised.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Reply::Stored { .. } => "stored",
+            Reply::AlreadyPresent { .. } => "already-present",
+            Reply::Conflict { .. } => "conflict",
+            Reply::CommitRejected { .. } => "commit-rejected",
+            Reply::BadRequest { .. } => "bad-request",
+            Reply::Unauthenticated { .. } => "unauthenticated",
+            Reply::Forbidden { .. } => "forbidden",
+            Reply::NotFound { .. } => "not-found",
+            Reply::MethodNotAllowed { .. } => "method-not-allowed",
+            Reply::RequestTimeout { .. } => "request-timeout",
+            Reply::TooLarge { .. } => "too-large",
+            Reply::Overloaded { .. } => "overloaded",
+            Reply::InsufficientStorage { .. } => "insufficient-storage",
+            Reply::Internal { .. } => "internal",
+        }
+    }
+
+    /// The HTTP status code that carries this reply. `Overloaded` is 503;
+    /// a receiver that wants 429 (per-device rate limit) sets it itself.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Reply::Stored { .. } => 201,
+            Reply::AlreadyPresent { .. } => 200,
+            Reply::Conflict { .. } => 409,
+            Reply::CommitRejected { .. } => 412,
+            Reply::BadRequest { .. } => 400,
+            Reply::Unauthenticated { .. } => 401,
+            Reply::Forbidden { .. } => 403,
+            Reply::NotFound { .. } => 404,
+            Reply::MethodNotAllowed { .. } => 405,
+            Reply::RequestTimeout { .. } => 408,
+            Reply::TooLarge { .. } => 413,
+            Reply::Overloaded { .. } => 503,
+            Reply::InsufficientStorage { .. } => 507,
+            Reply::Internal { .. } => 500,
+        }
+    }
+}
+
+/// Answer of `GET /v1/commits/{commit}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitCheck {
+    pub commit: String,
+    pub allowed: bool,
+    pub head_commit: Option<String>,
+    /// Empty when the commit is allowed.
+    pub remediation: String,
+}
+
+/// Answer of `GET /v1/whoami`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub device: String,
+    pub protocol: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn wire_shapes_match_the_spec() {
+        let r = Reply::Stored {
+            episode_id: "e1".into(),
+            sha256: "ab".into(),
+            size: 3,
+        };
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"status": "stored", "episode_id": "e1", "sha256": "ab", "size": 3})
+        );
+        let r = Reply::CommitRejected {
+            your_commit: "a".into(),
+            head_commit: None,
+            remediation: "upgrade".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"status": "commit-rejected", "your_commit": "a", "head_commit": null, "remediation": "upgrade"})
+        );
+        let r = Reply::BadRequest {
+            error: BadRequest::DigestMismatch,
+            detail: "x".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"status": "bad-request", "error": "digest-mismatch", "detail": "x"})
+        );
+    }
+
+    #[test]
+    fn status_and_http_status_agree_with_serialisation() {
+        let all = [
+            Reply::Stored {
+                episode_id: String::new(),
+                sha256: String::new(),
+                size: 0,
+            },
+            Reply::AlreadyPresent {
+                episode_id: String::new(),
+                sha256: String::new(),
+                size: 0,
+            },
+            Reply::Conflict {
+                episode_id: String::new(),
+                existing_sha256: String::new(),
+                sha256: None,
+            },
+            Reply::CommitRejected {
+                your_commit: String::new(),
+                head_commit: None,
+                remediation: String::new(),
+            },
+            Reply::BadRequest {
+                error: BadRequest::Invalid,
+                detail: String::new(),
+            },
+            Reply::Unauthenticated {
+                detail: String::new(),
+            },
+            Reply::Forbidden {
+                detail: String::new(),
+            },
+            Reply::NotFound {
+                detail: String::new(),
+            },
+            Reply::MethodNotAllowed {
+                detail: String::new(),
+            },
+            Reply::RequestTimeout {
+                detail: String::new(),
+            },
+            Reply::TooLarge {
+                limit: 1,
+                detail: String::new(),
+            },
+            Reply::Overloaded {
+                retry_after_secs: 1,
+                detail: String::new(),
+            },
+            Reply::InsufficientStorage {
+                detail: String::new(),
+            },
+            Reply::Internal {
+                detail: String::new(),
+            },
+        ];
+        for r in all {
+            let v = serde_json::to_value(&r).unwrap();
+            assert_eq!(v["status"], r.status(), "{r:?}");
+            let back: Reply = serde_json::from_value(v).unwrap();
+            assert_eq!(back, r);
+        }
+    }
+
+    #[test]
+    fn bad_request_kinds_serialise_as_their_names() {
+        for k in [
+            BadRequest::MissingCommit,
+            BadRequest::MalformedCommit,
+            BadRequest::BadEpisodeId,
+            BadRequest::MissingDigest,
+            BadRequest::MalformedDigest,
+            BadRequest::DigestMismatch,
+            BadRequest::MalformedBody,
+            BadRequest::MissingLength,
+            BadRequest::Invalid,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! ferry-receiver (placeholder while the crate is built).

@@ -1,0 +1,1 @@
+//! Receiver end-to-end tests.

@@ -1,0 +1,709 @@
+//! Harness for the end-to-end tests: start the real binaries, speak raw
+//! HTTP to them, build episodes and archives with the system's own `tar` and
+//! `zstd`, and inject faults.
+//!
+//! Nothing here imports the code under test: the binaries are run as
+//! processes, exactly as an operator or an outside test would run them.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// Two well-formed commits for tests.
+pub const COMMIT_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+pub const COMMIT_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+/// How long any "wait until" in the harness waits before failing. Generous:
+/// CI is a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Path of a workspace binary (`ferry-agent`, `ferry-receiver`), built by
+/// cargo next to this test executable (`target/<profile>/deps/..`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("deps dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("profile dir")
+    } else {
+        dir
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// Whether a command is on PATH. Tests that need a tool print a loud
+/// `SKIPPED` line through [`skip`] when it is not.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Report a skipped test loudly, on stderr and in a file CI prints at the end.
+pub fn skip(test: &str, why: &str) {
+    let line = format!("SKIPPED {test}: {why}");
+    eprintln!("\n!!!!!!!! {line} !!!!!!!!\n");
+    if let Ok(path) = std::env::var("FERRY_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Poll `f` until it returns `Some`, or panic with `what` after [`DEADLINE`].
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex(&h.finalize())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Send a signal to a process.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid we spawned; no memory is shared.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Wait for a child with a deadline; kill -9 it and panic if it overstays.
+pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if start.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not exit within {within:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The receiver
+
+/// A running `ferry-receiver serve` on `127.0.0.1:<random port>`, killed when
+/// dropped. Its data directory is a temp dir (kept alive by this value)
+/// unless started with [`Receiver::start_in`].
+pub struct Receiver {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub admin_token: String,
+    /// Extra environment passed to every `serve` and CLI invocation.
+    pub env: Vec<(String, String)>,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Receiver {
+    /// Start on a fresh temp data dir with the embedded defaults.
+    pub fn start() -> Receiver {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Receiver::start_in(dir.path(), &[]);
+        r._dir = Some(dir);
+        r
+    }
+
+    /// Start on `data_dir` with extra `FERRY_RECEIVER_*` environment.
+    pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Receiver {
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let admin_token = "admin-secret-for-tests-0123456789".to_string();
+        let token_file = data_dir.join("admin.token");
+        std::fs::write(&token_file, format!("{admin_token}\n")).expect("admin token");
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if !env
+            .iter()
+            .any(|(k, _)| k == "FERRY_RECEIVER_ADMIN_TOKEN_FILE")
+        {
+            env.push((
+                "FERRY_RECEIVER_ADMIN_TOKEN_FILE".into(),
+                token_file.display().to_string(),
+            ));
+        }
+        let mut r = Receiver {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            url: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            admin_token,
+            env,
+            child: None,
+            _dir: None,
+        };
+        r.spawn("127.0.0.1:0");
+        r
+    }
+
+    /// Start `serve` on `listen` and wait for its `listening on` line.
+    fn spawn(&mut self, listen: &str) {
+        let mut cmd = Command::new(bin("ferry-receiver"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(listen)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn ferry-receiver");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut sent = false;
+            while let Some(Ok(line)) = lines.next() {
+                if !sent {
+                    if let Some(url) = line.strip_prefix("listening on ") {
+                        let _ = tx.send(url.trim().to_string());
+                        sent = true;
+                    }
+                }
+                // Keep draining so the receiver never blocks on stdout.
+            }
+        });
+        let url = match rx.recv_timeout(DEADLINE) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let st = child.wait();
+                panic!("ferry-receiver did not print `listening on` (exit: {st:?})");
+            }
+        };
+        let hostport = url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/');
+        self.addr = hostport.parse().expect("listening address");
+        self.url = url.trim_end_matches('/').to_string();
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `kill -9`, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for the exit (at most `within`).
+    pub fn sigterm(&mut self, within: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        signal(c.id(), libc::SIGTERM);
+        wait_exit(&mut c, within)
+    }
+
+    /// Start again on the same data dir and the same port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let listen = self.addr.to_string();
+        // The old socket may linger briefly; retry the bind for a while.
+        let start = Instant::now();
+        loop {
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.spawn(&listen);
+            }));
+            if ok.is_ok() {
+                return;
+            }
+            if start.elapsed() > DEADLINE {
+                panic!("could not restart the receiver on {listen}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Run a `ferry-receiver` admin command against this data dir.
+    pub fn cli<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Command::new(bin("ferry-receiver"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ferry-receiver")
+    }
+
+    /// Like [`Receiver::cli`], asserting success; returns stdout.
+    pub fn cli_ok<I, S>(&self, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "ferry-receiver failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// `devices add NAME`; returns the token.
+    pub fn add_device(&self, name: &str) -> String {
+        let token = self.cli_ok(["devices", "add", name]).trim().to_string();
+        assert!(!token.is_empty() && !token.contains(char::is_whitespace));
+        token
+    }
+
+    /// `commits allow COMMIT [--head]`.
+    pub fn allow(&self, commit: &str, head: bool) {
+        let mut args = vec!["commits", "allow", commit];
+        if head {
+            args.push("--head");
+        }
+        self.cli_ok(args);
+    }
+
+    /// A device token plus `COMMIT_A` allowed as head: the usual setup.
+    pub fn ready_device(&self, name: &str) -> String {
+        self.allow(COMMIT_A, true);
+        self.add_device(name)
+    }
+
+    /// Raw HTTP request to this receiver.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        request(self.addr, method, path, headers, body)
+    }
+
+    /// PUT an episode with the usual headers.
+    pub fn put(&self, token: &str, id: &str, commit: &str, body: &[u8]) -> Response {
+        put_episode(self.addr, token, id, commit, &sha256_hex(body), body)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1.1
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON; panics with the body text if it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {} body is not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Send one request on a fresh connection (`Connection: close`) and read the
+/// whole answer. `Content-Length` is added from `body` unless `headers`
+/// already has one (so a test can lie about it).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let head = request_head(addr, method, path, headers, body.len());
+    s.write_all(head.as_bytes()).expect("write head");
+    // A server that answers early may close before the body is sent; that
+    // is its right, so a failed body write is not an error here.
+    let _ = s.write_all(body);
+    read_response(&mut s)
+}
+
+/// The request line and headers, ending with the blank line.
+pub fn request_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body_len: usize,
+) -> String {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut has_len = false;
+    for (k, v) in headers {
+        has_len |=
+            k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding");
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has_len && (body_len > 0 || method == "PUT" || method == "POST") {
+        head.push_str(&format!("Content-Length: {body_len}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// Read one response from a stream (body by Content-Length, or to EOF).
+/// For HEAD requests use [`read_response_head`].
+pub fn read_response(s: &mut impl Read) -> Response {
+    let mut r = BufReader::new(s);
+    let (status, headers) = read_head(&mut r);
+    let len = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+    let mut body = Vec::new();
+    match len {
+        Some(n) => {
+            body.resize(n, 0);
+            r.read_exact(&mut body).expect("read body");
+        }
+        None => {
+            let chunked = headers
+                .iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+            if chunked {
+                loop {
+                    let mut line = String::new();
+                    r.read_line(&mut line).expect("chunk size");
+                    let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+                        .expect("chunk size hex");
+                    let mut chunk = vec![0u8; n + 2];
+                    r.read_exact(&mut chunk).expect("chunk");
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+            } else {
+                let _ = r.read_to_end(&mut body);
+            }
+        }
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Read only the status line and headers (HEAD answers, early answers).
+pub fn read_response_head(s: &mut impl Read) -> Response {
+    let mut r = BufReader::new(s);
+    let (status, headers) = read_head(&mut r);
+    Response {
+        status,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+fn read_head(r: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("header line");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    (status, headers)
+}
+
+/// PUT `/v1/episodes/{id}` with the protocol headers.
+pub fn put_episode(
+    addr: SocketAddr,
+    token: &str,
+    id: &str,
+    commit: &str,
+    sha256: &str,
+    body: &[u8],
+) -> Response {
+    let auth = format!("Bearer {token}");
+    request(
+        addr,
+        "PUT",
+        &format!("/v1/episodes/{id}"),
+        &[
+            ("Authorization", &auth),
+            ("X-Ferry-Commit", commit),
+            ("X-Ferry-Sha256", sha256),
+        ],
+        body,
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Episodes and archives
+
+/// Write an episode directory `<spool>/episodes/<id>/` with `meta.json`
+/// naming `commit` (none if `None`), the given files, and `done.marker`
+/// last (as a producer would). Returns the episode directory.
+pub fn make_episode(
+    spool: &Path,
+    id: &str,
+    commit: Option<&str>,
+    files: &[(&str, &[u8])],
+) -> PathBuf {
+    let dir = spool.join("episodes").join(id);
+    std::fs::create_dir_all(&dir).expect("episode dir");
+    let meta = match commit {
+        Some(c) => serde_json::json!({"code_version": {"commit": c}, "producer": "ferry-tests"}),
+        None => serde_json::json!({"producer": "ferry-tests"}),
+    };
+    std::fs::write(
+        dir.join("meta.json"),
+        serde_json::to_vec_pretty(&meta).unwrap(),
+    )
+    .unwrap();
+    for (name, data) in files {
+        let p = dir.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(p, data).unwrap();
+    }
+    std::fs::write(dir.join("done.marker"), b"").unwrap();
+    dir
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for incompressible content.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// `tar -C parent -cf - name | zstd -q -c`, made by the system tools, as an
+/// outside client would make it.
+pub fn tar_zst_with_tools(dir: &Path) -> Vec<u8> {
+    let parent = dir.parent().expect("parent");
+    let name = dir.file_name().expect("name");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("tar -C \"$1\" -cf - \"$2\" | zstd -q -c")
+        .arg("sh")
+        .arg(parent)
+        .arg(name)
+        .output()
+        .expect("tar | zstd");
+    assert!(
+        out.status.success(),
+        "tar | zstd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A small valid episode archive for `id` made by the system tools.
+pub fn sample_archive(id: &str, seed: u64) -> Vec<u8> {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = make_episode(
+        tmp.path(),
+        id,
+        Some(COMMIT_A),
+        &[
+            ("data.bin", &noise(seed, 4096)),
+            (
+                "notes.txt",
+                format!("episode {id} seed {seed}\n").as_bytes(),
+            ),
+        ],
+    );
+    tar_zst_with_tools(&dir)
+}
+
+// ---------------------------------------------------------------------------
+// The agent
+
+/// A spool directory and the files the agent needs to talk to `receiver`:
+/// a token file for a new device. Kept alive by the returned value.
+pub struct Spool {
+    pub dir: tempfile::TempDir,
+    pub token_file: PathBuf,
+    pub receiver_url: String,
+}
+
+impl Spool {
+    /// A fresh spool registered as device `name` on `receiver`.
+    pub fn new(receiver: &Receiver, name: &str) -> Spool {
+        let token = receiver.add_device(name);
+        Spool::with_token(&receiver.url, &token)
+    }
+
+    /// A fresh spool with an explicit receiver URL and token.
+    pub fn with_token(receiver_url: &str, token: &str) -> Spool {
+        let dir = tempfile::tempdir().expect("spool");
+        let token_file = dir.path().join("device.token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        for sub in ["episodes", "outbox", "shipped", "quarantine", "conflict"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        Spool {
+            dir,
+            token_file,
+            receiver_url: receiver_url.to_string(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `ferry-agent <sub> --spool S --receiver URL --token-file F`, ready
+    /// for more args; the environment is cleared of `FERRY_AGENT_*` and
+    /// `NOTIFY_SOCKET` so the host cannot leak into a test.
+    pub fn agent(&self, sub: &str) -> Command {
+        let mut cmd = Command::new(bin("ferry-agent"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FERRY_AGENT_") || k == "NOTIFY_SOCKET" || k == "WATCHDOG_USEC" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg(sub)
+            .arg("--spool")
+            .arg(self.path())
+            .arg("--receiver")
+            .arg(&self.receiver_url)
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `ferry-agent drain --timeout T`, returning its output.
+    pub fn drain(&self, timeout: &str) -> Output {
+        self.agent("drain")
+            .arg("--timeout")
+            .arg(timeout)
+            .output()
+            .expect("run ferry-agent drain")
+    }
+
+    /// Episode ids in one spool sub-directory (`episodes`, `shipped`, …).
+    pub fn ids_in(&self, sub: &str) -> Vec<String> {
+        let mut v: Vec<String> = match std::fs::read_dir(self.path().join(sub)) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        v.sort();
+        v
+    }
+}
+
+/// Assert a process output succeeded, with its stdout and stderr on failure.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

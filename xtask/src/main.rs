@@ -1,0 +1,227 @@
+//! `cargo xtask`: the project's chores, in Rust rather than a folder of shell
+//! scripts.
+//!
+//! - `cargo xtask demo` — the main job: `ferry-receiver serve` on its
+//!   embedded defaults, and `ferry-agent drain` shipping a sample spool to it.
+//! - `cargo xtask test` — every test: unit tests and the end-to-end suite
+//!   against the real binaries, then a loud list of what was skipped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo(),
+        Some("test") => test(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <demo|test [cargo test args]>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Run a command, failing with its name if it fails.
+pub fn run_ok(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<ExitCode> {
+    let root = root();
+    let skip_log = root.join("target").join("ferry-skipped.txt");
+    let _ = std::fs::create_dir_all(root.join("target"));
+    let _ = std::fs::remove_file(&skip_log);
+
+    // The end-to-end tests run the binaries as processes, so build them
+    // first: `cargo test` alone does not build another package's binaries.
+    run_ok(cargo().args(["build", "--locked", "--workspace", "--bins"]))?;
+    let st = cargo()
+        .args(["test", "--locked", "--workspace"])
+        .args(extra)
+        .env("FERRY_SKIP_LOG", &skip_log)
+        .status()
+        .context("spawn cargo test")?;
+
+    let skipped = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    if skipped.trim().is_empty() {
+        println!("\nferry: nothing was skipped.");
+    } else {
+        let n = skipped.lines().count();
+        println!("\n################ ferry: {n} test part(s) SKIPPED ################");
+        for line in skipped.lines() {
+            println!("# {line}");
+        }
+        println!("################################################################");
+    }
+    Ok(if st.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn demo() -> Result<ExitCode> {
+    let root = root();
+    run_ok(cargo().args([
+        "build",
+        "--locked",
+        "--bins",
+        "-p",
+        "ferry-receiver",
+        "-p",
+        "ferry-agent",
+    ]))?;
+    let target = root.join("target").join("debug");
+    let receiver = target.join("ferry-receiver");
+    let agent = target.join("ferry-agent");
+    let work = root.join("target").join("demo");
+    let _ = std::fs::remove_dir_all(&work);
+    let data_dir = work.join("ferry-data");
+    let spool = work.join("spool");
+    std::fs::create_dir_all(&data_dir)?;
+
+    // The receiver with no configuration at all: embedded SQLite and
+    // objects under ./ferry-data, listening on 127.0.0.1:8420. It runs in
+    // target/demo so that the demo leaves the checkout clean.
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    run_ok(
+        Command::new(&receiver)
+            .current_dir(&work)
+            .args(["commits", "allow", commit, "--head", "--note", "demo"]),
+    )?;
+    let out = Command::new(&receiver)
+        .current_dir(&work)
+        .args(["devices", "add", "demo-device"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "devices add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let token = String::from_utf8(out.stdout)?.trim().to_string();
+    std::fs::create_dir_all(&spool)?;
+    std::fs::write(work.join("device.token"), format!("{token}\n"))?;
+
+    for i in 1..=3 {
+        let ep = spool.join("episodes").join(format!("demo-episode-{i}"));
+        std::fs::create_dir_all(ep.join("camera"))?;
+        std::fs::write(
+            ep.join("meta.json"),
+            format!("{{\"code_version\": {{\"commit\": \"{commit}\"}}, \"episode\": {i}}}\n"),
+        )?;
+        std::fs::write(ep.join("log.txt"), format!("episode {i}\n").repeat(1000))?;
+        std::fs::write(
+            ep.join("camera").join("frame-0001.raw"),
+            vec![i as u8; 64 * 1024],
+        )?;
+        std::fs::write(ep.join("done.marker"), b"")?;
+    }
+
+    println!(
+        "== ferry-receiver serve (embedded defaults, in {})",
+        work.display()
+    );
+    let mut serve = Command::new(&receiver)
+        .current_dir(&work)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start ferry-receiver serve")?;
+    let stdout = serve.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        match lines.next() {
+            Some(Ok(l)) => {
+                println!("   {l}");
+                if let Some(u) = l.strip_prefix("listening on ") {
+                    break u.trim().to_string();
+                }
+            }
+            _ => {
+                let _ = serve.kill();
+                bail!("ferry-receiver serve exited before listening (is port 8420 taken?)");
+            }
+        }
+    };
+
+    println!(
+        "== ferry-agent drain --spool {} --receiver {url}",
+        spool.display()
+    );
+    let started = Instant::now();
+    let st = Command::new(&agent)
+        .args(["drain", "--spool"])
+        .arg(&spool)
+        .args(["--receiver", &url, "--token-file"])
+        .arg(work.join("device.token"))
+        .args(["--timeout", "60s"])
+        .status();
+    let drained = matches!(st, Ok(s) if s.success());
+    println!(
+        "   drain {} in {:?}",
+        if drained { "finished" } else { "FAILED" },
+        started.elapsed()
+    );
+
+    println!("== ferry-receiver episodes list");
+    let _ = Command::new(&receiver)
+        .current_dir(&work)
+        .args(["episodes", "list"])
+        .status();
+    println!("== ferry-agent status");
+    let _ = Command::new(&agent)
+        .args(["status", "--spool"])
+        .arg(&spool)
+        .status();
+
+    // SIGTERM, the way systemd stops it.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(serve.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while serve.try_wait()?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    Ok(if drained {
+        println!(
+            "demo: 3 episodes shipped; receiver data in {}",
+            data_dir.display()
+        );
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
