@@ -5,6 +5,8 @@
 //!   embedded defaults, and `ferry-agent drain` shipping a sample spool to it.
 //! - `cargo xtask test` — every test: unit tests and the end-to-end suite
 //!   against the real binaries, then a loud list of what was skipped.
+//! - `cargo xtask bench` — ferry against its baselines in the same run
+//!   (see docs/PERFORMANCE.md).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,13 +15,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <demo|test [cargo test args]>");
+            eprintln!("usage: cargo xtask <demo|test [cargo test args]|bench [--quick] [--reps N] [--only CASE]>");
             return ExitCode::from(2);
         }
     };

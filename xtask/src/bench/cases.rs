@@ -1,0 +1,836 @@
+//! The bench cases of issue 5, each ferry against its baseline, alternately.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::corpus::{Corpus, Rng};
+use super::nginx::{self, Nginx};
+use super::{measure, percentile, vm_hwm_kib, wait4, warm, Env, Opts, Report, Stats};
+
+/// The commit every bench episode carries (allowed as head on every
+/// receiver the bench starts).
+pub const COMMIT: &str = "be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c";
+
+pub fn all(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<()> {
+    warm(&corpus.large)?;
+    if opts.wants("pack") {
+        pack(env, opts, corpus, report)?;
+    }
+    let have_nginx = nginx::available();
+    if !have_nginx {
+        report.note("**nginx is not installed** (apt-get install nginx-light): the cases against nginx are SKIPPED.");
+    }
+    if opts.wants("ship") && have_nginx {
+        ship(env, opts, corpus, report)?;
+    }
+    if opts.wants("ingest") && have_nginx {
+        ingest(env, opts, corpus, report)?;
+    }
+    if opts.wants("small") && have_nginx {
+        small(env, opts, corpus, report)?;
+    }
+    if opts.wants("scale") {
+        scale(env, opts, report)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 1. pack
+
+fn pack(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<()> {
+    let out_dir = env.work.join("pack");
+    std::fs::create_dir_all(&out_dir)?;
+    let tar_file = out_dir.join("ep-large.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(corpus.large.parent().unwrap())
+        .arg("-cf")
+        .arg(&tar_file)
+        .arg("ep-large")
+        .status()?;
+    if !st.success() {
+        bail!("tar failed");
+    }
+
+    for (level, dir, bytes, reps) in [
+        (3, &corpus.large, corpus.large_bytes, opts.reps),
+        (19, &corpus.medium, corpus.medium_bytes, opts.reps.min(3)),
+    ] {
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        report.section(
+            &format!(
+                "pack, zstd level {level} ({name}, {:.0} MB)",
+                bytes as f64 / 1e6
+            ),
+            &format!(
+                "ferry: `ferry-agent pack {name} -o OUT` (FERRY_AGENT_ZSTD_LEVEL={level}) · \
+                 pipeline: `tar -cf - {name} | zstd -T0 -{level} | tee OUT | sha256sum`{}",
+                if level == 3 {
+                    " · zstd alone: `zstd -T0 -3` on the tar file"
+                } else {
+                    ""
+                }
+            ),
+        );
+        let out = out_dir.join(format!("{name}.tar.zst"));
+        let (mut ferry, mut shell, mut zstd_alone) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..reps {
+            ferry.push(measure(
+                Command::new(&env.agent)
+                    .arg("pack")
+                    .arg(dir)
+                    .arg("-o")
+                    .arg(&out)
+                    .env("FERRY_AGENT_ZSTD_LEVEL", level.to_string()),
+            )?);
+            shell.push(measure(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "tar -C \"$1\" -cf - \"$2\" | zstd -T0 -{level} -q | tee \"$3\" | sha256sum"
+                    ))
+                    .arg("sh")
+                    .arg(dir.parent().unwrap())
+                    .arg(name)
+                    .arg(out_dir.join("shell.tar.zst")),
+            )?);
+            if level == 3 {
+                zstd_alone.push(measure(
+                    Command::new("zstd")
+                        .args(["-T0", "-3", "-q", "-f"])
+                        .arg(&tar_file)
+                        .arg("-o")
+                        .arg(out_dir.join("alone.tar.zst")),
+                )?);
+            }
+        }
+        let f = report.rate_row("ferry-agent pack", bytes, &ferry);
+        let s = report.rate_row("tar | zstd | tee | sha256sum", bytes, &shell);
+        let ours = std::fs::metadata(&out)?.len();
+        let theirs = std::fs::metadata(out_dir.join("shell.tar.zst"))?.len();
+        if level == 3 {
+            let z = report.rate_row("zstd -T0 -3 alone", bytes, &zstd_alone);
+            report.ratio("pack vs pipeline, level 3", f / s, 1.5);
+            report.ratio("pack vs zstd alone, level 3", f / z, 0.85);
+        } else {
+            report.ratio(&format!("pack vs pipeline, level {level}"), f / s, 3.0);
+        }
+        report.note(&format!(
+            "output size: ferry {:.1} MB, pipeline {:.1} MB ({:+.1} %)",
+            ours as f64 / 1e6,
+            theirs as f64 / 1e6,
+            (ours as f64 / theirs as f64 - 1.0) * 100.0
+        ));
+        let rss = ferry.iter().map(|s| s.max_rss_kib).max().unwrap_or(0);
+        let verdict = if rss <= 64 * 1024 { "meets" } else { "MISSES" };
+        report.note(&format!(
+            "ferry-agent pack peak RSS: {:.1} MiB ({verdict} the target ≤ 64 MiB)",
+            rss as f64 / 1024.0
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// A receiver for the bench
+
+/// A release `ferry-receiver serve` on a fresh data dir, with one device
+/// per token asked for and `COMMIT` allowed.
+pub struct Bench {
+    child: Child,
+    pub url: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl Bench {
+    fn start(env: &Env, name: &str, extra_env: &[(&str, &str)]) -> Result<Bench> {
+        let data_dir = env.work.join(format!("receiver-{name}"));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        std::fs::create_dir_all(&data_dir)?;
+        let mut b = Bench {
+            child: Command::new("true").spawn()?,
+            url: String::new(),
+            port: 0,
+            data_dir,
+        };
+        b.cli(env, &["commits", "allow", COMMIT, "--head"])?;
+        b.spawn(env, extra_env)?;
+        Ok(b)
+    }
+
+    /// Start `serve` and return the time until it printed `listening on`.
+    fn spawn(&mut self, env: &Env, extra_env: &[(&str, &str)]) -> Result<Duration> {
+        let started = Instant::now();
+        let mut child = Command::new(&env.receiver)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("FERRY_RECEIVER_LOG_FORMAT", "json")
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start ferry-receiver")?;
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(u) = l.strip_prefix("listening on ") {
+                        break u.trim().to_string();
+                    }
+                }
+                _ => bail!("ferry-receiver exited before listening"),
+            }
+        };
+        let ready = started.elapsed();
+        std::thread::spawn(move || for _ in lines {});
+        self.port = url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .parse()?;
+        self.url = url;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = child;
+        Ok(ready)
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn cli(&self, env: &Env, args: &[&str]) -> Result<String> {
+        let out = Command::new(&env.receiver)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "ferry-receiver {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
+    fn device(&self, env: &Env, name: &str) -> Result<String> {
+        self.cli(env, &["devices", "add", name])
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh agent spool whose `episodes/<id>` is a hard-linked copy of `src`.
+fn spool_with(env: &Env, name: &str, src: &Path, id: &str, token: &str) -> Result<PathBuf> {
+    let spool = env.work.join(format!("spool-{name}"));
+    let _ = std::fs::remove_dir_all(&spool);
+    std::fs::create_dir_all(spool.join("episodes"))?;
+    let st = Command::new("cp")
+        .arg("-al")
+        .arg(src)
+        .arg(spool.join("episodes").join(id))
+        .status()?;
+    if !st.success() {
+        bail!("cp -al failed");
+    }
+    std::fs::write(spool.join("device.token"), format!("{token}\n"))?;
+    Ok(spool)
+}
+
+fn agent_cmd(env: &Env, sub: &str, spool: &Path, url: &str) -> Command {
+    let mut c = Command::new(&env.agent);
+    c.arg(sub)
+        .arg("--spool")
+        .arg(spool)
+        .arg("--receiver")
+        .arg(url)
+        .arg("--token-file")
+        .arg(spool.join("device.token"))
+        .env("FERRY_AGENT_LOG_FORMAT", "json")
+        .stderr(Stdio::null());
+    c
+}
+
+// ---------------------------------------------------------------------------
+// 2. ship end to end
+
+fn ship(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<()> {
+    report.section(
+        &format!("ship end to end ({:.0} MB episode)", corpus.large_bytes as f64 / 1e6),
+        "ferry: `ferry-agent drain` into `ferry-receiver` (pack, sha256, upload, verify, fsync, index) · \
+         baseline: `tar -cf - ep | zstd -T0 -3 | curl -T - http://nginx/dav/...` (no digest, no fsync)",
+    );
+    let mut rx = Bench::start(env, "ship", &[])?;
+    let token = rx.device(env, "bench-ship")?;
+    let ng = Nginx::start(&env.work)?;
+    let (mut ferry, mut base) = (Vec::new(), Vec::new());
+    for rep in 0..opts.reps {
+        let id = format!("ship-{rep}");
+        let spool = spool_with(env, "ship", &corpus.large, &id, &token)?;
+        ferry.push(measure(
+            agent_cmd(env, "drain", &spool, &rx.url).args(["--timeout", "10m"]),
+        )?);
+        if !spool.join("shipped").join(&id).exists() {
+            bail!("drain exited 0 but {id} is not in shipped/");
+        }
+        base.push(measure(
+            Command::new("sh")
+                .arg("-c")
+                .arg("tar -C \"$1\" -cf - ep-large | zstd -T0 -3 -q | curl -sS -f -T - \"$2\"")
+                .arg("sh")
+                .arg(corpus.large.parent().unwrap())
+                .arg(ng.url(&format!("ship-{rep}.tar.zst"))),
+        )?);
+    }
+    let f = report.rate_row(
+        "ferry-agent drain → ferry-receiver",
+        corpus.large_bytes,
+        &ferry,
+    );
+    let b = report.rate_row("tar | zstd | curl → nginx", corpus.large_bytes, &base);
+    report.ratio("end to end vs shell-to-nginx", f / b, 1.5);
+    rx.stop();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 3. ingest of one large episode
+
+fn ingest(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<()> {
+    let tarball = env.work.join("pack").join("ingest.tar.zst");
+    std::fs::create_dir_all(tarball.parent().unwrap())?;
+    let out = Command::new(&env.agent)
+        .arg("pack")
+        .arg(&corpus.large)
+        .arg("-o")
+        .arg(&tarball)
+        .output()?;
+    if !out.status.success() {
+        bail!("ferry-agent pack: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let sha = String::from_utf8(out.stdout)?.trim().to_string();
+    let size = std::fs::metadata(&tarball)?.len();
+    report.section(
+        &format!("ingest of one large episode ({:.0} MB tar.zst)", size as f64 / 1e6),
+        "ferry: `curl -T` into `ferry-receiver` (sha256 verified, fsync, rename, index commit before 201) · \
+         baseline: `curl -T` into nginx, then `sync`",
+    );
+    let mut rx = Bench::start(
+        env,
+        "ingest",
+        &[("FERRY_RECEIVER_MAX_CONCURRENT_UPLOADS", "128")],
+    )?;
+    let token = rx.device(env, "bench-ingest")?;
+    let ng = Nginx::start(&env.work)?;
+    let (mut ferry, mut base) = (Vec::new(), Vec::new());
+    for rep in 0..opts.reps {
+        ferry.push(measure(
+            Command::new("curl")
+                .args(["-sS", "-f", "-o", "/dev/null", "-T"])
+                .arg(&tarball)
+                .arg("-H")
+                .arg(format!("Authorization: Bearer {token}"))
+                .arg("-H")
+                .arg(format!("X-Ferry-Commit: {COMMIT}"))
+                .arg("-H")
+                .arg(format!("X-Ferry-Sha256: {sha}"))
+                .arg(format!("{}/v1/episodes/ingest-{rep}", rx.url)),
+        )?);
+        base.push(measure(
+            Command::new("sh")
+                .arg("-c")
+                .arg("curl -sS -f -T \"$1\" \"$2\" && sync")
+                .arg("sh")
+                .arg(&tarball)
+                .arg(ng.url(&format!("ingest-{rep}.tar.zst"))),
+        )?);
+    }
+    let f = report.rate_row("curl → ferry-receiver (durable, verified)", size, &ferry);
+    let b = report.rate_row("curl → nginx, then sync", size, &base);
+    report.ratio("large ingest vs nginx PUT + sync", f / b, 1.0);
+
+    // Receiver memory with 64 uploads in flight: 64 slow curls at once.
+    let inflight = 64;
+    let chunk = env.work.join("pack").join("inflight.bin");
+    std::fs::write(&chunk, vec![7u8; 8 << 20])?;
+    let chunk_sha = {
+        let mut h = Sha256::new();
+        h.update(std::fs::read(&chunk)?);
+        hex(&h.finalize())
+    };
+    let mut kids = Vec::new();
+    for i in 0..inflight {
+        kids.push(
+            Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "--limit-rate", "2M", "-T"])
+                .arg(&chunk)
+                .arg("-H")
+                .arg(format!("Authorization: Bearer {token}"))
+                .arg("-H")
+                .arg(format!("X-Ferry-Commit: {COMMIT}"))
+                .arg("-H")
+                .arg(format!("X-Ferry-Sha256: {chunk_sha}"))
+                .arg(format!("{}/v1/episodes/inflight-{i}", rx.url))
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+    }
+    for k in &mut kids {
+        let _ = wait4(k.id());
+    }
+    let hwm = vm_hwm_kib(rx.pid()).unwrap_or(0);
+    let verdict = if hwm <= 256 * 1024 { "meets" } else { "MISSES" };
+    report.note(&format!(
+        "ferry-receiver peak RSS after {inflight} concurrent 8 MiB uploads: {:.1} MiB ({verdict} the target ≤ 256 MiB)",
+        hwm as f64 / 1024.0
+    ));
+    rx.stop();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 4. small episodes
+
+/// A tiny, valid episode archive (`<id>/data.bin`, 10 KiB of noise) made
+/// in-process: the client must not be the bottleneck.
+fn tiny_archive(id: &str, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; 10 * 1024];
+    Rng::new(seed).fill(&mut data);
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    tar.append_data(&mut h, format!("{id}/data.bin"), &data[..])
+        .unwrap();
+    let raw = tar.into_inner().unwrap();
+    zstd::encode_all(&raw[..], 3).unwrap()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One keep-alive HTTP/1.1 connection doing PUTs.
+struct Conn {
+    stream: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(port: u16) -> Result<Conn> {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(Conn {
+            stream: BufReader::new(s),
+        })
+    }
+
+    fn put(&mut self, path: &str, headers: &str, body: &[u8]) -> Result<u16> {
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n{headers}\r\n",
+            body.len()
+        );
+        let s = self.stream.get_mut();
+        s.write_all(head.as_bytes())?;
+        s.write_all(body)?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .context("status line")?
+            .parse()?;
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            self.stream.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse()?;
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        Ok(status)
+    }
+}
+
+/// Path and extra headers of the PUT for (client, request index, id, body).
+type Target = dyn Fn(usize, usize, &str, &[u8]) -> (String, String) + Send + Sync;
+
+/// `clients` threads, each with its own connection, PUT `per_client`
+/// bodies. `target(client, i)` gives the path and headers. Returns the
+/// wall time and every latency.
+fn hammer(
+    port: u16,
+    clients: usize,
+    per_client: usize,
+    bodies: Arc<Vec<(String, Vec<u8>)>>,
+    target: Arc<Target>,
+    ok: &'static [u16],
+) -> Result<(Duration, Vec<Duration>)> {
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let barrier = barrier.clone();
+        let bodies = bodies.clone();
+        let target = target.clone();
+        handles.push(std::thread::spawn(move || -> Result<Vec<Duration>> {
+            let mut conn = Conn::open(port)?;
+            let mut lat = Vec::with_capacity(per_client);
+            barrier.wait();
+            for i in 0..per_client {
+                let (id, body) = &bodies[c * per_client + i];
+                let (path, headers) = target(c, i, id, body);
+                let t = Instant::now();
+                let status = conn.put(&path, &headers, body)?;
+                lat.push(t.elapsed());
+                if !ok.contains(&status) {
+                    bail!("PUT {path} answered {status}");
+                }
+            }
+            Ok(lat)
+        }));
+    }
+    barrier.wait();
+    let start = Instant::now();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
+    }
+    Ok((start.elapsed(), all))
+}
+
+fn small(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<()> {
+    let clients = 64;
+    let per_client = corpus.small_count / clients;
+    let n = clients * per_client;
+    report.section(
+        &format!("small episodes: {n} × 10 KiB, {clients} concurrent devices"),
+        "ferry: PUT /v1/episodes/{id} (auth, allow-list, sha256, fsync, index commit before 201) · \
+         baseline: PUT into nginx WebDAV (no fsync). Keep-alive connections, one per device.",
+    );
+    let rounds = opts.reps.clamp(1, 2);
+    let mut rows: Vec<(String, f64, Duration, Duration)> = Vec::new();
+    for round in 0..rounds {
+        // Fresh ids every round so that every ferry PUT is a first store.
+        let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+            (0..n)
+                .map(|i| {
+                    let id = format!("small-{round}-{i}");
+                    let body = tiny_archive(&id, (round * n + i) as u64);
+                    (id, body)
+                })
+                .collect(),
+        );
+        let mut rx = Bench::start(
+            env,
+            "small",
+            &[("FERRY_RECEIVER_MAX_CONCURRENT_UPLOADS", "256")],
+        )?;
+        let tokens: Arc<Vec<String>> = Arc::new(
+            (0..clients)
+                .map(|c| rx.device(env, &format!("small-dev-{c}")))
+                .collect::<Result<_>>()?,
+        );
+        let toks = tokens.clone();
+        let (wall, mut lat) = hammer(
+            rx.port,
+            clients,
+            per_client,
+            bodies.clone(),
+            Arc::new(move |c, _i, id, body| {
+                let mut h = Sha256::new();
+                h.update(body);
+                (
+                    format!("/v1/episodes/{id}"),
+                    format!(
+                        "Authorization: Bearer {}\r\nX-Ferry-Commit: {COMMIT}\r\nX-Ferry-Sha256: {}\r\n",
+                        toks[c],
+                        hex(&h.finalize())
+                    ),
+                )
+            }),
+            &[201],
+        )?;
+        lat.sort();
+        rows.push((
+            "ferry-receiver".into(),
+            n as f64 / wall.as_secs_f64(),
+            percentile(&lat, 50.0),
+            percentile(&lat, 99.0),
+        ));
+        rx.stop();
+
+        let ng = Nginx::start(&env.work)?;
+        let (wall, mut lat) = hammer(
+            ng.port,
+            clients,
+            per_client,
+            bodies,
+            Arc::new(|_c, _i, id, _body| (format!("/dav/{id}.tar.zst"), String::new())),
+            &[201, 204],
+        )?;
+        lat.sort();
+        rows.push((
+            "nginx".into(),
+            n as f64 / wall.as_secs_f64(),
+            percentile(&lat, 50.0),
+            percentile(&lat, 99.0),
+        ));
+        drop(ng);
+    }
+    let mut medians = Vec::new();
+    for side in ["ferry-receiver", "nginx"] {
+        let r: Vec<&(String, f64, Duration, Duration)> =
+            rows.iter().filter(|r| r.0 == side).collect();
+        let rates: Vec<f64> = r.iter().map(|r| r.1).collect();
+        let st = Stats::of(&rates);
+        let p50 = r.iter().map(|r| r.2).max().unwrap();
+        let p99 = r.iter().map(|r| r.3).max().unwrap();
+        report.row(
+            side,
+            &format!("{:.0} episodes/s", st.median),
+            &format!(
+                "{:.0}–{:.0}; p50 {:.1} ms, p99 {:.1} ms",
+                st.min,
+                st.max,
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3
+            ),
+            "",
+        );
+        medians.push((st.median, p99));
+    }
+    report.ratio(
+        "small episodes/s vs nginx",
+        medians[0].0 / medians[1].0,
+        1.0,
+    );
+    let p99 = medians[0].1.as_secs_f64() * 1e3;
+    report.note(&format!(
+        "ferry p99 {p99:.1} ms ({} the target < 50 ms)",
+        if p99 < 50.0 { "meets" } else { "MISSES" }
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 5. scale
+
+/// Put `rows` synthetic rows into the receiver's SQLite index with the
+/// sqlite3 tool, in one transaction.
+fn fill_index(data_dir: &Path, rows: u64) -> Result<()> {
+    let db = data_dir.join("index.sqlite");
+    let sql = format!(
+        "BEGIN; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {rows}) \
+         INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) \
+         SELECT printf('scale-%09d', i), printf('%064x', i), 10240, '{COMMIT}', 'scale-dev', 1700000000 + i FROM n; COMMIT;"
+    );
+    let st = Command::new("sqlite3")
+        .arg(&db)
+        .arg(sql)
+        .status()
+        .context("sqlite3")?;
+    if !st.success() {
+        bail!("filling the index failed");
+    }
+    Ok(())
+}
+
+fn scale(env: &Env, opts: &Opts, report: &mut Report) -> Result<()> {
+    let rows: u64 = if opts.quick { 100_000 } else { 1_000_000 };
+    report.section(
+        &format!("scale: receiver with {rows} index rows vs empty"),
+        "start-up: spawn to `listening on` (median of 3); PUT latency: 300 sequential 10 KiB first stores on one connection",
+    );
+    if !super::have("sqlite3") {
+        report.note("**sqlite3 is not installed**: the index-size case is SKIPPED.");
+    } else {
+        let mut results = Vec::new();
+        for (label, n) in [("empty", 0u64), ("full", rows)] {
+            let mut rx = Bench::start(env, &format!("scale-{label}"), &[])?;
+            rx.stop();
+            if n > 0 {
+                fill_index(&rx.data_dir, n)?;
+            }
+            let mut startups = Vec::new();
+            for _ in 0..3 {
+                let d = rx.spawn(env, &[])?;
+                startups.push(d.as_secs_f64() * 1e3);
+                rx.stop();
+            }
+            rx.spawn(env, &[])?;
+            let token = rx.device(env, "scale-put")?;
+            let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+                (0..300)
+                    .map(|i| {
+                        let id = format!("scale-put-{i}");
+                        let b = tiny_archive(&id, i as u64);
+                        (id, b)
+                    })
+                    .collect(),
+            );
+            let (_, mut lat) = hammer(
+                rx.port,
+                1,
+                300,
+                bodies,
+                Arc::new(move |_c, _i, id, body| {
+                    let mut h = Sha256::new();
+                    h.update(body);
+                    (
+                        format!("/v1/episodes/{id}"),
+                        format!(
+                            "Authorization: Bearer {token}\r\nX-Ferry-Commit: {COMMIT}\r\nX-Ferry-Sha256: {}\r\n",
+                            hex(&h.finalize())
+                        ),
+                    )
+                }),
+                &[201],
+            )?;
+            lat.sort();
+            let st = Stats::of(&startups);
+            let p99 = percentile(&lat, 99.0);
+            report.row(
+                &format!("{label} ({n} rows)"),
+                &format!("start-up {:.0} ms", st.median),
+                &format!(
+                    "{:.0}–{:.0} ms; PUT p50 {:.2} ms, p99 {:.2} ms",
+                    st.min,
+                    st.max,
+                    percentile(&lat, 50.0).as_secs_f64() * 1e3,
+                    p99.as_secs_f64() * 1e3
+                ),
+                "",
+            );
+            results.push((st.median, p99.as_secs_f64()));
+            rx.stop();
+        }
+        report.note(&format!(
+            "start-up full/empty: {:.2}× · PUT p99 full/empty: {:.2}× (target: within 1.2×)",
+            results[1].0 / results[0].0,
+            results[1].1 / results[0].1
+        ));
+    }
+
+    // Agent with a large backlog: time to the first upload, and memory.
+    let backlog: usize = if opts.quick { 10_000 } else { 100_000 };
+    let spool = env.work.join("spool-backlog");
+    let marker = spool.join(format!(".made-{backlog}"));
+    if !marker.exists() {
+        println!("making a {backlog}-episode backlog ...");
+        let _ = std::fs::remove_dir_all(&spool);
+        for i in 0..backlog {
+            let ep = spool.join("episodes").join(format!("backlog-{i:06}"));
+            std::fs::create_dir_all(&ep)?;
+            std::fs::write(
+                ep.join("meta.json"),
+                format!("{{\"code_version\":{{\"commit\":\"{COMMIT}\"}}}}"),
+            )?;
+            std::fs::write(ep.join("data.txt"), format!("episode {i}\n"))?;
+            std::fs::write(ep.join("done.marker"), b"")?;
+        }
+        std::fs::write(&marker, b"")?;
+    }
+    let mut rx = Bench::start(env, "backlog", &[])?;
+    let token = rx.device(env, "backlog-dev")?;
+    std::fs::write(spool.join("device.token"), format!("{token}\n"))?;
+    for sub in ["shipped", "outbox", "quarantine", "conflict"] {
+        let _ = std::fs::remove_dir_all(spool.join(sub));
+    }
+    let started = Instant::now();
+    let mut agent = agent_cmd(env, "run", &spool, &rx.url)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let mut first = None;
+    while started.elapsed() < Duration::from_secs(120) {
+        let n = std::fs::read_dir(spool.join("shipped"))
+            .map(|r| r.count())
+            .unwrap_or(0);
+        if n > 0 {
+            first = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    let shipped = std::fs::read_dir(spool.join("shipped"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    let hwm = vm_hwm_kib(agent.id()).unwrap_or(0);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+    // Put the shipped episodes back for the next run.
+    if let Ok(rd) = std::fs::read_dir(spool.join("shipped")) {
+        for e in rd.flatten() {
+            let _ = std::fs::rename(e.path(), spool.join("episodes").join(e.file_name()));
+        }
+    }
+    rx.stop();
+    match first {
+        Some(t) => report.row(
+            &format!("ferry-agent run, {backlog} backlog"),
+            &format!("first upload after {:.2} s", t.as_secs_f64()),
+            &format!(
+                "{shipped} shipped in the first {:.0} s",
+                (t + Duration::from_secs(10)).as_secs_f64()
+            ),
+            &format!("{:.1} MiB", hwm as f64 / 1024.0),
+        ),
+        None => report.row(
+            &format!("ferry-agent run, {backlog} backlog"),
+            "NO upload within 120 s",
+            "",
+            "",
+        ),
+    }
+    let ok = first.map(|t| t < Duration::from_secs(5)).unwrap_or(false);
+    report.note(&format!(
+        "time to first upload with a {backlog} backlog: {} the target (< 5 s)",
+        if ok { "meets" } else { "MISSES" }
+    ));
+    Ok(())
+}
