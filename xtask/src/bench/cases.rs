@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::corpus::{Corpus, Rng};
 use super::nginx::{self, Nginx};
-use super::{measure, percentile, vm_hwm_kib, wait4, warm, Env, Opts, Report, Stats};
+use super::{measure, percentile, stop_child, vm_hwm_kib, wait4, warm, Env, Opts, Report, Stats};
 
 /// The commit every bench episode carries (allowed as head on every
 /// receiver the bench starts).
@@ -210,17 +210,7 @@ impl Bench {
     }
 
     fn stop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(20));
     }
 
     fn cli(&self, env: &Env, args: &[&str]) -> Result<String> {

@@ -173,6 +173,22 @@ pub fn wait4(pid: u32) -> Result<(i32, u64)> {
     Ok((status, ru.ru_maxrss as u64))
 }
 
+/// Send `sig` to a child and wait up to `grace` for it to exit; SIGKILL
+/// after that.
+pub fn stop_child(child: &mut std::process::Child, sig: i32, grace: Duration) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Peak RSS (`VmHWM`) of a running process, in KiB.
 pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

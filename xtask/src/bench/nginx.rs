@@ -91,16 +91,6 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGQUIT: the master stops its workers, then exits. SIGKILL would
         // leave the workers behind.
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::stop_child(&mut self.child, libc::SIGQUIT, Duration::from_secs(10));
     }
 }
