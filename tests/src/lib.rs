@@ -8,6 +8,7 @@
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -114,6 +115,14 @@ pub fn signal(pid: u32, sig: i32) {
     }
 }
 
+/// Send a signal to every process of the group led by `pid`.
+pub fn signal_group(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a negative pid addresses a group we created.
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), sig);
+    }
+}
+
 /// Wait for a child with a deadline; kill -9 it and panic if it overstays.
 pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
     let start = Instant::now();
@@ -159,6 +168,15 @@ impl Receiver {
 
     /// Start on `data_dir` with extra `FERRY_RECEIVER_*` environment.
     pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Receiver {
+        let mut r = Receiver::prepare(data_dir, env);
+        r.spawn("127.0.0.1:0");
+        r
+    }
+
+    /// Set up `data_dir` and the admin token without starting `serve`;
+    /// [`Receiver::try_spawn`] starts it (possibly under a wrapper) and
+    /// [`Receiver::cli`] works on the data dir meanwhile.
+    pub fn prepare(data_dir: &Path, env: &[(&str, &str)]) -> Receiver {
         std::fs::create_dir_all(data_dir).expect("data dir");
         let admin_token = "admin-secret-for-tests-0123456789".to_string();
         let token_file = data_dir.join("admin.token");
@@ -176,7 +194,7 @@ impl Receiver {
                 token_file.display().to_string(),
             ));
         }
-        let mut r = Receiver {
+        Receiver {
             addr: "127.0.0.1:0".parse().unwrap(),
             url: String::new(),
             data_dir: data_dir.to_path_buf(),
@@ -184,14 +202,29 @@ impl Receiver {
             env,
             child: None,
             _dir: None,
-        };
-        r.spawn("127.0.0.1:0");
-        r
+        }
     }
 
     /// Start `serve` on `listen` and wait for its `listening on` line.
     fn spawn(&mut self, listen: &str) {
-        let mut cmd = Command::new(bin("ferry-receiver"));
+        if let Err(e) = self.try_spawn(listen, &[]) {
+            panic!("{e}");
+        }
+    }
+
+    /// Start `serve` on `listen`, prefixed by `wrapper` (for example
+    /// `strace -f -e inject=...`), and wait for its `listening on` line.
+    /// Fails (rather than panics) if it exits first: a fault test may have
+    /// killed it during start-up on purpose.
+    pub fn try_spawn(&mut self, listen: &str, wrapper: &[String]) -> Result<(), String> {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("ferry-receiver"));
+                c
+            }
+            None => Command::new(bin("ferry-receiver")),
+        };
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -200,8 +233,13 @@ impl Receiver {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("spawn ferry-receiver");
+            .stderr(Stdio::inherit())
+            // Its own process group, so that kill -9 reaches a wrapped
+            // receiver too (a killed strace leaves its tracee running).
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn ferry-receiver: {e}"))?;
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -222,7 +260,9 @@ impl Receiver {
             Err(_) => {
                 let _ = child.kill();
                 let st = child.wait();
-                panic!("ferry-receiver did not print `listening on` (exit: {st:?})");
+                return Err(format!(
+                    "ferry-receiver did not print `listening on` (exit: {st:?})"
+                ));
             }
         };
         let hostport = url
@@ -232,15 +272,25 @@ impl Receiver {
         self.addr = hostport.parse().expect("listening address");
         self.url = url.trim_end_matches('/').to_string();
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// Whether the serve process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().map(|s| s.is_none()).unwrap_or(false),
+            None => false,
+        }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
-    /// `kill -9`, and reap.
+    /// `kill -9` of the whole process group, and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            signal_group(c.id(), libc::SIGKILL);
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -260,10 +310,7 @@ impl Receiver {
         // The old socket may linger briefly; retry the bind for a while.
         let start = Instant::now();
         loop {
-            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.spawn(&listen);
-            }));
-            if ok.is_ok() {
+            if self.try_spawn(&listen, &[]).is_ok() {
                 return;
             }
             if start.elapsed() > DEADLINE {
@@ -681,6 +728,23 @@ impl Spool {
             .arg(timeout)
             .output()
             .expect("run ferry-agent drain")
+    }
+
+    /// The program and arguments of `ferry-agent drain --timeout TIMEOUT`
+    /// on this spool, to run under a wrapper such as strace.
+    pub fn drain_cmd_args(&self, timeout: &str) -> Vec<std::ffi::OsString> {
+        vec![
+            bin("ferry-agent").into(),
+            "drain".into(),
+            "--spool".into(),
+            self.path().into(),
+            "--receiver".into(),
+            self.receiver_url.clone().into(),
+            "--token-file".into(),
+            self.token_file.clone().into(),
+            "--timeout".into(),
+            timeout.into(),
+        ]
     }
 
     /// Episode ids in one spool sub-directory (`episodes`, `shipped`, …).

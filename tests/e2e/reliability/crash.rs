@@ -1,0 +1,281 @@
+//! Crash at any instant: random `kill -9` of either program while episodes
+//! ship, and deterministic crash points at every rename and fsync of one
+//! ship (strace `inject=…:signal=SIGKILL:when=N`).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_tests::{
+    assert_ok, have, put_episode, sha256_hex, signal, skip, wait_exit, Receiver, Spool, COMMIT_A,
+};
+
+use super::{assert_delivered, receiver_temp_files, small_episode, stored};
+
+/// xorshift64: a seeded, reproducible sequence of choices.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn start_agent(spool: &Spool, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    spool
+        .agent("run")
+        .env("FERRY_AGENT_SCAN_INTERVAL", "200ms")
+        .env("FERRY_AGENT_BACKOFF_MAX", "1s")
+        .env("FERRY_AGENT_SHIP_CONCURRENCY", "4")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ferry-agent run")
+}
+
+/// Seeded random kill -9 of the agent and of the receiver while a few
+/// hundred episodes ship. `FERRY_SEED` picks the seed; `FERRY_SOAK=1h` runs
+/// for that long, adding episodes as it goes, and reports what it did.
+#[test]
+fn random_kill9_of_agent_and_receiver_loses_and_duplicates_nothing() {
+    let seed: u64 = std::env::var("FERRY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_f00d);
+    let soak: Option<Duration> = std::env::var("FERRY_SOAK").ok().map(|s| parse_duration(&s));
+    eprintln!("random crash test: FERRY_SEED={seed} soak={soak:?}");
+    let mut rng = Rng(seed | 1);
+
+    let mut rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "crashy");
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("agent.log");
+
+    let mut ids = Vec::new();
+    let add = |ids: &mut Vec<String>, n: usize, rng: &mut Rng| {
+        for _ in 0..n {
+            let id = format!("ep-{:05}", ids.len());
+            small_episode(&spool, &id, rng.next());
+            ids.push(id);
+        }
+    };
+    add(&mut ids, 200, &mut rng);
+
+    let mut agent = start_agent(&spool, &log);
+    let (mut agent_kills, mut receiver_kills) = (0, 0);
+    let started = Instant::now();
+    let rounds = if soak.is_some() { usize::MAX } else { 16 };
+    for round in 0..rounds {
+        if let Some(d) = soak {
+            if started.elapsed() > d {
+                break;
+            }
+            if round % 4 == 0 {
+                add(&mut ids, 20, &mut rng);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
+        if rng.below(2) == 0 {
+            let _ = agent.kill();
+            let _ = agent.wait();
+            agent_kills += 1;
+            agent = start_agent(&spool, &log);
+        } else {
+            rx.restart();
+            receiver_kills += 1;
+        }
+    }
+
+    // Let it finish in peace: stop the daemon, then drain what is left.
+    signal(agent.id(), libc::SIGTERM);
+    let st = wait_exit(&mut agent, Duration::from_secs(60));
+    assert!(st.success(), "agent exit after SIGTERM: {st}");
+    let out = spool.drain("180s");
+    if !out.status.success() {
+        let tail = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: String = tail.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+        panic!(
+            "drain failed ({}): {}\nlast agent log lines (newest first):\n{tail}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_delivered(&rx, &spool, &ids);
+    // Uploads cut by a receiver kill leave temp files; the restarted
+    // receiver sweeps them after it is ready.
+    ferry_tests::wait_for("receiver temp files swept", || {
+        receiver_temp_files(&rx).is_empty().then_some(())
+    });
+    eprintln!(
+        "random crash test: {} episodes shipped once each; {agent_kills} agent kills, \
+         {receiver_kills} receiver kills, 0 lost, 0 duplicated, in {:?}",
+        ids.len(),
+        started.elapsed()
+    );
+}
+
+fn parse_duration(s: &str) -> Duration {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().expect("FERRY_SOAK like 30m or 1h");
+    match unit {
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        other => panic!("FERRY_SOAK unit {other:?}: use s, m or h"),
+    }
+}
+
+/// The syscalls whose every invocation is a crash point.
+const CRASH_SYSCALLS: &[&str] = &["rename", "renameat", "renameat2", "fsync", "fdatasync"];
+/// A bound on crash points per syscall, so CI stays bounded.
+const MAX_POINTS: u32 = 24;
+
+/// `strace` running `cmd` with the `n`th call of `syscall` replaced by SIGKILL.
+fn strace_kill_at(syscall: &str, n: u32) -> Vec<String> {
+    vec![
+        "strace".into(),
+        "-f".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-e".into(),
+        format!("inject={syscall}:signal=SIGKILL:when={n}"),
+    ]
+}
+
+/// For every rename and fsync the agent makes along one ship, kill it
+/// exactly there; then a clean drain must finish the job with no loss, no
+/// false conflict, no quarantine and no orphan.
+#[test]
+fn agent_killed_at_every_rename_and_fsync_recovers() {
+    if !have("strace") {
+        skip(
+            "agent_killed_at_every_rename_and_fsync_recovers",
+            "strace is not installed",
+        );
+        return;
+    }
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "crash-points");
+    let mut ids = Vec::new();
+    let mut points = 0;
+    for syscall in CRASH_SYSCALLS {
+        for n in 1..=MAX_POINTS {
+            let id = format!("cp-{syscall}-{n}");
+            small_episode(&spool, &id, n as u64);
+            ids.push(id.clone());
+            let mut cmd = Command::new("strace");
+            cmd.args(&strace_kill_at(syscall, n)[1..]);
+            cmd.args(spool.drain_cmd_args("60s"));
+            let out = cmd.output().expect("strace ferry-agent drain");
+            let killed = out.status.code().is_none() || out.status.code() == Some(137);
+            // Whatever happened, a clean drain finishes the job.
+            let clean = spool.drain("60s");
+            assert_ok(&clean, &format!("drain after a kill at {syscall} #{n}"));
+            assert_delivered(&rx, &spool, &ids);
+            if !killed {
+                // The run made fewer than n such calls: every point of this
+                // syscall has been visited.
+                assert_ok(&out, &format!("drain under strace ({syscall} #{n})"));
+                break;
+            }
+            points += 1;
+        }
+    }
+    eprintln!("agent crash points visited: {points}");
+    assert!(points > 0, "no crash point was hit: is strace injecting?");
+}
+
+/// For every rename and fsync the receiver makes while storing one upload,
+/// kill it exactly there; an acknowledged upload survives, an
+/// unacknowledged one is accepted again after restart with 201 or 200
+/// (never a false 409), and `episodes verify` stays clean.
+#[test]
+fn receiver_killed_at_every_rename_and_fsync_recovers() {
+    if !have("strace") {
+        skip(
+            "receiver_killed_at_every_rename_and_fsync_recovers",
+            "strace is not installed",
+        );
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut rx = Receiver::start_in(data.path(), &[]);
+    rx.allow(COMMIT_A, true);
+    let token = rx.add_device("crash-points");
+    rx.kill9();
+
+    let mut acked = Vec::new();
+    let mut points = 0;
+    for syscall in CRASH_SYSCALLS {
+        for n in 1..=MAX_POINTS {
+            let id = format!("rcp-{syscall}-{n}");
+            let body = ferry_tests::sample_archive(&id, n as u64);
+            let sha = sha256_hex(&body);
+            let started = rx.try_spawn("127.0.0.1:0", &strace_kill_at(syscall, n));
+            let mut killed = started.is_err();
+            if started.is_ok() {
+                let answer = std::panic::catch_unwind(|| {
+                    put_episode(rx.addr, &token, &id, COMMIT_A, &sha, &body)
+                });
+                match answer {
+                    Ok(r) if r.status == 201 || r.status == 200 => {
+                        acked.push((id.clone(), sha.clone()))
+                    }
+                    Ok(r) => assert!(
+                        r.status >= 500,
+                        "{syscall} #{n}: unexpected answer {} {}",
+                        r.status,
+                        r.text()
+                    ),
+                    Err(_) => killed = true, // connection died with the receiver
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                killed |= !rx.is_running();
+            }
+            rx.kill9();
+
+            // Restart cleanly; the upload is either there or can be redone.
+            rx.restart();
+            let again = put_episode(rx.addr, &token, &id, COMMIT_A, &sha, &body);
+            assert!(
+                again.status == 201 || again.status == 200,
+                "{syscall} #{n}: re-upload answered {} {}",
+                again.status,
+                again.text()
+            );
+            if acked.iter().any(|(a, _)| a == &id) {
+                assert_eq!(
+                    again.status, 200,
+                    "{syscall} #{n}: an acknowledged upload was lost"
+                );
+            }
+            let index = stored(&rx);
+            for (a, s) in &acked {
+                assert_eq!(
+                    index.get(a),
+                    Some(s),
+                    "{syscall} #{n}: acknowledged {a} missing"
+                );
+            }
+            assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
+            rx.kill9();
+            if !killed {
+                break;
+            }
+            points += 1;
+        }
+    }
+    eprintln!("receiver crash points visited: {points}");
+    assert!(points > 0, "no crash point was hit: is strace injecting?");
+}

@@ -1,0 +1,407 @@
+//! Storage faults, injected for real: strace `-e inject=SYSCALL:error=ERRNO`
+//! scoped with `-P` where a path can name the target, and a loop-mounted
+//! ext4 image damaged with debugfs for a real EUCLEAN. Each program stays
+//! up, acknowledges nothing it did not store, and resumes by itself when the
+//! fault clears.
+
+use std::path::Path;
+use std::process::Command;
+
+use ferry_tests::{assert_ok, have, put_episode, sha256_hex, skip, Receiver, Spool, COMMIT_A};
+
+use super::{assert_delivered, receiver_temp_files, small_episode, stored};
+
+fn strace(args: &[&str]) -> Command {
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-o", "/dev/null"]).args(args);
+    c
+}
+
+fn reason(spool: &Spool, id: &str) -> serde_json::Value {
+    let p = spool
+        .path()
+        .join("quarantine")
+        .join(id)
+        .join("quarantine_reason.json");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).expect("quarantine_reason.json is JSON")
+}
+
+/// One file that cannot be read (EIO, then EUCLEAN) costs its episode only:
+/// the others ship, and after five failed passes the bad one is quarantined
+/// with a reason naming the file and the errno.
+#[test]
+fn unreadable_file_costs_one_episode_and_is_named() {
+    if !have("strace") {
+        skip(
+            "unreadable_file_costs_one_episode_and_is_named",
+            "strace is not installed",
+        );
+        return;
+    }
+    for (errno, words) in [
+        ("EIO", ["EIO", "os error 5"]),
+        ("EUCLEAN", ["EUCLEAN", "os error 117"]),
+    ] {
+        let rx = Receiver::start();
+        rx.allow(COMMIT_A, true);
+        let spool = Spool::new(&rx, "eio");
+        let good: Vec<String> = (0..5).map(|i| format!("good-{i}")).collect();
+        for (i, id) in good.iter().enumerate() {
+            small_episode(&spool, id, i as u64);
+        }
+        small_episode(&spool, "bad", 99);
+        let bad_file = spool.path().join("episodes/bad/data/noise.bin");
+        let mut cmd = strace(&[
+            "-P",
+            bad_file.to_str().unwrap(),
+            "-e",
+            &format!("inject=read:error={errno}"),
+        ]);
+        cmd.args(spool.drain_cmd_args("60s"))
+            .env("FERRY_AGENT_SCAN_INTERVAL", "100ms");
+        let out = cmd.output().expect("strace drain");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ok(&out, &format!("drain with {errno} on one file"));
+        assert_eq!(
+            spool.ids_in("quarantine"),
+            vec!["bad".to_string()],
+            "{errno}: {stderr}"
+        );
+        let r = reason(&spool, "bad");
+        let error = r["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            error.contains("noise.bin"),
+            "{errno}: reason does not name the file: {r}"
+        );
+        assert!(
+            words.iter().any(|w| error.contains(w)),
+            "{errno}: reason does not name the errno: {r}"
+        );
+        assert!(r["quarantined_at_wall"].as_str().is_some(), "{r}");
+        // Everything else arrived.
+        let index = stored(&rx);
+        for id in &good {
+            assert!(index.contains_key(id), "{errno}: {id} not stored");
+        }
+        assert!(!index.contains_key("bad"));
+    }
+}
+
+/// A full disk under the outbox is transient: nothing is quarantined, and
+/// once space is back the episode ships.
+#[test]
+fn outbox_enospc_is_transient_and_never_quarantines() {
+    if !have("strace") {
+        skip(
+            "outbox_enospc_is_transient_and_never_quarantines",
+            "strace is not installed",
+        );
+        return;
+    }
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "enospc");
+    small_episode(&spool, "full-1", 1);
+    let partial = spool.path().join("outbox/full-1.tar.zst.partial");
+    let mut cmd = strace(&[
+        "-P",
+        partial.to_str().unwrap(),
+        "-e",
+        "inject=write:error=ENOSPC",
+    ]);
+    cmd.args(spool.drain_cmd_args("4s"))
+        .env("FERRY_AGENT_SCAN_INTERVAL", "100ms")
+        .env("FERRY_AGENT_BACKOFF_MAX", "200ms");
+    // The drain cannot finish while the disk is "full": it must time out
+    // (exit 1) without quarantining anything.
+    let i = cmd.output().expect("strace drain");
+    assert!(!i.status.success(), "drain claimed success on a full disk");
+    assert_eq!(spool.ids_in("quarantine"), Vec::<String>::new());
+    assert_eq!(spool.ids_in("episodes"), vec!["full-1".to_string()]);
+    // Space is back.
+    assert_ok(&spool.drain("60s"), "drain after the disk emptied");
+    assert_delivered(&rx, &spool, &["full-1".to_string()]);
+}
+
+/// The receiver's fsync of an object fails (EIO) twice: those uploads are
+/// not acknowledged (5xx), nothing is half-stored, and the next one is 201.
+#[test]
+fn receiver_fsync_eio_is_not_acknowledged_and_clears() {
+    if !have("strace") {
+        skip(
+            "receiver_fsync_eio_is_not_acknowledged_and_clears",
+            "strace is not installed",
+        );
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut rx = Receiver::start_in(data.path(), &[]);
+    rx.allow(COMMIT_A, true);
+    let token = rx.add_device("fsync-eio");
+    rx.kill9();
+    // SQLite syncs with fdatasync, so fsync here is the object store's.
+    let wrapper: Vec<String> = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "inject=fsync:error=EIO:when=1..2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    rx.try_spawn("127.0.0.1:0", &wrapper)
+        .expect("receiver under strace");
+    let body = ferry_tests::sample_archive("fs-1", 1);
+    let sha = sha256_hex(&body);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let r = put_episode(rx.addr, &token, "fs-1", COMMIT_A, &sha, &body);
+        let _ = r.json(); // every answer is JSON
+        answers.push(r.status);
+        if r.status == 201 {
+            break;
+        }
+        assert!(r.status >= 500, "unexpected {}: {}", r.status, r.text());
+    }
+    assert_eq!(answers.last(), Some(&201), "answers: {answers:?}");
+    assert!(answers.len() >= 2, "the fault was never hit: {answers:?}");
+    assert!(rx.is_running(), "the receiver died of a transient EIO");
+    assert!(
+        receiver_temp_files(&rx).is_empty(),
+        "temp files left behind"
+    );
+    assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
+}
+
+fn journal_mode(db: &Path) -> Option<String> {
+    if !have("sqlite3") {
+        return None;
+    }
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg("PRAGMA journal_mode;")
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Incident 3: a transient EIO while SQLite commits (fdatasync) or while the
+/// receiver opens the index must never leave the database out of WAL, and
+/// must never be acknowledged.
+#[test]
+fn incident3_transient_eio_never_downgrades_wal() {
+    if !have("strace") {
+        skip(
+            "incident3_transient_eio_never_downgrades_wal",
+            "strace is not installed",
+        );
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut rx = Receiver::start_in(data.path(), &[]);
+    rx.allow(COMMIT_A, true);
+    let token = rx.add_device("wal");
+    rx.kill9();
+    let db = data.path().join("index.sqlite");
+    let db_s = db.to_str().unwrap().to_string();
+
+    // 1. EIO on the first opens and reads of the database file.
+    for inject in [
+        "inject=openat:error=EIO:when=1..2",
+        "inject=pread64:error=EIO:when=1..3",
+    ] {
+        let wrapper: Vec<String> = [
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-P",
+            &db_s,
+            "-e",
+            inject,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match rx.try_spawn("127.0.0.1:0", &wrapper) {
+            Ok(()) => {
+                let body = ferry_tests::sample_archive(&format!("wal-{}", inject.len()), 5);
+                let r = rx.put(&token, &format!("wal-{}", inject.len()), COMMIT_A, &body);
+                assert!(
+                    matches!(r.status, 201 | 500 | 503 | 507),
+                    "{}: {}",
+                    r.status,
+                    r.text()
+                );
+            }
+            // Refusing to start on a database it cannot read is acceptable;
+            // changing its journal mode is not.
+            Err(e) => eprintln!("receiver did not start with {inject}: {e}"),
+        }
+        rx.kill9();
+        if let Some(mode) = journal_mode(&db) {
+            assert_eq!(mode, "wal", "journal mode after {inject}");
+        }
+    }
+
+    // 2. EIO on SQLite's commit syncs: not acknowledged, then it clears.
+    let wrapper: Vec<String> = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "inject=fdatasync:error=EIO:when=1..2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    rx.try_spawn("127.0.0.1:0", &wrapper)
+        .expect("receiver under strace");
+    let body = ferry_tests::sample_archive("wal-commit", 6);
+    let sha = sha256_hex(&body);
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = put_episode(rx.addr, &token, "wal-commit", COMMIT_A, &sha, &body);
+        statuses.push(r.status);
+        if matches!(r.status, 200 | 201) {
+            break;
+        }
+        assert!(r.status >= 500, "{}: {}", r.status, r.text());
+    }
+    assert!(
+        matches!(statuses.last(), Some(200 | 201)),
+        "never stored: {statuses:?}"
+    );
+    // A second process (the CLI) agrees with the server about the database.
+    let list = rx.cli_ok(["episodes", "list", "--json"]);
+    assert!(list.contains("wal-commit"), "{list}");
+    rx.kill9();
+    if let Some(mode) = journal_mode(&db) {
+        assert_eq!(mode, "wal", "journal mode after EIO on fdatasync");
+    } else {
+        skip(
+            "incident3_transient_eio_never_downgrades_wal (journal mode check)",
+            "sqlite3 is not installed",
+        );
+    }
+}
+
+/// Run a shell snippet as root, returning whether it worked.
+fn sh(script: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A real EUCLEAN: an ext4 image with a spool on it, one file's extent
+/// header damaged with debugfs. That episode is quarantined naming the file;
+/// every other episode ships.
+#[test]
+fn real_euclean_on_damaged_ext4_costs_one_episode() {
+    for tool in ["mkfs.ext4", "debugfs", "mount", "umount"] {
+        if !have(tool) {
+            skip(
+                "real_euclean_on_damaged_ext4_costs_one_episode",
+                &format!("{tool} is not installed (apt-get install e2fsprogs)"),
+            );
+            return;
+        }
+    }
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let token = rx.add_device("ext4");
+    let work = tempfile::tempdir().unwrap();
+    let img = work.path().join("spool.img");
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (img_s, mnt_s) = (img.to_str().unwrap(), mnt.to_str().unwrap());
+    assert!(
+        sh(&format!(
+            "truncate -s 64M {img_s} && mkfs.ext4 -q -F {img_s}"
+        )),
+        "mkfs.ext4"
+    );
+    if !sh(&format!("mount -o loop {img_s} {mnt_s}")) {
+        skip(
+            "real_euclean_on_damaged_ext4_costs_one_episode",
+            "cannot loop-mount an image here (no loop devices or not root)",
+        );
+        return;
+    }
+    let spool = Spool::with_token(&rx.url, &token);
+    // Build the spool on the image: episodes written by a "producer".
+    let on_img = mnt.join("spool");
+    for sub in ["episodes", "outbox", "shipped", "quarantine", "conflict"] {
+        std::fs::create_dir_all(on_img.join(sub)).unwrap();
+    }
+    let ids: Vec<String> = (0..4).map(|i| format!("ok-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        ferry_tests::make_episode(
+            &on_img,
+            id,
+            Some(COMMIT_A),
+            &[("data.bin", &ferry_tests::noise(i as u64, 40_000))],
+        );
+    }
+    ferry_tests::make_episode(
+        &on_img,
+        "damaged",
+        Some(COMMIT_A),
+        &[("data.bin", &ferry_tests::noise(9, 40_000))],
+    );
+    assert!(sh(&format!("umount {mnt_s}")), "umount");
+    // Damage the extent header of the damaged episode's data file.
+    assert!(
+        sh(&format!("debugfs -w -R 'sif /spool/episodes/damaged/data.bin block[0] 0x12345' {img_s} 2>/dev/null")),
+        "debugfs"
+    );
+    assert!(sh(&format!("mount -o loop {img_s} {mnt_s}")), "remount");
+    let guard = Unmount(mnt_s.to_string());
+
+    let out = Command::new(ferry_tests::bin("ferry-agent"))
+        .args(["drain", "--spool"])
+        .arg(&on_img)
+        .args(["--receiver", &rx.url, "--token-file"])
+        .arg(&spool.token_file)
+        .args(["--timeout", "120s"])
+        .env("FERRY_AGENT_SCAN_INTERVAL", "100ms")
+        .output()
+        .expect("drain");
+    assert_ok(&out, "drain on the damaged image");
+    let quarantined: Vec<String> = std::fs::read_dir(on_img.join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(quarantined, vec!["damaged".to_string()]);
+    let reason =
+        std::fs::read_to_string(on_img.join("quarantine/damaged/quarantine_reason.json")).unwrap();
+    assert!(reason.contains("data.bin"), "{reason}");
+    assert!(
+        reason.contains("EUCLEAN")
+            || reason.contains("117")
+            || reason.contains("Structure needs cleaning"),
+        "{reason}"
+    );
+    let index = stored(&rx);
+    for id in &ids {
+        assert!(index.contains_key(id), "{id} not stored");
+    }
+    drop(guard);
+}
+
+struct Unmount(String);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}

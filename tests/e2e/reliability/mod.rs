@@ -1,0 +1,118 @@
+//! The reliability suite (issue 4): nothing acknowledged is lost and nothing
+//! is duplicated, whatever crashes, fails or lies. Every test here runs both
+//! real binaries and ends with [`assert_delivered`], the one definition of
+//! "everything arrived exactly once".
+//!
+//! Bounded for CI by default; `FERRY_SOAK=<duration>` (e.g. `1h`) turns the
+//! random-crash test into the soak run.
+
+mod crash;
+mod durability;
+mod faults;
+mod hostile;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use ferry_tests::{assert_ok, bin, Receiver, Spool};
+
+/// Episodes and their packed sha256 as `ferry-agent pack` makes them now.
+pub fn fresh_pack_digest(dir: &Path) -> String {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("ferry-agent"))
+        .arg("pack")
+        .arg(dir)
+        .arg("-o")
+        .arg(out_dir.path().join("x.tar.zst"))
+        .output()
+        .expect("ferry-agent pack");
+    assert_ok(&out, "ferry-agent pack");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The receiver's index as `episodes list --json` shows it: id → sha256.
+/// Panics if an id appears twice.
+pub fn stored(rx: &Receiver) -> BTreeMap<String, String> {
+    let out = rx.cli_ok(["episodes", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("episodes list --json");
+    let mut map = BTreeMap::new();
+    for e in v.as_array().expect("a JSON array") {
+        let id = e["episode_id"].as_str().expect("episode_id").to_string();
+        let sha = e["sha256"].as_str().expect("sha256").to_string();
+        assert!(map.insert(id.clone(), sha).is_none(), "{id} listed twice");
+    }
+    map
+}
+
+/// Everything in `ids` arrived exactly once and intact:
+/// - the spool has each in `shipped/`, none pending, quarantined or in
+///   conflict, and no file left in `outbox/`;
+/// - the receiver stores each once, with the sha256 of a fresh pack of the
+///   shipped directory (so no false 409 could have happened);
+/// - `ferry-receiver episodes verify` is clean.
+pub fn assert_delivered(rx: &Receiver, spool: &Spool, ids: &[String]) {
+    let shipped = spool.ids_in("shipped");
+    for id in ids {
+        assert!(
+            shipped.contains(id),
+            "{id} is not in shipped/ (shipped: {})",
+            shipped.len()
+        );
+    }
+    assert_eq!(
+        spool.ids_in("episodes"),
+        Vec::<String>::new(),
+        "episodes left pending"
+    );
+    assert_eq!(
+        spool.ids_in("quarantine"),
+        Vec::<String>::new(),
+        "episodes quarantined"
+    );
+    assert_eq!(
+        spool.ids_in("conflict"),
+        Vec::<String>::new(),
+        "episodes in conflict"
+    );
+    assert_eq!(
+        spool.ids_in("outbox"),
+        Vec::<String>::new(),
+        "files left in outbox/"
+    );
+
+    let index = stored(rx);
+    for id in ids {
+        let sha = index
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} is in shipped/ but not stored by the receiver"));
+        let fresh = fresh_pack_digest(&spool.path().join("shipped").join(id));
+        assert_eq!(sha, &fresh, "{id}: stored sha256 differs from a fresh pack");
+    }
+    let verify = rx.cli(["episodes", "verify"]);
+    assert_ok(&verify, "ferry-receiver episodes verify");
+}
+
+/// Files left in the receiver's temp directory (uploads never finished).
+pub fn receiver_temp_files(rx: &Receiver) -> Vec<String> {
+    match std::fs::read_dir(rx.data_dir.join("tmp")) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A small episode whose content depends on `seed`: a text file and some
+/// incompressible bytes.
+pub fn small_episode(spool: &Spool, id: &str, seed: u64) {
+    let noise = ferry_tests::noise(seed, 2048 + (seed as usize % 4096));
+    let text = format!("episode {id}\n").repeat(50);
+    ferry_tests::make_episode(
+        spool.path(),
+        id,
+        Some(ferry_tests::COMMIT_A),
+        &[("data/noise.bin", &noise), ("log.txt", text.as_bytes())],
+    );
+}
