@@ -1,0 +1,200 @@
+//! The admin commands: `commits`, `devices`, `episodes`. They open the same
+//! index as `serve` (SQLite in WAL mode allows that while it runs) and need
+//! no running server; `serve` caches nothing, so a change is in force for
+//! the next request.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use ferry_proto::admin::{AllowCommit, VerifyFinding};
+
+use crate::config::Config;
+use crate::ops::{self, OpError};
+use crate::store::objects::ObjectStore;
+use crate::store::{self, Index};
+
+/// Exit codes (SPEC §5).
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+/// One admin command, as parsed by `main`.
+#[derive(Debug, Clone)]
+pub enum Admin {
+    CommitsAllow {
+        commit: String,
+        head: bool,
+        note: Option<String>,
+    },
+    CommitsRevoke {
+        commit: String,
+    },
+    CommitsList {
+        json: bool,
+    },
+    DevicesAdd {
+        name: String,
+    },
+    DevicesList {
+        json: bool,
+    },
+    DevicesRevoke {
+        name: String,
+    },
+    EpisodesList {
+        json: bool,
+    },
+    EpisodesVerify {
+        ids: Vec<String>,
+    },
+}
+
+fn fail(e: OpError) -> i32 {
+    eprintln!("error: {e}");
+    match e {
+        OpError::Invalid(_) => EXIT_USAGE,
+        _ => EXIT_FAILED,
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> i32 {
+    let mut out = std::io::stdout().lock();
+    match serde_json::to_writer_pretty(&mut out, v).map(|()| writeln!(out)) {
+        Ok(_) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: writing JSON: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+/// Runs one admin command and returns the exit code.
+pub async fn run(config: &Config, cmd: Admin) -> i32 {
+    let index = match store::open(&config.database).await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: cannot open the index: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    match execute(config, &index, cmd).await {
+        Ok(code) => code,
+        Err(e) => fail(e),
+    }
+}
+
+async fn execute(config: &Config, index: &Arc<dyn Index>, cmd: Admin) -> Result<i32, OpError> {
+    match cmd {
+        Admin::CommitsAllow { commit, head, note } => {
+            let c = ops::allow_commit(index, &AllowCommit { commit, head, note }).await?;
+            eprintln!(
+                "allowed {}{}",
+                c.commit,
+                if c.head { " (head)" } else { "" }
+            );
+        }
+        Admin::CommitsRevoke { commit } => {
+            ops::revoke_commit(index, &commit).await?;
+            eprintln!("revoked {}", commit.trim().to_ascii_lowercase());
+        }
+        Admin::CommitsList { json } => {
+            let list = index.list_commits().await?;
+            if json {
+                return Ok(print_json(&list));
+            }
+            for c in list {
+                println!(
+                    "{}  {:4}  {}  {}",
+                    c.commit,
+                    if c.head { "head" } else { "" },
+                    c.allowed_at,
+                    c.note.unwrap_or_default()
+                );
+            }
+        }
+        Admin::DevicesAdd { name } => {
+            let d = ops::add_device(index, &name).await?;
+            // The token alone on stdout, so that scripts can capture it.
+            println!("{}", d.token);
+            eprintln!(
+                "added device {}; the token above is shown only once",
+                d.name
+            );
+        }
+        Admin::DevicesList { json } => {
+            let list = index.list_devices().await?;
+            if json {
+                return Ok(print_json(&list));
+            }
+            for d in list {
+                println!(
+                    "{}  {}  last_seen={}  last_upload={}  episodes={}  bytes={}",
+                    d.name,
+                    if d.revoked { "revoked" } else { "active" },
+                    d.last_seen_at.as_deref().unwrap_or("never"),
+                    d.last_upload_at.as_deref().unwrap_or("never"),
+                    d.episodes,
+                    d.bytes
+                );
+            }
+        }
+        Admin::DevicesRevoke { name } => {
+            ops::revoke_device(index, &name).await?;
+            eprintln!("revoked device {name}");
+        }
+        Admin::EpisodesList { json } => {
+            let list = index.list_episodes(None).await?;
+            if json {
+                return Ok(print_json(&list));
+            }
+            for e in list {
+                println!(
+                    "{}  {}  {}  {}  {}  {}",
+                    e.episode_id, e.sha256, e.size, e.commit, e.device, e.stored_at
+                );
+            }
+        }
+        Admin::EpisodesVerify { ids } => {
+            let objects = ObjectStore::new(config.objects_dir.clone(), config.tmp_dir());
+            let findings = ops::verify(index, &objects, &ids).await?;
+            return Ok(report(&findings));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Prints every finding that is not `ok` and a summary; 1 if any.
+fn report(findings: &[VerifyFinding]) -> i32 {
+    let mut bad = 0;
+    for f in findings.iter().filter(|f| f.state != "ok") {
+        bad += 1;
+        println!(
+            "{}: {} (expected sha256 {}{}){}",
+            f.episode_id,
+            f.state.to_uppercase(),
+            f.expected_sha256,
+            f.actual_sha256
+                .as_deref()
+                .map(|a| format!(", found {a}"))
+                .unwrap_or_default(),
+            f.detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        );
+    }
+    let count = |s: &str| findings.iter().filter(|f| f.state == s).count();
+    println!(
+        "verified {} episodes: {} ok, {} mismatch, {} missing, {} unreadable",
+        findings.len(),
+        count("ok"),
+        count("mismatch"),
+        count("missing"),
+        count("unreadable")
+    );
+    if bad > 0 {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    }
+}

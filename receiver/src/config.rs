@@ -1,0 +1,501 @@
+//! Configuration: the raw layer (TOML file, `FERRY_RECEIVER_*` environment,
+//! flags; later layers win) resolved into the one [`Config`] the program uses.
+//!
+//! Every raw value is kept as text with where it came from, so an error can
+//! name the key and the source. Nothing below `main` reads the environment:
+//! the caller passes it in.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every key the receiver understands, in the order of `config/receiver.toml`.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "storage_url",
+    "max_episode_size",
+    "max_concurrent_uploads",
+    "admin_token_file",
+    "remediation",
+    "tls_cert",
+    "tls_key",
+    "body_read_timeout",
+    "shutdown_grace",
+    "log_format",
+];
+
+/// Prefix of the environment variables: `FERRY_RECEIVER_<KEY>` (upper case).
+pub const ENV_PREFIX: &str = "FERRY_RECEIVER_";
+
+/// The default `remediation` template. `{your_commit}` and `{head_commit}`
+/// are replaced when a 412 is rendered.
+pub const DEFAULT_REMEDIATION: &str = "commit {your_commit} is not on this receiver's allow-list; \
+update the device to {head_commit}, or ask the operator to run \
+`ferry-receiver commits allow {your_commit}`";
+
+/// A configuration error. It always names the key (or the file) at fault;
+/// `main` exits 2 with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}` (from {source_name}): {message}")]
+    Invalid {
+        key: &'static str,
+        source_name: String,
+        message: String,
+    },
+}
+
+/// Where a raw value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Env(String),
+    Flag,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Env(name) => write!(f, "environment {name}"),
+            Source::Flag => f.write_str("command line"),
+        }
+    }
+}
+
+/// The raw layer: key → (text, source). Later `set`s override earlier ones.
+#[derive(Debug, Default, Clone)]
+pub struct RawConfig {
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+fn known_key(key: &str) -> Option<&'static str> {
+    KEYS.iter().copied().find(|k| *k == key)
+}
+
+impl RawConfig {
+    /// Reads a TOML file. Unknown keys and values of the wrong type are
+    /// errors naming the key.
+    pub fn merge_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.merge_toml(&text, path)
+    }
+
+    /// Merges the text of a TOML file (`path` is only used in messages).
+    pub fn merge_toml(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.message().to_owned(),
+            })?;
+        for (key, value) in table {
+            let Some(k) = known_key(&key) else {
+                return Err(ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: format!("unknown key `{key}` (known keys: {})", KEYS.join(", ")),
+                });
+            };
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: k,
+                        source_name: path.display().to_string(),
+                        message: format!(
+                            "expected a string or an integer, found {}",
+                            other.type_str()
+                        ),
+                    })
+                }
+            };
+            self.values.insert(k, (text, Source::File(path.to_owned())));
+        }
+        Ok(())
+    }
+
+    /// Merges `FERRY_RECEIVER_<KEY>` variables from `vars` (normally
+    /// `std::env::vars()`). Unknown `FERRY_RECEIVER_*` names are ignored
+    /// except `FERRY_RECEIVER_CONFIG`, which clap reads.
+    pub fn merge_env<I: IntoIterator<Item = (String, String)>>(&mut self, vars: I) {
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if let Some(k) = known_key(&rest.to_ascii_lowercase()) {
+                self.values.insert(k, (value, Source::Env(name)));
+            }
+        }
+    }
+
+    /// Sets one value from a command-line flag.
+    pub fn set_flag(&mut self, key: &'static str, value: impl Into<String>) {
+        debug_assert!(known_key(key).is_some(), "{key}");
+        self.values.insert(key, (value.into(), Source::Flag));
+    }
+
+    fn get(&self, key: &'static str) -> Option<&(String, Source)> {
+        self.values.get(key)
+    }
+
+    /// Parses one key with `parse`, turning its error into one naming the key.
+    fn parse<T>(
+        &self,
+        key: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some((text, source)) => {
+                parse(text.trim())
+                    .map(Some)
+                    .map_err(|message| ConfigError::Invalid {
+                        key,
+                        source_name: source.to_string(),
+                        message,
+                    })
+            }
+        }
+    }
+
+    /// Resolves defaults and validates every value.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let nonempty = |s: &str| {
+            if s.is_empty() {
+                Err("must not be empty".to_owned())
+            } else {
+                Ok(s.to_owned())
+            }
+        };
+        let listen = self
+            .parse("listen", |s| {
+                s.parse::<SocketAddr>()
+                    .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:8420: {e}"))
+            })?
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8420)));
+        let data_dir = PathBuf::from(
+            self.parse("data_dir", nonempty)?
+                .unwrap_or_else(|| "./ferry-data".to_owned()),
+        );
+        let database = match self.parse("database_url", parse_database_url)? {
+            Some(d) => d,
+            None => Database::Sqlite(data_dir.join("index.sqlite")),
+        };
+        let objects_dir = match self.parse("storage_url", parse_storage_url)? {
+            Some(p) => p,
+            None => data_dir.join("objects"),
+        };
+        let max_episode_size = self
+            .parse("max_episode_size", parse_size)?
+            .unwrap_or(4 * 1024 * 1024 * 1024);
+        let max_concurrent_uploads = self
+            .parse("max_concurrent_uploads", |s| match s.parse::<usize>() {
+                Ok(0) => Err("must be at least 1".to_owned()),
+                Ok(n) => Ok(n),
+                Err(e) => Err(format!("{s:?} is not a positive integer: {e}")),
+            })?
+            .unwrap_or(64);
+        let admin_token_file = self.parse("admin_token_file", nonempty)?.map(PathBuf::from);
+        let remediation = self
+            .parse("remediation", |s| Ok(s.to_owned()))?
+            .unwrap_or_else(|| DEFAULT_REMEDIATION.to_owned());
+        let tls_cert = self.parse("tls_cert", nonempty)?.map(PathBuf::from);
+        let tls_key = self.parse("tls_key", nonempty)?.map(PathBuf::from);
+        let tls = match (tls_cert, tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (Some(_), None) => return Err(missing_pair(self, "tls_key", "tls_cert")),
+            (None, Some(_)) => return Err(missing_pair(self, "tls_cert", "tls_key")),
+        };
+        let body_read_timeout = self
+            .parse("body_read_timeout", parse_duration)?
+            .unwrap_or(Duration::from_secs(30));
+        let shutdown_grace = self
+            .parse("shutdown_grace", parse_duration)?
+            .unwrap_or(Duration::from_secs(10));
+        let log_format = self
+            .parse("log_format", |s| match s {
+                "human" => Ok(LogFormat::Human),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!("{s:?} is neither \"human\" nor \"json\"")),
+            })?
+            .unwrap_or(LogFormat::Human);
+        Ok(Config {
+            listen,
+            data_dir,
+            database,
+            objects_dir,
+            max_episode_size,
+            max_concurrent_uploads,
+            admin_token_file,
+            remediation,
+            tls,
+            body_read_timeout,
+            shutdown_grace,
+            log_format,
+        })
+    }
+}
+
+fn missing_pair(raw: &RawConfig, missing: &'static str, present: &'static str) -> ConfigError {
+    let source_name = raw
+        .get(present)
+        .map(|(_, s)| s.to_string())
+        .unwrap_or_default();
+    ConfigError::Invalid {
+        key: missing,
+        source_name,
+        message: format!("`{present}` is set, so `{missing}` must be set too"),
+    }
+}
+
+/// Which index database to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`).
+    Postgres(String),
+}
+
+fn parse_database_url(s: &str) -> Result<Database, String> {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        return Ok(Database::Postgres(s.to_owned()));
+    }
+    let path = s
+        .strip_prefix("sqlite://")
+        .or_else(|| s.strip_prefix("sqlite:"))
+        .unwrap_or(s);
+    let path = path.split('?').next().unwrap_or("");
+    if path.is_empty() || path.contains("://") {
+        return Err(format!(
+            "{s:?} is neither a postgres:// URL nor a SQLite file (sqlite://PATH or PATH)"
+        ));
+    }
+    Ok(Database::Sqlite(PathBuf::from(path)))
+}
+
+fn parse_storage_url(s: &str) -> Result<PathBuf, String> {
+    let path = s.strip_prefix("file://").unwrap_or(s);
+    if path.is_empty() || path.contains("://") {
+        return Err(format!(
+            "{s:?} is not a local directory (file://PATH or PATH); no other object store is built in"
+        ));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Sizes: a plain number of bytes or `512MiB`, `4 GiB`, `1GB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let n = s
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| format!("{s:?} is not a size like 512MiB: {e}"))?
+        .as_u64();
+    if n == 0 {
+        return Err("must be more than 0 bytes".to_owned());
+    }
+    Ok(n)
+}
+
+/// Durations: `5s`, `10m`, `7d`, `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 30s or 10m: {e}"))
+}
+
+/// Log output on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// PEM files of the server certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database: Database,
+    /// Root of the content-addressed object store.
+    pub objects_dir: PathBuf,
+    pub max_episode_size: u64,
+    pub max_concurrent_uploads: usize,
+    pub admin_token_file: Option<PathBuf>,
+    /// The 412 remediation template.
+    pub remediation: String,
+    pub tls: Option<TlsFiles>,
+    /// Longest pause between two pieces of an upload body.
+    pub body_read_timeout: Duration,
+    /// How long in-flight uploads may run on after SIGTERM.
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Temporary upload files live here, on the same file system as the
+    /// objects so that the final rename is atomic.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.data_dir.join("tmp")
+    }
+}
+
+/// Renders a remediation template: `{your_commit}` and `{head_commit}` are
+/// replaced; without a head commit `{head_commit}` reads "the current head
+/// commit (none is set on the receiver)".
+pub fn render_remediation(template: &str, your_commit: &str, head_commit: Option<&str>) -> String {
+    let head = head_commit.unwrap_or("the current head commit (none is set on the receiver)");
+    template
+        .replace("{your_commit}", your_commit)
+        .replace("{head_commit}", head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::default();
+        raw.merge_toml(toml, Path::new("test.toml"))?;
+        raw.merge_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        raw.resolve()
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let c = resolve("", &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8420");
+        assert_eq!(c.data_dir, PathBuf::from("./ferry-data"));
+        assert_eq!(
+            c.database,
+            Database::Sqlite(PathBuf::from("./ferry-data/index.sqlite"))
+        );
+        assert_eq!(c.objects_dir, PathBuf::from("./ferry-data/objects"));
+        assert_eq!(c.max_episode_size, 4 << 30);
+        assert_eq!(c.max_concurrent_uploads, 64);
+        assert_eq!(c.body_read_timeout, Duration::from_secs(30));
+        assert!(c.admin_token_file.is_none() && c.tls.is_none());
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let mut raw = RawConfig::default();
+        raw.merge_toml(
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"/f\"\nmax_episode_size = \"1MiB\"",
+            Path::new("t"),
+        )
+        .unwrap();
+        raw.merge_env([
+            ("FERRY_RECEIVER_LISTEN".to_owned(), "127.0.0.1:2".to_owned()),
+            ("FERRY_RECEIVER_DATA_DIR".to_owned(), "/e".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ]);
+        raw.set_flag("listen", "127.0.0.1:3");
+        let c = raw.resolve().unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.data_dir, PathBuf::from("/e"));
+        assert_eq!(c.max_episode_size, 1 << 20);
+    }
+
+    #[test]
+    fn sizes_and_durations_read_like_humans_write_them() {
+        let c = resolve(
+            "max_episode_size = \"512MiB\"\nbody_read_timeout = \"10m\"\nshutdown_grace = \"7d\"\nmax_concurrent_uploads = 3",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.max_episode_size, 512 << 20);
+        assert_eq!(c.body_read_timeout, Duration::from_secs(600));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(7 * 86400));
+        assert_eq!(c.max_concurrent_uploads, 3);
+        assert_eq!(
+            resolve("max_episode_size = 1000", &[])
+                .unwrap()
+                .max_episode_size,
+            1000
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_source() {
+        let e = resolve("max_episode_size = \"lots\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_episode_size") && e.contains("test.toml"),
+            "{e}"
+        );
+        let e = resolve("", &[("FERRY_RECEIVER_LISTEN", "nowhere")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`listen`") && e.contains("FERRY_RECEIVER_LISTEN"),
+            "{e}"
+        );
+        let e = resolve("colour = \"red\"", &[]).unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let e = resolve("max_concurrent_uploads = 0", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_concurrent_uploads"), "{e}");
+        let e = resolve("tls_cert = \"/c.pem\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls_key"), "{e}");
+        let e = resolve("log_format = \"xml\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log_format"), "{e}");
+        let e = resolve("storage_url = \"s3://bucket\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage_url"), "{e}");
+        let e = resolve("listen = [1]", &[]).unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn database_and_storage_urls() {
+        let c = resolve(
+            "database_url = \"postgres://u@h/db\"\nstorage_url = \"file:///srv/objects\"",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.database, Database::Postgres("postgres://u@h/db".into()));
+        assert_eq!(c.objects_dir, PathBuf::from("/srv/objects"));
+        let c = resolve("database_url = \"sqlite:///var/x.db\"", &[]).unwrap();
+        assert_eq!(c.database, Database::Sqlite(PathBuf::from("/var/x.db")));
+    }
+
+    #[test]
+    fn remediation_is_rendered_from_the_template() {
+        let r = render_remediation(
+            "run {your_commit}, not {head_commit}; {your_commit}",
+            "aaa",
+            Some("bbb"),
+        );
+        assert_eq!(r, "run aaa, not bbb; aaa");
+        let r = render_remediation(DEFAULT_REMEDIATION, "aaa", None);
+        assert!(r.contains("aaa") && r.contains("none is set"), "{r}");
+    }
+}

@@ -1,0 +1,213 @@
+//! The admin API under `/v1/admin/`, guarded by the admin token
+//! (`admin_token_file`; without one configured every route answers 401).
+//! The JSON shapes are `ferry_proto::admin`, the same as `--json` output.
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use ferry_proto::admin::{AddDevice, AllowCommit, CommitInfo, DeviceInfo, EpisodeInfo, NewDevice};
+use ferry_proto::{headers, BadRequest, Reply, Sha256};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AppError, SharedState};
+use crate::ops::{self, OpError};
+use crate::tokens;
+
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/commits", get(list_commits).post(allow_commit))
+        .route("/commits/{commit}", delete(revoke_commit))
+        .route("/devices", get(list_devices).post(add_device))
+        .route("/devices/{name}", delete(revoke_device))
+        .route("/episodes", get(list_episodes))
+        .route("/episodes/{id}", get(episode))
+        .route("/episodes/{id}/download", get(download))
+}
+
+/// Checks `Authorization: Bearer <admin token>` in constant time.
+fn admin(state: &SharedState, h: &HeaderMap) -> Result<(), AppError> {
+    let Some(expected) = state.admin_token.as_deref() else {
+        return Err(AppError::unauthenticated(
+            "the admin API is disabled on this receiver: set admin_token_file to enable it",
+        ));
+    };
+    let presented = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(tokens::bearer)
+        .unwrap_or("");
+    if tokens::token_matches(presented, expected) {
+        Ok(())
+    } else {
+        Err(AppError::unauthenticated(
+            "an `Authorization: Bearer <admin token>` header is required",
+        ))
+    }
+}
+
+impl From<OpError> for AppError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::Invalid(d) | OpError::Exists(d) => {
+                AppError::bad_request(BadRequest::Invalid, d)
+            }
+            OpError::NotFound(d) => AppError::not_found(d),
+            OpError::Index(e) => e.into(),
+        }
+    }
+}
+
+fn body<T>(j: Result<Json<T>, JsonRejection>) -> Result<T, AppError> {
+    j.map(|Json(v)| v)
+        .map_err(|e| AppError::bad_request(BadRequest::Invalid, e.body_text()))
+}
+
+fn param(
+    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<String, AppError> {
+    p.map(|Path(s)| s).map_err(|_| {
+        AppError::bad_request(BadRequest::Invalid, "the path parameter is not valid UTF-8")
+    })
+}
+
+async fn list_commits(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+) -> Result<Json<Vec<CommitInfo>>, AppError> {
+    admin(&st, &h)?;
+    Ok(Json(st.index.list_commits().await?))
+}
+
+async fn allow_commit(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    j: Result<Json<AllowCommit>, JsonRejection>,
+) -> Result<(StatusCode, Json<CommitInfo>), AppError> {
+    admin(&st, &h)?;
+    let info = ops::allow_commit(&st.index, &body(j)?).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn revoke_commit(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    c: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, AppError> {
+    admin(&st, &h)?;
+    let c = param(c)?;
+    ops::revoke_commit(&st.index, &c).await?;
+    Ok(Json(json!({"status": "revoked", "commit": c})).into_response())
+}
+
+async fn list_devices(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+) -> Result<Json<Vec<DeviceInfo>>, AppError> {
+    admin(&st, &h)?;
+    Ok(Json(st.index.list_devices().await?))
+}
+
+async fn add_device(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    j: Result<Json<AddDevice>, JsonRejection>,
+) -> Result<(StatusCode, Json<NewDevice>), AppError> {
+    admin(&st, &h)?;
+    let dev = ops::add_device(&st.index, &body(j)?.name).await?;
+    Ok((StatusCode::CREATED, Json(dev)))
+}
+
+async fn revoke_device(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    n: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, AppError> {
+    admin(&st, &h)?;
+    let name = param(n)?;
+    ops::revoke_device(&st.index, &name).await?;
+    Ok(Json(json!({"status": "revoked", "name": name})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<u64>,
+}
+
+async fn list_episodes(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<EpisodeInfo>>, AppError> {
+    admin(&st, &h)?;
+    let q = q.map_err(|e| AppError::bad_request(BadRequest::Invalid, e.body_text()))?;
+    Ok(Json(
+        st.index
+            .list_episodes(Some(q.limit.unwrap_or(1000)))
+            .await?,
+    ))
+}
+
+async fn lookup(
+    st: &SharedState,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<EpisodeInfo, AppError> {
+    let id = param(id)?;
+    st.index
+        .episode(&id)
+        .await?
+        .ok_or_else(|| AppError::not_found(format!("episode {id:?} is not stored")))
+}
+
+async fn episode(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<EpisodeInfo>, AppError> {
+    admin(&st, &h)?;
+    Ok(Json(lookup(&st, id).await?))
+}
+
+/// Streams the stored `tar.zst`. An unreadable object fails this request
+/// only.
+async fn download(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, AppError> {
+    admin(&st, &h)?;
+    let info = lookup(&st, id).await?;
+    let sha = Sha256::parse(&info.sha256).map_err(|_| AppError::internal())?;
+    let file = st.objects.open(&sha).await.map_err(|e| {
+        if e.source.kind() == std::io::ErrorKind::NotFound {
+            tracing::error!(path = %e.path.display(), episode_id = info.episode_id, "stored episode has no object");
+            AppError(Reply::NotFound {
+                detail: format!("episode {} is indexed but its object is missing", info.episode_id),
+            })
+        } else {
+            e.into()
+        }
+    })?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
+    let mut resp = Body::from_stream(stream).into_response();
+    let hdrs = resp.headers_mut();
+    hdrs.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zstd"),
+    );
+    hdrs.insert(header::CONTENT_LENGTH, HeaderValue::from(info.size));
+    if let Ok(v) = HeaderValue::from_str(&info.sha256) {
+        hdrs.insert(headers::SHA256, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}.tar.zst\"",
+        info.episode_id
+    )) {
+        hdrs.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}

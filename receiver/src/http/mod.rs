@@ -1,0 +1,195 @@
+//! The HTTP surface: the shared state, the router, device authentication
+//! and the middleware that every answer passes (protocol header, metrics).
+//! One file per route group.
+
+pub mod admin;
+pub mod device;
+pub mod error;
+pub mod health;
+pub mod status_page;
+pub mod upload;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, put};
+use axum::Router;
+use ferry_proto::{headers, Reply};
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::metrics::{Metrics, RouteLabels};
+use crate::store::objects::ObjectStore;
+use crate::store::{unix_now, Index};
+use crate::tokens;
+pub use error::{reply, AppError};
+
+/// A device's `last_seen_at` is written at most this often: a write per
+/// request would cost a durable commit per request for a column that is
+/// only read by operators.
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Shared by every request.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub index: Arc<dyn Index>,
+    pub objects: ObjectStore,
+    pub metrics: Arc<Metrics>,
+    /// One permit per upload that reads a body.
+    pub upload_slots: Arc<Semaphore>,
+    /// The admin token, read from `admin_token_file` at start; `None`
+    /// disables the admin API.
+    pub admin_token: Option<String>,
+    /// When each device's `last_seen_at` was last written by this process.
+    touched: Mutex<HashMap<String, Instant>>,
+    /// Serialises "rename into place + insert + maybe delete" for objects
+    /// whose digests share a first byte, so that an object is never deleted
+    /// while another upload of the same bytes is between rename and insert.
+    object_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    pub fn new(
+        config: Arc<Config>,
+        index: Arc<dyn Index>,
+        objects: ObjectStore,
+        admin_token: Option<String>,
+    ) -> Self {
+        Self {
+            upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
+            config,
+            index,
+            objects,
+            metrics: Arc::new(Metrics::new()),
+            admin_token,
+            touched: Mutex::new(HashMap::new()),
+            object_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    /// The lock for objects whose digest starts with `sha256`'s first byte.
+    pub fn object_lock(&self, sha256: &ferry_proto::Sha256) -> &tokio::sync::Mutex<()> {
+        let first = u8::from_str_radix(&sha256.as_str()[..2], 16).unwrap_or(0);
+        &self.object_locks[first as usize]
+    }
+
+    /// Records that a device was seen, writing at most once per
+    /// [`TOUCH_INTERVAL`] per device, in the background.
+    fn touch(self: &Arc<Self>, device: &str) {
+        let now = Instant::now();
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(last) = touched.get(device) {
+                if now.duration_since(*last) < TOUCH_INTERVAL {
+                    return;
+                }
+            }
+            touched.insert(device.to_owned(), now);
+        }
+        let state = Arc::clone(self);
+        let device = device.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = state.index.touch_device(&device, unix_now()).await {
+                tracing::warn!(device, error = %e, "cannot record last_seen_at");
+            }
+        });
+    }
+}
+
+/// Authenticates a device from `Authorization: Bearer <token>`: 401 without
+/// a token or with an unknown one, 403 when the device is revoked.
+pub async fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<String, AppError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(tokens::bearer)
+        .ok_or_else(|| {
+            AppError::unauthenticated(
+                "an `Authorization: Bearer <device token>` header is required",
+            )
+        })?;
+    let hash = tokens::hash(token);
+    let device = state
+        .index
+        .device_by_token_hash(&hash)
+        .await?
+        .filter(|d| tokens::hashes_equal(&d.token_hash, &hash))
+        .ok_or_else(|| AppError::unauthenticated("unknown device token"))?;
+    if device.revoked {
+        return Err(AppError(Reply::Forbidden {
+            detail: format!(
+                "device {} is revoked; ask the operator for a new token (`ferry-receiver devices add NAME`)",
+                device.name
+            ),
+        }));
+    }
+    state.touch(&device.name);
+    Ok(device.name)
+}
+
+/// The whole router.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/", get(status_page::page))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/v1/whoami", get(device::whoami))
+        .route("/v1/commits/{commit}", get(device::commit_check))
+        .route(
+            "/v1/episodes/{id}",
+            put(upload::put_episode).head(upload::head_episode),
+        )
+        .route(
+            "/v1/episodes/",
+            put(upload::empty_id).head(upload::empty_id),
+        )
+        .nest("/v1/admin", admin::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn not_found() -> AppError {
+    AppError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError(Reply::MethodNotAllowed {
+        detail: "method not allowed on this route".into(),
+    })
+}
+
+/// Adds `x-ferry-protocol` to every answer and counts it by route, method
+/// and status.
+async fn observe(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        headers::PROTOCOL,
+        HeaderValue::from_static(headers::PROTOCOL_VERSION),
+    );
+    state
+        .metrics
+        .requests
+        .get_or_create(&RouteLabels {
+            route,
+            method,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}

@@ -1,0 +1,435 @@
+//! `PUT /v1/episodes/{id}` and `HEAD /v1/episodes/{id}`.
+//!
+//! The PUT decides everything the headers settle before it reads a byte of
+//! the body, in this order: authentication, id, commit header, digest
+//! header, `Content-Length` (required, at most `max_episode_size`), the
+//! allow-list, an existing record, free space, an upload slot. Only then is
+//! the body streamed to a temporary file while it is hashed; a verified body
+//! is made durable and renamed into place, and the unique key of the index
+//! decides which of two racing uploads of one id stored it.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ferry_proto::{headers, BadRequest, Commit, EpisodeId, Reply, Sha256};
+use http_body_util::BodyExt;
+
+use super::{authenticate, reply, AppError, SharedState};
+use crate::config::render_remediation;
+use crate::store::objects::Chunk;
+use crate::store::{unix_now, Inserted, NewEpisode};
+
+/// Seconds a client is asked to wait when every upload slot is taken.
+pub const RETRY_AFTER_SECS: u64 = 5;
+/// Free space kept beyond the upload's own size before accepting a body.
+const FREE_SPACE_RESERVE: u64 = 16 << 20;
+/// The first four bytes of a zstd frame, and the mask/value of a skippable
+/// frame's magic (0x184D2A50..=0x184D2A5F, little endian).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+fn is_zstd(head: &[u8]) -> bool {
+    head.len() >= 4
+        && (head[..4] == ZSTD_MAGIC || (head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18]))
+}
+
+/// The episode id of the path, or 400 `bad-episode-id`. The path parameter
+/// arrives percent-decoded, so `a%2Fb` is `a/b` and fails the grammar.
+async fn episode_id(
+    state: &SharedState,
+    parts: &mut axum::http::request::Parts,
+) -> Result<EpisodeId, AppError> {
+    let raw = Path::<String>::from_request_parts(parts, state)
+        .await
+        .map_err(|_| {
+            AppError::bad_request(
+                BadRequest::BadEpisodeId,
+                "the episode id is not valid UTF-8",
+            )
+        })?;
+    EpisodeId::parse(&raw.0)
+        .map_err(|e| AppError::bad_request(BadRequest::BadEpisodeId, e.to_string()))
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
+    h.get(name).map(|v| v.to_str().map_err(|_| ()))
+}
+
+/// `PUT /v1/episodes/` (no id at all).
+pub async fn empty_id() -> AppError {
+    AppError::bad_request(BadRequest::BadEpisodeId, "the episode id is empty")
+}
+
+/// Everything the headers say, validated.
+struct Upload {
+    id: EpisodeId,
+    commit: Commit,
+    sha256: Sha256,
+    length: u64,
+    device: String,
+}
+
+async fn check_headers(
+    state: &SharedState,
+    parts: &mut axum::http::request::Parts,
+) -> Result<Upload, AppError> {
+    let device = authenticate(state, &parts.headers).await?;
+    let id = episode_id(state, parts).await?;
+    let h = &parts.headers;
+    let commit = match header_str(h, headers::COMMIT) {
+        None => {
+            return Err(AppError::bad_request(
+                BadRequest::MissingCommit,
+                "the X-Ferry-Commit header is required",
+            ))
+        }
+        Some(v) => v
+            .map_err(|()| "not ASCII".to_owned())
+            .and_then(|s| Commit::parse(s).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                AppError::bad_request(BadRequest::MalformedCommit, format!("X-Ferry-Commit: {e}"))
+            })?,
+    };
+    let sha256 = match header_str(h, headers::SHA256) {
+        None => {
+            return Err(AppError::bad_request(
+                BadRequest::MissingDigest,
+                "the X-Ferry-Sha256 header is required",
+            ))
+        }
+        Some(v) => v
+            .map_err(|()| "not ASCII".to_owned())
+            .and_then(|s| Sha256::parse(s).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                AppError::bad_request(BadRequest::MalformedDigest, format!("X-Ferry-Sha256: {e}"))
+            })?,
+    };
+    let length = match header_str(h, header::CONTENT_LENGTH.as_str()) {
+        None => {
+            return Err(AppError::bad_request(
+                BadRequest::MissingLength,
+                "a Content-Length header is required (chunked uploads are not accepted)",
+            ))
+        }
+        Some(v) => v
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                AppError::bad_request(
+                    BadRequest::MissingLength,
+                    "the Content-Length header is not a number",
+                )
+            })?,
+    };
+    let limit = state.config.max_episode_size;
+    if length > limit {
+        return Err(AppError(Reply::TooLarge {
+            limit,
+            detail: format!(
+                "{length} bytes is over this receiver's max_episode_size of {limit} bytes"
+            ),
+        }));
+    }
+    if length == 0 {
+        return Err(AppError::bad_request(
+            BadRequest::MalformedBody,
+            "the body is empty",
+        ));
+    }
+    Ok(Upload {
+        id,
+        commit,
+        sha256,
+        length,
+        device,
+    })
+}
+
+/// The allow-list check: 412 with the rendered remediation.
+async fn check_commit(state: &SharedState, commit: &Commit) -> Result<(), AppError> {
+    let status = state.index.commit_status(commit.as_str()).await?;
+    if status.allowed {
+        return Ok(());
+    }
+    state.metrics.rejected(commit.as_str());
+    Err(AppError(Reply::CommitRejected {
+        your_commit: commit.to_string(),
+        remediation: render_remediation(
+            &state.config.remediation,
+            commit.as_str(),
+            status.head_commit.as_deref(),
+        ),
+        head_commit: status.head_commit,
+    }))
+}
+
+fn already_present(id: &EpisodeId, sha256: String, size: u64) -> Response {
+    reply(Reply::AlreadyPresent {
+        episode_id: id.to_string(),
+        sha256,
+        size,
+    })
+}
+
+fn conflict(id: &EpisodeId, existing: String, ours: &Sha256) -> Response {
+    reply(Reply::Conflict {
+        episode_id: id.to_string(),
+        existing_sha256: existing,
+        sha256: Some(ours.to_string()),
+    })
+}
+
+/// Decrements the in-flight gauge when the upload ends, however it ends.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pub async fn put_episode(State(state): State<SharedState>, req: Request) -> Response {
+    match put(&state, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
+    let (mut parts, body) = req.into_parts();
+    let up = check_headers(state, &mut parts).await?;
+    check_commit(state, &up.commit).await?;
+
+    if let Some(existing) = state.index.episode(up.id.as_str()).await? {
+        if existing.sha256 != up.sha256.as_str() {
+            return Ok(conflict(&up.id, existing.sha256, &up.sha256));
+        }
+        // Same bytes are already stored, unless the object was lost: then
+        // this upload repairs it (and still answers 200).
+        match state.objects.stat(&up.sha256).await {
+            Ok(Some(_)) => return Ok(already_present(&up.id, existing.sha256, existing.size)),
+            Ok(None) => tracing::error!(
+                episode_id = %up.id, sha256 = %up.sha256,
+                "indexed episode has no object; accepting the upload to repair it"
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let free = state.objects.free_bytes().await?;
+    if free < up.length.saturating_add(FREE_SPACE_RESERVE) {
+        tracing::warn!(free, needed = up.length, episode_id = %up.id, "not enough free space for an upload");
+        return Err(AppError(Reply::InsufficientStorage {
+            detail: "the receiver does not have space for this episode now; try again later".into(),
+        }));
+    }
+
+    let Ok(_slot) = state.upload_slots.clone().try_acquire_owned() else {
+        return Err(AppError(Reply::Overloaded {
+            retry_after_secs: RETRY_AFTER_SECS,
+            detail: format!(
+                "all {} upload slots are busy; retry later",
+                state.config.max_concurrent_uploads
+            ),
+        }));
+    };
+    state.metrics.uploads_in_flight.inc();
+    let _in_flight = InFlight(&state.metrics.uploads_in_flight);
+    let started = Instant::now();
+    let result = receive(state, &up, body).await;
+    state
+        .metrics
+        .upload_seconds
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Streams the body to a temporary file, verifies it, stores it.
+async fn receive(state: &SharedState, up: &Upload, body: Body) -> Result<Response, AppError> {
+    let (tx, writer) = state.objects.begin_upload();
+    let mut body = body;
+    let mut received = 0u64;
+    let mut head = Vec::with_capacity(4);
+    let timeout = state.config.body_read_timeout;
+    loop {
+        let frame = match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => {
+                tracing::info!(episode_id = %up.id, device = up.device, received, "upload body stalled");
+                return Err(AppError(Reply::RequestTimeout {
+                    detail: format!(
+                        "no body data arrived for {}",
+                        humantime::format_duration(timeout)
+                    ),
+                }));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::info!(episode_id = %up.id, device = up.device, received, error = %e, "upload body failed");
+                return Err(AppError::bad_request(
+                    BadRequest::MalformedBody,
+                    format!("the body ended after {received} of {} bytes", up.length),
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        received += data.len() as u64;
+        state.metrics.bytes_received.inc_by(data.len() as u64);
+        if head.len() < 4 {
+            let take = (4 - head.len()).min(data.len());
+            head.extend_from_slice(&data[..take]);
+        }
+        if tx.send(Chunk::Data(data)).await.is_err() {
+            // The writer stopped: its result says why.
+            break;
+        }
+    }
+    let complete = received == up.length;
+    if complete {
+        let _ = tx.send(Chunk::Finish).await;
+    }
+    drop(tx);
+    let written = match writer.await {
+        Ok(Ok(Some(w))) => w,
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(None)) if !complete => {
+            return Err(AppError::bad_request(
+                BadRequest::MalformedBody,
+                format!(
+                    "the body has {received} bytes; Content-Length said {}",
+                    up.length
+                ),
+            ))
+        }
+        Ok(Ok(None)) | Err(_) => {
+            tracing::error!(episode_id = %up.id, "upload writer ended without a result");
+            return Err(AppError::internal());
+        }
+    };
+    if written.sha256 != up.sha256 {
+        // `written` is dropped here, which deletes the temporary file.
+        return Err(AppError::bad_request(
+            BadRequest::DigestMismatch,
+            format!(
+                "the body's sha256 is {}, X-Ferry-Sha256 says {}",
+                written.sha256, up.sha256
+            ),
+        ));
+    }
+    if !is_zstd(&head) {
+        return Err(AppError::bad_request(
+            BadRequest::MalformedBody,
+            "the body is not a zstd stream (expected a tar.zst)",
+        ));
+    }
+    store(state, up, written).await
+}
+
+/// Renames the verified file into place and inserts the index row; the
+/// unique key decides races.
+async fn store(
+    state: &SharedState,
+    up: &Upload,
+    written: crate::store::objects::Written,
+) -> Result<Response, AppError> {
+    let _lock = state.object_lock(&up.sha256).lock().await;
+    state.objects.commit(written.temp, &up.sha256).await?;
+    let row = NewEpisode {
+        episode_id: up.id.to_string(),
+        sha256: up.sha256.to_string(),
+        size: written.size,
+        commit: up.commit.to_string(),
+        device: up.device.clone(),
+        stored_at: unix_now(),
+    };
+    let inserted = match state.index.insert_episode(&row).await {
+        Ok(i) => i,
+        Err(e) => {
+            discard_if_unreferenced(state, &up.sha256).await;
+            return Err(e.into());
+        }
+    };
+    match inserted {
+        Inserted::Created => {
+            state.metrics.episodes_stored.inc();
+            tracing::info!(
+                episode_id = %up.id, device = up.device, commit = %up.commit,
+                sha256 = %up.sha256, size = written.size, "episode stored"
+            );
+            Ok(reply(Reply::Stored {
+                episode_id: up.id.to_string(),
+                sha256: up.sha256.to_string(),
+                size: written.size,
+            }))
+        }
+        // Same id, same bytes, same path: the object is the winner's too.
+        Inserted::Exists(info) if info.sha256 == up.sha256.as_str() => {
+            Ok(already_present(&up.id, info.sha256, info.size))
+        }
+        Inserted::Exists(info) => {
+            discard_if_unreferenced(state, &up.sha256).await;
+            Ok(conflict(&up.id, info.sha256, &up.sha256))
+        }
+    }
+}
+
+/// Deletes an object this upload put in place when no index row references
+/// it. The caller holds the object lock of `sha256`, so no other upload of
+/// the same bytes is between its rename and its insert.
+async fn discard_if_unreferenced(state: &SharedState, sha256: &Sha256) {
+    match state.index.sha_referenced(sha256.as_str()).await {
+        Ok(false) => {
+            if let Err(e) = state.objects.remove(sha256).await {
+                tracing::warn!(error = %e, "cannot remove an unreferenced object");
+            }
+        }
+        Ok(true) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, %sha256, "cannot tell whether an object is referenced; keeping it")
+        }
+    }
+}
+
+/// `HEAD /v1/episodes/{id}`: 200 with `X-Ferry-Sha256` (and the size as
+/// `Content-Length`) when stored, 404 otherwise.
+pub async fn head_episode(State(state): State<SharedState>, req: Request) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let result = async {
+        authenticate(&state, &parts.headers).await?;
+        let id = episode_id(&state, &mut parts).await?;
+        let info = state
+            .index
+            .episode(id.as_str())
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("episode {id} is not stored")))?;
+        let mut resp = StatusCode::OK.into_response();
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&info.sha256) {
+            h.insert(headers::SHA256, v);
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(info.size));
+        Ok::<_, AppError>(resp)
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zstd_magic() {
+        assert!(is_zstd(&[0x28, 0xb5, 0x2f, 0xfd]));
+        assert!(is_zstd(&[0x5e, 0x2a, 0x4d, 0x18]));
+        assert!(!is_zstd(b"hell"));
+        assert!(!is_zstd(&[0x28, 0xb5]));
+    }
+}

@@ -1,0 +1,240 @@
+//! `serve`: open storage, bind, announce readiness, accept connections on
+//! hyper-util (header timeout, header size limits, keep-alive, optional
+//! TLS), and shut down gracefully: on cancellation stop accepting, let
+//! in-flight requests finish within `shutdown_grace`, then abort them
+//! (their temporary files are removed as their tasks drop).
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, TlsFiles};
+use crate::http::{self, AppState};
+use crate::store::objects::ObjectStore;
+use crate::sweep;
+
+/// Longest wait for a request's headers (slowloris protection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest request head (request line and headers) accepted.
+const MAX_HEADER_BYTES: usize = 64 << 10;
+const MAX_HEADERS: usize = 64;
+/// Read buffer of a connection; bounds the size of body chunks too.
+const MAX_BUF: usize = 512 << 10;
+
+/// Why `serve` failed: a configuration problem (exit 2) or an operational
+/// one (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn read_admin_token(config: &Config) -> Result<Option<String>, ServeError> {
+    let Some(path) = &config.admin_token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ServeError::Config(format!(
+            "config key `admin_token_file`: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(ServeError::Config(format!(
+            "config key `admin_token_file`: the token in {} is shorter than 16 characters",
+            path.display()
+        )));
+    }
+    Ok(Some(token.to_owned()))
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    let open = |key: &str, p: &std::path::Path| {
+        std::fs::File::open(p)
+            .map(std::io::BufReader::new)
+            .map_err(|e| {
+                ServeError::Config(format!(
+                    "config key `{key}`: cannot read {}: {e}",
+                    p.display()
+                ))
+            })
+    };
+    let certs: Vec<_> = rustls_pemfile::certs(&mut open("tls_cert", &files.cert)?)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            ServeError::Config(format!(
+                "config key `tls_cert`: {}: {e}",
+                files.cert.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(ServeError::Config(format!(
+            "config key `tls_cert`: no certificate in {}",
+            files.cert.display()
+        )));
+    }
+    let key = rustls_pemfile::private_key(&mut open("tls_key", &files.key)?)
+        .map_err(|e| {
+            ServeError::Config(format!(
+                "config key `tls_key`: {}: {e}",
+                files.key.display()
+            ))
+        })?
+        .ok_or_else(|| {
+            ServeError::Config(format!(
+                "config key `tls_key`: no private key in {}",
+                files.key.display()
+            ))
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Failed(format!("TLS setup: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Config(format!("config keys `tls_cert`/`tls_key`: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Runs the receiver until `shutdown` is cancelled. Prints exactly one line
+/// to stdout, `listening on http(s)://ADDR`, once it is bound and ready.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let started_at = SystemTime::now();
+    let admin_token = read_admin_token(&config)?;
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+
+    let objects = ObjectStore::new(config.objects_dir.clone(), config.tmp_dir());
+    objects
+        .prepare()
+        .await
+        .map_err(|e| ServeError::Failed(format!("object storage: {e}")))?;
+    let index = crate::store::open(&config.database)
+        .await
+        .map_err(|e| ServeError::Failed(format!("index database: {e}")))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError::Failed(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Failed(format!("cannot read the bound address: {e}")))?;
+
+    let config = Arc::new(config);
+    let state = Arc::new(AppState::new(
+        config.clone(),
+        index,
+        objects.clone(),
+        admin_token,
+    ));
+    let router = http::router(state);
+
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {scheme}://{addr}");
+        let _ = out.flush();
+    }
+    tracing::info!(%addr, scheme, data_dir = %config.data_dir.display(), "ready");
+
+    let sweeper = tokio::spawn(sweep::sweep_temp(
+        objects.tmp_dir().to_owned(),
+        started_at,
+        shutdown.clone(),
+    ));
+
+    accept_loop(listener, tls, router, &config, shutdown).await;
+    sweeper.abort();
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: axum::Router,
+    config: &Config,
+    shutdown: CancellationToken,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BUF)
+        .max_headers(MAX_HEADERS)
+        .max_header_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
+
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: keep serving the connections we
+                        // have and try again shortly.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = TowerToHyperService::new(router.clone());
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let tls = tls.clone();
+                conns.spawn(async move {
+                    let result = match tls {
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    let open = conns.len();
+    tracing::info!(open, grace = ?config.shutdown_grace, "shutting down: no new connections; letting requests finish");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all requests finished"),
+        () = tokio::time::sleep(config.shutdown_grace) => {
+            tracing::warn!(
+                still_open = conns.len(),
+                "shutdown grace period over; aborting the requests still running (their uploads are discarded)"
+            );
+            conns.abort_all();
+        }
+    }
+    while conns.join_next().await.is_some() {}
+}

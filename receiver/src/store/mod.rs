@@ -1,0 +1,169 @@
+//! Storage: the [`Index`] of devices, commits and episodes behind a trait
+//! (SQLite embedded by default, PostgreSQL by URL), and the local
+//! content-addressed object store ([`objects`]).
+//!
+//! The index holds no bytes of episodes and the object store no metadata:
+//! an episode exists once its index row is committed, and its row points at
+//! an object by sha256.
+
+pub mod objects;
+pub mod postgres;
+mod sql;
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_proto::admin::{CommitInfo, DeviceInfo, EpisodeInfo};
+
+use crate::config::Database;
+
+/// A boxed future, so that [`Index`] can be used as `Arc<dyn Index>`.
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, IndexError>> + Send + 'a>>;
+
+/// Why an index operation failed. Decided from database error codes, never
+/// from message text.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The database's disk is full: answer 507.
+    #[error("index database is out of space: {0}")]
+    Full(sqlx::Error),
+    /// Any other database failure: answer 500 (or 503 on /readyz).
+    #[error("index database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// An opening or migration problem.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A device as authentication sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAuth {
+    pub name: String,
+    pub token_hash: Vec<u8>,
+    pub revoked: bool,
+}
+
+/// A new index row for a stored episode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEpisode {
+    pub episode_id: String,
+    pub sha256: String,
+    pub size: u64,
+    pub commit: String,
+    pub device: String,
+    pub stored_at: i64,
+}
+
+/// Result of [`Index::insert_episode`]: the unique key on `episode_id`
+/// decides which of two racing uploads is first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// This insert created the row.
+    Created,
+    /// A row with this id already existed (the race was lost); here it is.
+    Exists(EpisodeInfo),
+}
+
+/// Result of [`Index::add_device`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddDevice {
+    Added,
+    NameTaken,
+}
+
+/// The allow-list's answer for one commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitStatus {
+    pub allowed: bool,
+    pub head_commit: Option<String>,
+}
+
+/// Totals for the status page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub episodes: u64,
+    pub bytes: u64,
+    pub devices: u64,
+    pub commits: u64,
+}
+
+/// The index of devices, commits and episodes. Every method is one short
+/// query or transaction; nothing is cached, so a change made by the CLI in
+/// another process is seen by the next request.
+pub trait Index: Send + Sync + 'static {
+    /// A trivial query, for `/readyz`.
+    fn ping(&self) -> BoxFut<'_, ()>;
+
+    fn device_by_token_hash<'a>(&'a self, hash: &'a [u8]) -> BoxFut<'a, Option<DeviceAuth>>;
+    /// Records that the device was seen at `now` (unix seconds).
+    fn touch_device<'a>(&'a self, name: &'a str, now: i64) -> BoxFut<'a, ()>;
+    fn add_device<'a>(
+        &'a self,
+        name: &'a str,
+        token_hash: &'a [u8],
+        now: i64,
+    ) -> BoxFut<'a, AddDevice>;
+    /// Revokes a device; `false` when there is no such device.
+    fn revoke_device<'a>(&'a self, name: &'a str) -> BoxFut<'a, bool>;
+    fn list_devices(&self) -> BoxFut<'_, Vec<DeviceInfo>>;
+
+    /// Adds (or updates) an allow-list entry. With `head`, it becomes the one
+    /// head commit. An existing note is kept when `note` is `None`.
+    fn allow_commit<'a>(
+        &'a self,
+        commit: &'a str,
+        head: bool,
+        note: Option<&'a str>,
+        now: i64,
+    ) -> BoxFut<'a, ()>;
+    /// Removes an allow-list entry; `false` when it was not there.
+    fn revoke_commit<'a>(&'a self, commit: &'a str) -> BoxFut<'a, bool>;
+    fn list_commits(&self) -> BoxFut<'_, Vec<CommitInfo>>;
+    fn commit_status<'a>(&'a self, commit: &'a str) -> BoxFut<'a, CommitStatus>;
+
+    fn episode<'a>(&'a self, id: &'a str) -> BoxFut<'a, Option<EpisodeInfo>>;
+    /// Inserts the row of a stored episode; the unique key decides races.
+    /// Also records the device's last upload.
+    fn insert_episode<'a>(&'a self, e: &'a NewEpisode) -> BoxFut<'a, Inserted>;
+    /// Episodes, newest first; all of them when `limit` is `None`.
+    fn list_episodes(&self, limit: Option<u64>) -> BoxFut<'_, Vec<EpisodeInfo>>;
+    /// Whether any row references an object.
+    fn sha_referenced<'a>(&'a self, sha256: &'a str) -> BoxFut<'a, bool>;
+    fn totals(&self) -> BoxFut<'_, Totals>;
+}
+
+/// Opens (creating and migrating as needed) the configured index.
+pub async fn open(db: &Database) -> Result<Arc<dyn Index>, IndexError> {
+    match db {
+        Database::Sqlite(path) => Ok(Arc::new(sqlite::SqliteIndex::open(path).await?)),
+        Database::Postgres(url) => Ok(Arc::new(postgres::PgIndex::open(url).await?)),
+    }
+}
+
+/// Now, in unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Unix seconds as UTC `%Y-%m-%dT%H:%M:%SZ`.
+pub fn format_time(secs: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc_seconds() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(1_800_000_000), "2027-01-15T08:00:00Z");
+    }
+}

@@ -1,0 +1,465 @@
+//! The local content-addressed object store.
+//!
+//! An object lives at `<root>/<aa>/<bb>/<sha256>` (`aa`, `bb`: the first two
+//! byte pairs of its digest). Uploads are written to `<tmp>/<random>.part`
+//! by a blocking writer thread that hashes as it writes; a verified upload
+//! is fsynced, renamed into place and its directory fsynced, so an object
+//! under its final name is always complete and durable. Every blocking call
+//! runs off the async worker threads. Errors carry the path and the errno.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use ferry_proto::Sha256;
+use rand::RngCore;
+use sha2::Digest;
+use tokio::sync::mpsc;
+
+/// Suffix of temporary upload files (the sweep removes left-over ones).
+pub const TEMP_SUFFIX: &str = ".part";
+
+/// Whether an errno means "no space" (ENOSPC, EDQUOT): answer 507.
+pub fn is_out_of_space(errno: i32) -> bool {
+    errno == libc::ENOSPC || errno == libc::EDQUOT
+}
+
+/// Whether an errno means "this storage cannot take writes now" (out of
+/// space, or a read-only file system): answer 507 rather than 500.
+pub fn is_storage_unavailable(errno: i32) -> bool {
+    is_out_of_space(errno) || errno == libc::EROFS
+}
+
+/// A failed filesystem operation, with what was done and to which path.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}: {source}", path.display())]
+pub struct StoreError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl StoreError {
+    fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
+        Self {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// The errno, if the OS gave one.
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+
+    /// Whether the storage cannot take writes now (507), by errno.
+    pub fn is_unavailable(&self) -> bool {
+        self.errno().is_some_and(is_storage_unavailable)
+    }
+}
+
+/// Runs blocking filesystem work on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(StoreError::new(
+            "blocking task failed for",
+            Path::new("?"),
+            io::Error::other(e.to_string()),
+        )),
+    }
+}
+
+/// The object store: where objects and temporary files live.
+#[derive(Debug, Clone)]
+pub struct ObjectStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+/// What the writer thread hands back once an upload body is complete and
+/// fsynced under its temporary name.
+#[derive(Debug)]
+pub struct Written {
+    pub temp: TempFile,
+    pub sha256: Sha256,
+    pub size: u64,
+}
+
+impl ObjectStore {
+    pub fn new(root: PathBuf, tmp: PathBuf) -> Self {
+        Self { root, tmp }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// `<root>/<aa>/<bb>/<sha256>`.
+    pub fn path_of(&self, sha256: &Sha256) -> PathBuf {
+        let s = sha256.as_str();
+        self.root.join(&s[0..2]).join(&s[2..4]).join(s)
+    }
+
+    /// Creates the root and temp directories. Temporary files are renamed
+    /// into the root, so both must be on one file system: checked here.
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        let (root, tmp) = (self.root.clone(), self.tmp.clone());
+        blocking(move || {
+            for dir in [&root, &tmp] {
+                fs::create_dir_all(dir).map_err(|e| StoreError::new("create directory", dir, e))?;
+            }
+            use std::os::unix::fs::MetadataExt;
+            let dev = |p: &Path| {
+                fs::metadata(p)
+                    .map(|m| m.dev())
+                    .map_err(|e| StoreError::new("stat", p, e))
+            };
+            if dev(&root)? != dev(&tmp)? {
+                return Err(StoreError::new(
+                    "temporary directory is on another file system than",
+                    &root,
+                    io::Error::from_raw_os_error(libc::EXDEV),
+                ));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Starts writing one upload: returns the sender for body chunks and the
+    /// writer thread's result. Send [`Chunk::Finish`] to fsync and keep the
+    /// file; dropping the sender without it aborts and deletes the file.
+    pub fn begin_upload(
+        &self,
+    ) -> (
+        mpsc::Sender<Chunk>,
+        tokio::task::JoinHandle<Result<Option<Written>, StoreError>>,
+    ) {
+        let (tx, rx) = mpsc::channel(16);
+        let path = self.tmp.join(format!("{}{TEMP_SUFFIX}", random_name()));
+        let handle = tokio::task::spawn_blocking(move || write_upload(path, rx));
+        (tx, handle)
+    }
+
+    /// Moves a verified temporary file to its content-addressed name:
+    /// create the shard directories (fsyncing each parent whose entries
+    /// changed), rename, fsync the final directory.
+    pub async fn commit(&self, mut temp: TempFile, sha256: &Sha256) -> Result<PathBuf, StoreError> {
+        let dest = self.path_of(sha256);
+        let root = self.root.clone();
+        let src = temp.path.clone();
+        let dest2 = dest.clone();
+        let done = blocking(move || {
+            let shard = dest2.parent().expect("object path has a parent");
+            ensure_dir(&root, shard)?;
+            fs::rename(&src, &dest2)
+                .map_err(|e| StoreError::new("rename into place", &dest2, e))?;
+            fsync_dir(shard)
+        })
+        .await;
+        if done.is_ok() {
+            temp.keep();
+        }
+        done.map(|()| dest)
+    }
+
+    /// Deletes an object (only ever one this process stored and no row
+    /// references).
+    pub async fn remove(&self, sha256: &Sha256) -> Result<(), StoreError> {
+        let path = self.path_of(sha256);
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::new("remove", &path, e)),
+        })
+        .await
+    }
+
+    /// Whether the object exists and its size, without reading it.
+    pub async fn stat(&self, sha256: &Sha256) -> Result<Option<u64>, StoreError> {
+        let path = self.path_of(sha256);
+        blocking(move || match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::new("stat", &path, e)),
+        })
+        .await
+    }
+
+    /// Opens an object for reading (download).
+    pub async fn open(&self, sha256: &Sha256) -> Result<tokio::fs::File, StoreError> {
+        let path = self.path_of(sha256);
+        tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| StoreError::new("open", &path, e))
+    }
+
+    /// Free bytes for unprivileged writers on the temp file system.
+    pub async fn free_bytes(&self) -> Result<u64, StoreError> {
+        let tmp = self.tmp.clone();
+        blocking(move || free_bytes(&tmp).map_err(|e| StoreError::new("statvfs", &tmp, e))).await
+    }
+
+    /// Proves the storage takes writes: create, fsync and remove a small
+    /// file in the temp directory (for `/readyz`).
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let path = self
+            .tmp
+            .join(format!("readyz-{}{TEMP_SUFFIX}", random_name()));
+        blocking(move || {
+            let r = File::create(&path)
+                .and_then(|mut f| f.write_all(b"ok").and_then(|()| f.sync_all()))
+                .map_err(|e| StoreError::new("write probe", &path, e));
+            let _ = fs::remove_file(&path);
+            r
+        })
+        .await
+    }
+}
+
+/// One message to the writer thread.
+#[derive(Debug)]
+pub enum Chunk {
+    Data(Bytes),
+    /// The body is complete: flush, fsync and hand back the file.
+    Finish,
+}
+
+fn random_name() -> String {
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// The writer thread: write and hash every chunk; on `Finish` flush and
+/// fsync; on a closed channel (client gone, shutdown, error elsewhere) or
+/// any error, delete the file.
+fn write_upload(
+    path: PathBuf,
+    mut rx: mpsc::Receiver<Chunk>,
+) -> Result<Option<Written>, StoreError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| StoreError::new("create", &path, e))?;
+    let temp = TempFile::new(path.clone());
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    loop {
+        match rx.blocking_recv() {
+            Some(Chunk::Data(b)) => {
+                out.write_all(&b)
+                    .map_err(|e| StoreError::new("write", &path, e))?;
+                hasher.update(&b);
+                size += b.len() as u64;
+            }
+            Some(Chunk::Finish) => break,
+            None => return Ok(None),
+        }
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| StoreError::new("write", &path, e.into_error()))?;
+    file.sync_all()
+        .map_err(|e| StoreError::new("fsync", &path, e))?;
+    Ok(Some(Written {
+        temp,
+        sha256: Sha256::from_bytes(&hasher.finalize().into()),
+        size,
+    }))
+}
+
+/// Creates `dir` and any missing parents below `root`, fsyncing the parent
+/// of every directory it creates, so the new entry is durable.
+fn ensure_dir(root: &Path, dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        if parent != root && parent.starts_with(root) {
+            ensure_dir(root, parent)?;
+        }
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => fsync_dir(dir.parent().unwrap_or(root)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::new("create directory", dir, e)),
+    }
+}
+
+/// fsync of a directory, so renames and creations in it are durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::new("fsync directory", dir, e))
+}
+
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// sha256 and size of a file, read in 1 MiB pieces (blocking).
+pub fn hash_file(path: &Path) -> io::Result<(Sha256, u64)> {
+    let mut f = File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((Sha256::from_bytes(&hasher.finalize().into()), size))
+}
+
+/// A temporary upload file that is deleted when dropped, unless kept (by a
+/// successful rename into place). The deletion runs on the blocking pool
+/// when a runtime is there.
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempFile {
+    fn new(path: PathBuf) -> Self {
+        Self { path, keep: false }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let path = std::mem::take(&mut self.path);
+        let remove = move || {
+            if let Err(e) = fs::remove_file(&path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::error!(path = %path.display(), error = %e, "cannot remove temporary upload file");
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(remove);
+            }
+            Err(_) => remove(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> ObjectStore {
+        ObjectStore::new(dir.join("objects"), dir.join("tmp"))
+    }
+
+    #[test]
+    fn objects_are_sharded_by_digest_inside_the_root() {
+        let s = ObjectStore::new("/d/objects".into(), "/d/tmp".into());
+        let sha = Sha256::parse(&format!("abcd{}", "0".repeat(60))).unwrap();
+        assert_eq!(
+            s.path_of(&sha),
+            PathBuf::from(format!("/d/objects/ab/cd/abcd{}", "0".repeat(60)))
+        );
+    }
+
+    #[test]
+    fn errno_classification() {
+        assert!(is_out_of_space(libc::ENOSPC) && is_out_of_space(libc::EDQUOT));
+        assert!(is_storage_unavailable(libc::EROFS));
+        assert!(!is_storage_unavailable(libc::EIO));
+    }
+
+    async fn write(s: &ObjectStore, parts: &[&[u8]], finish: bool) -> Option<Written> {
+        let (tx, handle) = s.begin_upload();
+        for p in parts {
+            tx.send(Chunk::Data(Bytes::copy_from_slice(p)))
+                .await
+                .unwrap();
+        }
+        if finish {
+            tx.send(Chunk::Finish).await.unwrap();
+        }
+        drop(tx);
+        handle.await.unwrap().unwrap()
+    }
+
+    fn temp_files(s: &ObjectStore) -> usize {
+        fs::read_dir(s.tmp_dir()).unwrap().count()
+    }
+
+    async fn settle() {
+        // TempFile's drop deletes on the blocking pool.
+        tokio::task::spawn_blocking(|| ()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn upload_is_hashed_committed_and_abort_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.prepare().await.unwrap();
+        let w = write(&s, &[b"hello ", b"world"], true).await.unwrap();
+        assert_eq!(w.size, 11);
+        let expected = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9";
+        assert_eq!(w.sha256.as_str(), expected);
+        let sha = w.sha256.clone();
+        let dest = s.commit(w.temp, &sha).await.unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"hello world");
+        assert_eq!(hash_file(&dest).unwrap().0, sha);
+        assert_eq!(s.stat(&sha).await.unwrap(), Some(11));
+        settle().await;
+        assert_eq!(temp_files(&s), 0);
+
+        assert!(write(&s, &[b"partial"], false).await.is_none());
+        settle().await;
+        assert_eq!(temp_files(&s), 0, "an aborted upload leaves no temp file");
+
+        // A verified file that is dropped instead of committed is deleted.
+        let w = write(&s, &[b"x"], true).await.unwrap();
+        drop(w);
+        settle().await;
+        assert_eq!(temp_files(&s), 0);
+
+        s.remove(&sha).await.unwrap();
+        assert_eq!(s.stat(&sha).await.unwrap(), None);
+        s.check_writable().await.unwrap();
+        assert!(s.free_bytes().await.unwrap() > 0);
+    }
+}

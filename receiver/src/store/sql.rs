@@ -1,0 +1,363 @@
+//! The SQL of the index, shared by the SQLite and PostgreSQL backends.
+//!
+//! Both speak the same statements (`$N` parameters, `ON CONFLICT`, partial
+//! unique index for the one head commit), so one macro implements
+//! [`Index`](super::Index) for both pool types; only opening differs
+//! (`sqlite.rs`, `postgres.rs`).
+
+use ferry_proto::admin::{CommitInfo, DeviceInfo, EpisodeInfo};
+
+use super::{format_time, IndexError};
+
+/// SQLite's primary result code for "database or disk is full".
+const SQLITE_FULL: i64 = 13;
+/// PostgreSQL's SQLSTATE classes for "out of disk space" (53100) and other
+/// insufficient resources that mean "cannot store now".
+const PG_DISK_FULL: &str = "53100";
+
+/// Classifies a database error by its code, never by its message.
+pub(crate) fn classify(err: sqlx::Error) -> IndexError {
+    let full = match &err {
+        sqlx::Error::Database(db) => {
+            if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                e.code()
+                    .and_then(|c| c.parse::<i64>().ok())
+                    .is_some_and(|c| c & 0xff == SQLITE_FULL)
+            } else {
+                db.code().is_some_and(|c| c == PG_DISK_FULL)
+            }
+        }
+        sqlx::Error::Io(io) => io
+            .raw_os_error()
+            .is_some_and(crate::store::objects::is_out_of_space),
+        _ => false,
+    };
+    if full {
+        IndexError::Full(err)
+    } else {
+        IndexError::Db(err)
+    }
+}
+
+use sqlx::error::DatabaseError as _;
+
+pub(crate) type EpisodeRow = (String, String, i64, String, String, i64);
+pub(crate) const EPISODE_COLUMNS: &str = "episode_id, sha256, size, commit_id, device, stored_at";
+
+pub(crate) fn episode_info(r: EpisodeRow) -> EpisodeInfo {
+    EpisodeInfo {
+        episode_id: r.0,
+        sha256: r.1,
+        size: r.2.max(0) as u64,
+        commit: r.3,
+        device: r.4,
+        stored_at: format_time(r.5),
+    }
+}
+
+pub(crate) type DeviceRow = (String, bool, i64, Option<i64>, Option<i64>, i64, i64);
+pub(crate) const LIST_DEVICES: &str =
+    "SELECT d.name, d.revoked, d.created_at, d.last_seen_at, d.last_upload_at, \
+     (SELECT COUNT(*) FROM episodes e WHERE e.device = d.name), \
+     (SELECT CAST(COALESCE(SUM(e.size), 0) AS BIGINT) FROM episodes e WHERE e.device = d.name) \
+     FROM devices d ORDER BY d.name";
+
+pub(crate) fn device_info(r: DeviceRow) -> DeviceInfo {
+    DeviceInfo {
+        name: r.0,
+        revoked: r.1,
+        created_at: format_time(r.2),
+        last_seen_at: r.3.map(format_time),
+        last_upload_at: r.4.map(format_time),
+        episodes: r.5.max(0) as u64,
+        bytes: r.6.max(0) as u64,
+    }
+}
+
+pub(crate) type CommitRow = (String, bool, Option<String>, i64);
+
+pub(crate) fn commit_info(r: CommitRow) -> CommitInfo {
+    CommitInfo {
+        commit: r.0,
+        head: r.1,
+        note: r.2,
+        allowed_at: format_time(r.3),
+    }
+}
+
+/// Implements [`Index`](super::Index) for a struct with a `pool` field of a
+/// concrete sqlx pool type.
+macro_rules! impl_sql_index {
+    ($ty:ty) => {
+        impl $crate::store::Index for $ty {
+            fn ping(&self) -> $crate::store::BoxFut<'_, ()> {
+                Box::pin(async move {
+                    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM commits")
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err($crate::store::sql::classify)?;
+                    Ok(())
+                })
+            }
+
+            fn device_by_token_hash<'a>(
+                &'a self,
+                hash: &'a [u8],
+            ) -> $crate::store::BoxFut<'a, Option<$crate::store::DeviceAuth>> {
+                Box::pin(async move {
+                    let row: Option<(String, Vec<u8>, bool)> =
+                        sqlx::query_as("SELECT name, token_hash, revoked FROM devices WHERE token_hash = $1")
+                            .bind(hash)
+                            .fetch_optional(&self.pool)
+                            .await
+                            .map_err($crate::store::sql::classify)?;
+                    Ok(row.map(|(name, token_hash, revoked)| $crate::store::DeviceAuth {
+                        name,
+                        token_hash,
+                        revoked,
+                    }))
+                })
+            }
+
+            fn touch_device<'a>(&'a self, name: &'a str, now: i64) -> $crate::store::BoxFut<'a, ()> {
+                Box::pin(async move {
+                    sqlx::query("UPDATE devices SET last_seen_at = $1 WHERE name = $2")
+                        .bind(now)
+                        .bind(name)
+                        .execute(&self.pool)
+                        .await
+                        .map_err($crate::store::sql::classify)?;
+                    Ok(())
+                })
+            }
+
+            fn add_device<'a>(
+                &'a self,
+                name: &'a str,
+                token_hash: &'a [u8],
+                now: i64,
+            ) -> $crate::store::BoxFut<'a, $crate::store::AddDevice> {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "INSERT INTO devices (name, token_hash, revoked, created_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(name)
+                    .bind(token_hash)
+                    .bind(false)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::classify)?;
+                    Ok(if done.rows_affected() == 1 {
+                        $crate::store::AddDevice::Added
+                    } else {
+                        $crate::store::AddDevice::NameTaken
+                    })
+                })
+            }
+
+            fn revoke_device<'a>(&'a self, name: &'a str) -> $crate::store::BoxFut<'a, bool> {
+                Box::pin(async move {
+                    let done = sqlx::query("UPDATE devices SET revoked = $1 WHERE name = $2")
+                        .bind(true)
+                        .bind(name)
+                        .execute(&self.pool)
+                        .await
+                        .map_err($crate::store::sql::classify)?;
+                    Ok(done.rows_affected() > 0)
+                })
+            }
+
+            fn list_devices(&self) -> $crate::store::BoxFut<'_, Vec<ferry_proto::admin::DeviceInfo>> {
+                Box::pin(async move {
+                    let rows: Vec<$crate::store::sql::DeviceRow> = sqlx::query_as($crate::store::sql::LIST_DEVICES)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::store::sql::classify)?;
+                    Ok(rows.into_iter().map($crate::store::sql::device_info).collect())
+                })
+            }
+
+            fn allow_commit<'a>(
+                &'a self,
+                commit: &'a str,
+                head: bool,
+                note: Option<&'a str>,
+                now: i64,
+            ) -> $crate::store::BoxFut<'a, ()> {
+                Box::pin(async move {
+                    let classify = $crate::store::sql::classify;
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    if head {
+                        sqlx::query("UPDATE commits SET head = $1 WHERE head = $2 AND commit_id <> $3")
+                            .bind(false)
+                            .bind(true)
+                            .bind(commit)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(classify)?;
+                    }
+                    sqlx::query(
+                        "INSERT INTO commits (commit_id, head, note, allowed_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (commit_id) DO UPDATE SET head = (commits.head OR excluded.head), \
+                         note = COALESCE(excluded.note, commits.note)",
+                    )
+                    .bind(commit)
+                    .bind(head)
+                    .bind(note)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok(())
+                })
+            }
+
+            fn revoke_commit<'a>(&'a self, commit: &'a str) -> $crate::store::BoxFut<'a, bool> {
+                Box::pin(async move {
+                    let done = sqlx::query("DELETE FROM commits WHERE commit_id = $1")
+                        .bind(commit)
+                        .execute(&self.pool)
+                        .await
+                        .map_err($crate::store::sql::classify)?;
+                    Ok(done.rows_affected() > 0)
+                })
+            }
+
+            fn list_commits(&self) -> $crate::store::BoxFut<'_, Vec<ferry_proto::admin::CommitInfo>> {
+                Box::pin(async move {
+                    let rows: Vec<$crate::store::sql::CommitRow> = sqlx::query_as(
+                        "SELECT commit_id, head, note, allowed_at FROM commits ORDER BY head DESC, allowed_at DESC, commit_id",
+                    )
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::classify)?;
+                    Ok(rows.into_iter().map($crate::store::sql::commit_info).collect())
+                })
+            }
+
+            fn commit_status<'a>(&'a self, commit: &'a str) -> $crate::store::BoxFut<'a, $crate::store::CommitStatus> {
+                Box::pin(async move {
+                    // One round trip: the commit's own row (if any) and the head.
+                    let rows: Vec<(String, bool)> =
+                        sqlx::query_as("SELECT commit_id, head FROM commits WHERE commit_id = $1 OR head = $2")
+                            .bind(commit)
+                            .bind(true)
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err($crate::store::sql::classify)?;
+                    Ok($crate::store::CommitStatus {
+                        allowed: rows.iter().any(|(c, _)| c == commit),
+                        head_commit: rows.into_iter().find(|(_, h)| *h).map(|(c, _)| c),
+                    })
+                })
+            }
+
+            fn episode<'a>(&'a self, id: &'a str) -> $crate::store::BoxFut<'a, Option<ferry_proto::admin::EpisodeInfo>> {
+                Box::pin(async move {
+                    let sql = format!(
+                        "SELECT {} FROM episodes WHERE episode_id = $1",
+                        $crate::store::sql::EPISODE_COLUMNS
+                    );
+                    let row: Option<$crate::store::sql::EpisodeRow> = sqlx::query_as(&sql)
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::store::sql::classify)?;
+                    Ok(row.map($crate::store::sql::episode_info))
+                })
+            }
+
+            fn insert_episode<'a>(
+                &'a self,
+                e: &'a $crate::store::NewEpisode,
+            ) -> $crate::store::BoxFut<'a, $crate::store::Inserted> {
+                Box::pin(async move {
+                    let classify = $crate::store::sql::classify;
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    let done = sqlx::query(
+                        "INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (episode_id) DO NOTHING",
+                    )
+                    .bind(&e.episode_id)
+                    .bind(&e.sha256)
+                    .bind(e.size as i64)
+                    .bind(&e.commit)
+                    .bind(&e.device)
+                    .bind(e.stored_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    if done.rows_affected() == 0 {
+                        tx.rollback().await.map_err(classify)?;
+                        return match self.episode(&e.episode_id).await? {
+                            Some(info) => Ok($crate::store::Inserted::Exists(info)),
+                            None => Err($crate::store::IndexError::Setup(format!(
+                                "episode {} conflicted on insert but is not in the index",
+                                e.episode_id
+                            ))),
+                        };
+                    }
+                    sqlx::query("UPDATE devices SET last_upload_at = $1, last_seen_at = $1 WHERE name = $2")
+                        .bind(e.stored_at)
+                        .bind(&e.device)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok($crate::store::Inserted::Created)
+                })
+            }
+
+            fn list_episodes(&self, limit: Option<u64>) -> $crate::store::BoxFut<'_, Vec<ferry_proto::admin::EpisodeInfo>> {
+                Box::pin(async move {
+                    let sql = format!(
+                        "SELECT {} FROM episodes ORDER BY stored_at DESC, episode_id LIMIT $1",
+                        $crate::store::sql::EPISODE_COLUMNS
+                    );
+                    let limit = limit.map(|l| l.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX);
+                    let rows: Vec<$crate::store::sql::EpisodeRow> = sqlx::query_as(&sql)
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::store::sql::classify)?;
+                    Ok(rows.into_iter().map($crate::store::sql::episode_info).collect())
+                })
+            }
+
+            fn sha_referenced<'a>(&'a self, sha256: &'a str) -> $crate::store::BoxFut<'a, bool> {
+                Box::pin(async move {
+                    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM episodes WHERE sha256 = $1")
+                        .bind(sha256)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err($crate::store::sql::classify)?;
+                    Ok(n > 0)
+                })
+            }
+
+            fn totals(&self) -> $crate::store::BoxFut<'_, $crate::store::Totals> {
+                Box::pin(async move {
+                    let (episodes, bytes, devices, commits): (i64, i64, i64, i64) = sqlx::query_as(
+                        "SELECT (SELECT COUNT(*) FROM episodes), \
+                         (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM episodes), \
+                         (SELECT COUNT(*) FROM devices), (SELECT COUNT(*) FROM commits)",
+                    )
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::classify)?;
+                    Ok($crate::store::Totals {
+                        episodes: episodes.max(0) as u64,
+                        bytes: bytes.max(0) as u64,
+                        devices: devices.max(0) as u64,
+                        commits: commits.max(0) as u64,
+                    })
+                })
+            }
+        }
+    };
+}
+
+pub(crate) use impl_sql_index;

@@ -1,0 +1,333 @@
+//! The embedded SQLite index (the default).
+//!
+//! Journal mode (Never again §3): WAL is set exactly once, when this code
+//! creates the database file. Every later open only *reads* the journal
+//! mode; a failing read is retried with backoff and reported, never
+//! answered by setting a mode. A successful read of a non-WAL mode on an
+//! existing file is logged as an ERROR and upgraded to WAL — an upgrade,
+//! never a downgrade. Every connection runs `synchronous=FULL` (a commit
+//! survives a power cut), `busy_timeout=5s` and foreign keys on.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, SqliteConnection, SqlitePool};
+
+use super::sql::{classify, impl_sql_index};
+use super::IndexError;
+
+/// How many times a transient failure to open or to read the journal mode
+/// is retried, and the first pause (doubled each time).
+const OPEN_ATTEMPTS: u32 = 6;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The SQLite index.
+#[derive(Debug, Clone)]
+pub struct SqliteIndex {
+    pool: SqlitePool,
+}
+
+impl_sql_index!(SqliteIndex);
+
+/// What to do after reading the journal mode of an existing database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalAction {
+    Keep,
+    /// The file is not in WAL mode (created by something else, or by a
+    /// version that had the field bug): log an ERROR and set WAL.
+    UpgradeToWal,
+}
+
+/// The pure decision on a journal mode that was *read successfully*.
+pub fn journal_action(mode: &str) -> JournalAction {
+    if mode.eq_ignore_ascii_case("wal") {
+        JournalAction::Keep
+    } else {
+        JournalAction::UpgradeToWal
+    }
+}
+
+fn base_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .busy_timeout(Duration::from_secs(5))
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+}
+
+/// Transient failures worth retrying: IO errors and SQLite's IOERR, BUSY,
+/// LOCKED and CANTOPEN families, by code.
+fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 14)),
+        _ => false,
+    }
+}
+
+/// Runs `op` until it succeeds, fails permanently, or runs out of attempts;
+/// every transient failure is logged with what was being done.
+async fn retry<T, F, Fut>(what: &str, path: &Path, mut op: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut pause = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if is_transient(&e) && attempt < OPEN_ATTEMPTS => {
+                tracing::warn!(path = %path.display(), attempt, error = %e, "{what} failed; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn read_journal_mode(conn: &mut SqliteConnection) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar::<_, String>("PRAGMA journal_mode")
+        .fetch_one(conn)
+        .await
+}
+
+/// Reads the journal mode, retrying transient failures. A failure is
+/// returned as an error; it never leads to setting a mode.
+async fn read_journal_mode_retrying(
+    conn: &mut SqliteConnection,
+    path: &Path,
+) -> Result<String, sqlx::Error> {
+    let mut pause = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match read_journal_mode(conn).await {
+            Ok(mode) => return Ok(mode),
+            Err(e) if is_transient(&e) && attempt < OPEN_ATTEMPTS => {
+                tracing::error!(path = %path.display(), attempt, error = %e,
+                    "reading the journal mode failed; retrying in {pause:?} (the mode is left as it is)");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl SqliteIndex {
+    /// Opens the database at `path`, creating it (in WAL mode) and its
+    /// directory if missing, and applies migrations.
+    pub async fn open(path: &Path) -> Result<Self, IndexError> {
+        let owned: PathBuf = path.to_owned();
+        let exists = tokio::task::spawn_blocking(move || -> Result<bool, IndexError> {
+            if let Some(parent) = owned.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    IndexError::Setup(format!("cannot create directory {}: {e}", parent.display()))
+                })?;
+            }
+            match std::fs::metadata(&owned) {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(IndexError::Setup(format!(
+                    "cannot stat {}: {e}",
+                    owned.display()
+                ))),
+            }
+        })
+        .await
+        .map_err(|e| IndexError::Setup(format!("open task failed: {e}")))??;
+
+        let opts = base_options(path);
+        let mut conn = if exists {
+            let mut conn = retry("opening the index", path, || opts.connect())
+                .await
+                .map_err(classify)?;
+            let mode = read_journal_mode_retrying(&mut conn, path)
+                .await
+                .map_err(classify)?;
+            if journal_action(&mode) == JournalAction::UpgradeToWal {
+                tracing::error!(
+                    path = %path.display(),
+                    journal_mode = %mode,
+                    "index database is not in WAL mode; switching it to WAL (an upgrade, never a downgrade)"
+                );
+                sqlx::query("PRAGMA journal_mode=WAL")
+                    .execute(&mut conn)
+                    .await
+                    .map_err(classify)?;
+            }
+            conn
+        } else {
+            // Created here, so WAL is set here, once.
+            let create = opts
+                .clone()
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal);
+            retry("creating the index", path, || create.connect())
+                .await
+                .map_err(classify)?
+        };
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&mut conn)
+            .await
+            .map_err(|e| IndexError::Setup(format!("migrating {}: {e}", path.display())))?;
+        conn.close().await.map_err(classify)?;
+
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .map_err(classify)?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for tests.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AddDevice, Index, Inserted, NewEpisode};
+
+    async fn mode_of(path: &Path) -> String {
+        let mut c = base_options(path).connect().await.unwrap();
+        read_journal_mode(&mut c).await.unwrap()
+    }
+
+    #[test]
+    fn only_wal_is_kept() {
+        assert_eq!(journal_action("wal"), JournalAction::Keep);
+        assert_eq!(journal_action("WAL"), JournalAction::Keep);
+        assert_eq!(journal_action("delete"), JournalAction::UpgradeToWal);
+        assert_eq!(journal_action("truncate"), JournalAction::UpgradeToWal);
+    }
+
+    #[tokio::test]
+    async fn a_new_database_is_created_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/index.sqlite");
+        let idx = SqliteIndex::open(&path).await.unwrap();
+        idx.pool().close().await;
+        assert_eq!(mode_of(&path).await, "wal");
+        // Reopening keeps it, and the data.
+        let idx = SqliteIndex::open(&path).await.unwrap();
+        idx.ping().await.unwrap();
+        assert_eq!(mode_of(&path).await, "wal");
+    }
+
+    #[tokio::test]
+    async fn an_existing_delete_mode_database_is_upgraded_never_downgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        {
+            let mut c = base_options(&path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Delete)
+                .connect()
+                .await
+                .unwrap();
+            sqlx::query("CREATE TABLE unrelated (x INTEGER)")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+        }
+        assert_eq!(mode_of(&path).await, "delete");
+        let idx = SqliteIndex::open(&path).await.unwrap();
+        idx.ping().await.unwrap();
+        assert_eq!(mode_of(&path).await, "wal");
+    }
+
+    #[tokio::test]
+    async fn a_garbage_file_is_an_error_not_a_new_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        std::fs::write(&path, vec![0x55u8; 8192]).unwrap();
+        assert!(SqliteIndex::open(&path).await.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), vec![0x55u8; 8192]);
+    }
+
+    #[tokio::test]
+    async fn index_operations() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = SqliteIndex::open(&dir.path().join("i.sqlite"))
+            .await
+            .unwrap();
+        assert_eq!(
+            idx.add_device("d1", &[1; 32], 10).await.unwrap(),
+            AddDevice::Added
+        );
+        assert_eq!(
+            idx.add_device("d1", &[2; 32], 10).await.unwrap(),
+            AddDevice::NameTaken
+        );
+        let d = idx.device_by_token_hash(&[1; 32]).await.unwrap().unwrap();
+        assert_eq!((d.name.as_str(), d.revoked), ("d1", false));
+        assert!(idx.revoke_device("d1").await.unwrap());
+        assert!(!idx.revoke_device("nope").await.unwrap());
+        assert!(
+            idx.device_by_token_hash(&[1; 32])
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked
+        );
+
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        idx.allow_commit(&a, true, Some("first"), 1).await.unwrap();
+        idx.allow_commit(&b, false, None, 2).await.unwrap();
+        let s = idx.commit_status(&b).await.unwrap();
+        assert!(s.allowed);
+        assert_eq!(s.head_commit.as_deref(), Some(a.as_str()));
+        idx.allow_commit(&b, true, None, 3).await.unwrap();
+        // Re-allowing the old head without --head does not make two heads.
+        idx.allow_commit(&a, false, None, 4).await.unwrap();
+        let list = idx.list_commits().await.unwrap();
+        assert_eq!(list.iter().filter(|c| c.head).count(), 1);
+        assert_eq!(list[0].commit, b);
+        assert_eq!(
+            list.iter().find(|c| c.commit == a).unwrap().note.as_deref(),
+            Some("first")
+        );
+        assert!(idx.revoke_commit(&b).await.unwrap());
+        let s = idx.commit_status(&b).await.unwrap();
+        assert!(!s.allowed && s.head_commit.is_none());
+
+        let e = NewEpisode {
+            episode_id: "ep1".into(),
+            sha256: "c".repeat(64),
+            size: 5,
+            commit: a.clone(),
+            device: "d1".into(),
+            stored_at: 100,
+        };
+        assert_eq!(idx.insert_episode(&e).await.unwrap(), Inserted::Created);
+        let again = NewEpisode {
+            sha256: "d".repeat(64),
+            ..e.clone()
+        };
+        match idx.insert_episode(&again).await.unwrap() {
+            Inserted::Exists(info) => assert_eq!(info.sha256, e.sha256),
+            other => panic!("{other:?}"),
+        }
+        assert!(idx.sha_referenced(&e.sha256).await.unwrap());
+        assert!(!idx.sha_referenced(&again.sha256).await.unwrap());
+        let devices = idx.list_devices().await.unwrap();
+        assert_eq!((devices[0].episodes, devices[0].bytes), (1, 5));
+        assert!(devices[0].last_upload_at.is_some());
+        let t = idx.totals().await.unwrap();
+        assert_eq!((t.episodes, t.bytes, t.devices, t.commits), (1, 5, 1, 1));
+    }
+}
