@@ -10,6 +10,7 @@ mod crash;
 mod durability;
 mod faults;
 mod hostile;
+mod network;
 
 use std::collections::BTreeMap;
 use std::path::Path;
