@@ -1,0 +1,61 @@
+//! Turns what happened to one attempt into a `proto::Outcome`. No IO and no
+//! decisions: the table in `proto::decide` decides.
+
+use ferry_proto::Outcome;
+
+use crate::pack::PackError;
+use crate::ship::UploadResult;
+
+/// The outcome of an upload attempt.
+pub fn upload(result: &UploadResult) -> Outcome<'_> {
+    match result {
+        UploadResult::Answered(a) => Outcome::Answered {
+            status: a.status,
+            reply: a.reply.as_ref(),
+            retry_after: a.retry_after,
+        },
+        UploadResult::Network(_) => Outcome::Network,
+        UploadResult::TarballRead { .. } => Outcome::LocalRead,
+        UploadResult::Aborted => Outcome::Aborted,
+    }
+}
+
+/// The outcome of a failed pack (or re-hash): by error type and errno,
+/// never by message.
+pub fn pack(e: &PackError) -> Outcome<'static> {
+    match e {
+        PackError::Cancelled => Outcome::Aborted,
+        e if e.is_disk_full() => Outcome::DiskFull,
+        // Any other write failure of the outbox is the device's problem
+        // too (EROFS, EIO on the spool disk): transient, not the episode's.
+        PackError::Write { .. } => Outcome::DiskFull,
+        PackError::Read { .. } => Outcome::LocalRead,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn pack_errors_map_by_side_and_errno() {
+        let r = PackError::Read {
+            path: "f".into(),
+            source: io::Error::from_raw_os_error(libc::EIO),
+        };
+        assert_eq!(pack(&r), Outcome::LocalRead);
+        let w = PackError::Write {
+            path: "f".into(),
+            source: io::Error::from_raw_os_error(libc::EDQUOT),
+        };
+        assert_eq!(pack(&w), Outcome::DiskFull);
+        assert_eq!(pack(&PackError::Cancelled), Outcome::Aborted);
+    }
+
+    #[test]
+    fn upload_results_map() {
+        assert_eq!(upload(&UploadResult::Aborted), Outcome::Aborted);
+        assert_eq!(upload(&UploadResult::Network("x".into())), Outcome::Network);
+    }
+}

@@ -1,0 +1,46 @@
+//! 409: the receiver holds different bytes under this id. The episode moves
+//! to `conflict/<id>/` with `conflict.json` and is never shipped again by
+//! itself; `doctor` lists it.
+
+use std::io;
+
+use ferry_proto::{Commit, EpisodeId, Sha256};
+use serde::{Deserialize, Serialize};
+
+use crate::fsio;
+use crate::spool::{self, Spool, CONFLICT_FILE};
+
+/// Contents of `conflict.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictRecord {
+    pub episode_id: String,
+    /// Our sha256 (the bytes we tried to ship).
+    pub sha256: String,
+    /// The sha256 the receiver holds, when it said.
+    pub existing_sha256: Option<String>,
+    pub commit: String,
+    /// UTC `%Y-%m-%dT%H:%M:%SZ`.
+    pub at: String,
+}
+
+/// Move the episode to `conflict/` and record both digests.
+pub fn park(
+    spool: &Spool,
+    id: &EpisodeId,
+    ours: &Sha256,
+    theirs: Option<&str>,
+    commit: &Commit,
+) -> io::Result<()> {
+    let dest = spool.conflict_dir(id);
+    fsio::move_dir_replacing(&spool.episode_dir(id), &dest)?;
+    let rec = ConflictRecord {
+        episode_id: id.to_string(),
+        sha256: ours.to_string(),
+        existing_sha256: theirs.map(str::to_owned),
+        commit: commit.to_string(),
+        at: spool::now_wall(),
+    };
+    let text = serde_json::to_vec_pretty(&rec).expect("serialisable");
+    fsio::write_atomic(&dest.join(CONFLICT_FILE), &text)?;
+    spool.remove_tarballs(id)
+}

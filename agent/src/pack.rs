@@ -1,0 +1,641 @@
+//! Packing: episode directory → tar → zstd → sha256 and the `.partial` file,
+//! in one streaming pass on the calling (blocking) thread; then fsync,
+//! rename, fsync the directory.
+//!
+//! The output is deterministic: entries sorted bytewise by relative path,
+//! owners zeroed, modes normalised, file mtimes kept, directory and
+//! symlink mtimes zeroed (a directory's mtime changes whenever a file is added to or
+//! removed from it, for example a quarantine reason file, and must not
+//! change the digest), GNU headers, fixed zstd parameters, and always the
+//! multi-threaded zstd mode (its output does not depend on the number of
+//! workers, but differs from the single-threaded one).
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ferry_proto::Sha256;
+use sha2::Digest;
+use tokio_util::sync::CancellationToken;
+
+use crate::fsio;
+
+/// Why packing failed. Read errors are the episode's (`Outcome::LocalRead`),
+/// write errors the device's (`Outcome::DiskFull` when ENOSPC/EDQUOT).
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl PackError {
+    /// The device ran out of space (or quota) writing the tarball.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, PackError::Write { source, .. } if fsio::is_disk_full(source))
+    }
+
+    /// `path: message [ERRNO]`.
+    pub fn describe(&self) -> String {
+        match self {
+            PackError::Read { path, source } | PackError::Write { path, source } => {
+                fsio::describe(path, source)
+            }
+            PackError::Cancelled => "cancelled".into(),
+        }
+    }
+}
+
+/// Fixed archive parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct PackOptions {
+    pub zstd_level: i32,
+    /// zstd worker threads, at least 1 (see the module doc).
+    pub workers: u32,
+}
+
+impl PackOptions {
+    pub fn new(zstd_level: i32) -> PackOptions {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        PackOptions {
+            zstd_level,
+            workers: cpus.clamp(1, 4) as u32,
+        }
+    }
+}
+
+/// The result of a pack: digest and size of the tarball.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packed {
+    pub sha256: Sha256,
+    pub size: u64,
+}
+
+struct Item {
+    rel: PathBuf,
+    meta: fs::Metadata,
+}
+
+/// Walk `root`, returning every entry below it with its metadata, sorted
+/// bytewise by relative path.
+fn walk(root: &Path, cancel: &CancellationToken) -> Result<Vec<Item>, PackError> {
+    let mut items = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        if cancel.is_cancelled() {
+            return Err(PackError::Cancelled);
+        }
+        let dir = root.join(&rel);
+        let read = |source| PackError::Read {
+            path: dir.clone(),
+            source,
+        };
+        for entry in fs::read_dir(&dir).map_err(read)? {
+            let entry = entry.map_err(read)?;
+            let child_rel = rel.join(entry.file_name());
+            let path = root.join(&child_rel);
+            let meta = fs::symlink_metadata(&path).map_err(|source| PackError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            if meta.is_dir() {
+                stack.push(child_rel.clone());
+            }
+            items.push(Item {
+                rel: child_rel,
+                meta,
+            });
+        }
+    }
+    items.sort_by(|a, b| {
+        a.rel
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.rel.as_os_str().as_bytes())
+    });
+    Ok(items)
+}
+
+/// Hashes and counts what goes to the file, and keeps the first write
+/// error so that it can be told apart from a read error after tar and
+/// zstd have passed it up.
+struct HashWriter<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    written: u64,
+    error: Arc<Mutex<Option<io::Error>>>,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.inner.write(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.written += n as u64;
+                Ok(n)
+            }
+            Err(e) => Err(self.keep(e)),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().map_err(|e| self.keep(e))
+    }
+}
+
+impl<W> HashWriter<W> {
+    fn keep(&self, e: io::Error) -> io::Error {
+        let copy = match e.raw_os_error() {
+            Some(n) => io::Error::from_raw_os_error(n),
+            None => io::Error::new(e.kind(), e.to_string()),
+        };
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        copy
+    }
+}
+
+/// Reads exactly `remaining` bytes of one file, counting progress and
+/// honouring cancellation; keeps its own error for the same reason.
+struct EntryReader<'a> {
+    file: File,
+    path: &'a Path,
+    remaining: u64,
+    progress: &'a AtomicU64,
+    cancel: &'a CancellationToken,
+    error: Option<PackError>,
+}
+
+impl Read for EntryReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        if self.cancel.is_cancelled() {
+            self.error = Some(PackError::Cancelled);
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+        }
+        let want = buf
+            .len()
+            .min(self.remaining.min(usize::MAX as u64) as usize);
+        let n = loop {
+            match self.file.read(&mut buf[..want]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match n {
+            Ok(0) => {
+                let e = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while being packed",
+                );
+                self.error = Some(PackError::Read {
+                    path: self.path.to_owned(),
+                    source: io::Error::new(e.kind(), e.to_string()),
+                });
+                Err(e)
+            }
+            Ok(n) => {
+                self.remaining -= n as u64;
+                self.progress.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(n)
+            }
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.error = Some(PackError::Read {
+                    path: self.path.to_owned(),
+                    source: e,
+                });
+                Err(copy)
+            }
+        }
+    }
+}
+
+fn normal_mode(meta: &fs::Metadata) -> u32 {
+    if meta.is_dir() {
+        0o755
+    } else if meta.file_type().is_symlink() {
+        0o777
+    } else if meta.permissions().mode() & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    }
+}
+
+fn mtime_secs(meta: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime().max(0) as u64
+}
+
+/// Pack `src` as `<name>/...` into `out` (written as `<out>.partial`, then
+/// renamed). `progress` counts bytes read; `cancel` stops the pass.
+pub fn pack_dir(
+    src: &Path,
+    name: &str,
+    out: &Path,
+    opts: PackOptions,
+    progress: &AtomicU64,
+    cancel: &CancellationToken,
+) -> Result<Packed, PackError> {
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let result = pack_to(src, name, &partial, opts, progress, cancel).and_then(|packed| {
+        let w = |source| PackError::Write {
+            path: out.to_owned(),
+            source,
+        };
+        fsio::rename_durable(&partial, out).map_err(w)?;
+        Ok(packed)
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&partial);
+    }
+    result
+}
+
+fn pack_to(
+    src: &Path,
+    name: &str,
+    partial: &Path,
+    opts: PackOptions,
+    progress: &AtomicU64,
+    cancel: &CancellationToken,
+) -> Result<Packed, PackError> {
+    let werr = |source| PackError::Write {
+        path: partial.to_owned(),
+        source,
+    };
+    let root_meta = fs::metadata(src).map_err(|source| PackError::Read {
+        path: src.to_owned(),
+        source,
+    })?;
+    if !root_meta.is_dir() {
+        return Err(PackError::Read {
+            path: src.to_owned(),
+            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    let items = walk(src, cancel)?;
+
+    let file = File::create(partial).map_err(werr)?;
+    let write_error = Arc::new(Mutex::new(None));
+    let hw = HashWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: sha2::Sha256::new(),
+        written: 0,
+        error: write_error.clone(),
+    };
+    let mut enc = zstd::Encoder::new(hw, opts.zstd_level).map_err(werr)?;
+    enc.include_checksum(true).map_err(werr)?;
+    enc.multithread(opts.workers.max(1)).map_err(werr)?;
+    let mut builder = tar::Builder::new(enc);
+
+    // Map an error from tar/zstd to the side that caused it.
+    let classify = |e: io::Error, reader_error: Option<PackError>, path: &Path| -> PackError {
+        if let Some(r) = reader_error {
+            return r;
+        }
+        if let Some(w) = write_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return PackError::Write {
+                path: partial.to_owned(),
+                source: w,
+            };
+        }
+        PackError::Read {
+            path: path.to_owned(),
+            source: e,
+        }
+    };
+
+    // The episode's own directory entry first.
+    let mut h = dir_header();
+    builder
+        .append_data(&mut h, Path::new(name), io::empty())
+        .map_err(|e| classify(e, None, src))?;
+
+    for item in &items {
+        if cancel.is_cancelled() {
+            return Err(PackError::Cancelled);
+        }
+        let path = src.join(&item.rel);
+        let arc_path = Path::new(name).join(&item.rel);
+        let ft = item.meta.file_type();
+        if ft.is_dir() {
+            let mut h = dir_header();
+            builder
+                .append_data(&mut h, &arc_path, io::empty())
+                .map_err(|e| classify(e, None, &path))?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&path).map_err(|source| PackError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_uid(0);
+            h.set_gid(0);
+            // A symlink's own mtime is when it was made, not data: zeroed
+            // like a directory's.
+            h.set_mtime(0);
+            h.set_size(0);
+            builder
+                .append_link(&mut h, &arc_path, &target)
+                .map_err(|e| classify(e, None, &path))?;
+        } else if ft.is_file() {
+            let file = File::open(&path).map_err(|source| PackError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let size = item.meta.len();
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(normal_mode(&item.meta));
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(mtime_secs(&item.meta));
+            h.set_size(size);
+            let mut reader = EntryReader {
+                file,
+                path: &path,
+                remaining: size,
+                progress,
+                cancel,
+                error: None,
+            };
+            if let Err(e) = builder.append_data(&mut h, &arc_path, &mut reader) {
+                let re = reader.error.take();
+                return Err(classify(e, re, &path));
+            }
+        } else {
+            return Err(PackError::Read {
+                path,
+                source: io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "not a regular file, directory or symlink",
+                ),
+            });
+        }
+    }
+    let enc = builder
+        .into_inner()
+        .map_err(|e| classify(e, None, partial))?;
+    let hw = enc.finish().map_err(|e| classify(e, None, partial))?;
+    let HashWriter {
+        inner,
+        hasher,
+        written,
+        ..
+    } = hw;
+    let file = inner.into_inner().map_err(|e| werr(e.into_error()))?;
+    file.sync_all().map_err(werr)?;
+    let digest: [u8; 32] = hasher.finalize().into();
+    Ok(Packed {
+        sha256: Sha256::from_bytes(&digest),
+        size: written,
+    })
+}
+
+fn dir_header() -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(0);
+    h
+}
+
+/// sha256 and size of an existing file, streaming (a tarball left in the
+/// outbox by an earlier run).
+pub fn hash_file(
+    path: &Path,
+    progress: &AtomicU64,
+    cancel: &CancellationToken,
+) -> Result<Packed, PackError> {
+    let rerr = |source| PackError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = File::open(path).map_err(rerr)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut size = 0u64;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(PackError::Cancelled);
+        }
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(rerr(e)),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+        progress.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    let digest: [u8; 32] = hasher.finalize().into();
+    Ok(Packed {
+        sha256: Sha256::from_bytes(&digest),
+        size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn set_mtime(p: &Path, secs: u64) {
+        let f = File::options().write(true).open(p).unwrap();
+        f.set_modified(UNIX_EPOCH + Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    /// Build the same episode content in `dir`, creating entries in the
+    /// given order.
+    fn build(dir: &Path, reverse: bool) {
+        let mut files: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "meta.json",
+                b"{\"code_version\":{\"commit\":\"x\"}}".to_vec(),
+            ),
+            (
+                "a/b/c.bin",
+                (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect(),
+            ),
+            ("a/z.txt", b"zzz".to_vec()),
+            ("a.txt", b"dot sorts before slash".to_vec()),
+            ("done.marker", Vec::new()),
+            ("run.sh", b"#!/bin/sh\n".to_vec()),
+        ];
+        if reverse {
+            files.reverse();
+        }
+        for (rel, data) in &files {
+            let p = dir.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, data).unwrap();
+            set_mtime(&p, 1_700_000_000);
+        }
+        fs::set_permissions(dir.join("run.sh"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(dir.join("a.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+        symlink("a/z.txt", dir.join("link")).unwrap();
+    }
+
+    fn pack(src: &Path, out: &Path, workers: u32) -> Packed {
+        let opts = PackOptions {
+            zstd_level: 3,
+            workers,
+        };
+        pack_dir(
+            src,
+            "ep1",
+            out,
+            opts,
+            &AtomicU64::new(0),
+            &CancellationToken::new(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn same_content_same_bytes_whatever_order_path_or_workers() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("one/ep1");
+        let b = t.path().join("two/deeper/elsewhere/ep1");
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        build(&a, false);
+        std::thread::sleep(Duration::from_millis(1100));
+        build(&b, true);
+        let pa = pack(&a, &t.path().join("a.tar.zst"), 1);
+        let pb = pack(&b, &t.path().join("b.tar.zst"), 3);
+        assert_eq!(pa, pb);
+        assert_eq!(
+            fs::read(t.path().join("a.tar.zst")).unwrap(),
+            fs::read(t.path().join("b.tar.zst")).unwrap()
+        );
+        assert!(!t.path().join("a.tar.zst.partial").exists());
+        let again = hash_file(
+            &t.path().join("a.tar.zst"),
+            &AtomicU64::new(0),
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert_eq!(again, pa);
+    }
+
+    #[test]
+    fn archive_lists_sorted_normalised_entries() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("ep1");
+        fs::create_dir_all(&a).unwrap();
+        build(&a, false);
+        let out = t.path().join("x.tar.zst");
+        pack(&a, &out, 2);
+        let dec = zstd::Decoder::new(File::open(&out).unwrap()).unwrap();
+        let mut ar = tar::Archive::new(dec);
+        let mut seen = Vec::new();
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            seen.push((
+                e.path()
+                    .unwrap()
+                    .to_string_lossy()
+                    .trim_end_matches('/')
+                    .to_string(),
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+                h.mtime().unwrap(),
+            ));
+        }
+        let names: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ep1",
+                "ep1/a",
+                "ep1/a.txt",
+                "ep1/a/b",
+                "ep1/a/b/c.bin",
+                "ep1/a/z.txt",
+                "ep1/done.marker",
+                "ep1/link",
+                "ep1/meta.json",
+                "ep1/run.sh"
+            ]
+        );
+        let get = |n: &str| seen.iter().find(|s| s.0 == n).unwrap();
+        assert_eq!(get("ep1/run.sh").1, 0o755);
+        assert_eq!(get("ep1/a.txt").1, 0o644);
+        assert_eq!(get("ep1/a").1, 0o755);
+        assert_eq!(get("ep1/a.txt").3, 1_700_000_000);
+        assert!(seen.iter().all(|s| s.2 == 0));
+    }
+
+    #[test]
+    fn errors_say_which_side_and_where() {
+        let t = tempfile::tempdir().unwrap();
+        let missing = t.path().join("nope");
+        let e = pack_dir(
+            &missing,
+            "x",
+            &t.path().join("o"),
+            PackOptions::new(3),
+            &AtomicU64::new(0),
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, PackError::Read { path, .. } if path == &missing),
+            "{e:?}"
+        );
+        let src = t.path().join("ep");
+        fs::create_dir_all(&src).unwrap();
+        let e = pack_dir(
+            &src,
+            "ep",
+            &t.path().join("no/such/dir/o"),
+            PackOptions::new(3),
+            &AtomicU64::new(0),
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, PackError::Write { .. }), "{e:?}");
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let e = pack_dir(
+            &src,
+            "ep",
+            &t.path().join("o"),
+            PackOptions::new(3),
+            &AtomicU64::new(0),
+            &cancel,
+        )
+        .unwrap_err();
+        assert!(matches!(e, PackError::Cancelled));
+        assert!(PackError::Write {
+            path: "x".into(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC)
+        }
+        .is_disk_full());
+    }
+}

@@ -1,0 +1,296 @@
+//! `quarantine/<id>/` and its `quarantine_reason.json`: moving an episode in
+//! (with the reason), reading reasons written by this or an older shipper,
+//! and moving episodes back (`retry`, or the 412 re-check).
+
+use std::fs;
+use std::io;
+
+use ferry_proto::{EpisodeId, QuarantineKind};
+use serde_json::{Map, Value};
+
+use crate::fsio;
+use crate::spool::{self, Spool, REASON_FILE};
+
+/// The stable name of a quarantine kind, as written in the reason file.
+pub fn kind_name(kind: QuarantineKind) -> &'static str {
+    match kind {
+        QuarantineKind::CommitRejected => "commit-rejected",
+        QuarantineKind::Refused => "refused",
+        QuarantineKind::RepeatedDigestMismatch => "repeated-digest-mismatch",
+        QuarantineKind::Unreadable => "unreadable",
+        QuarantineKind::NoCommit => "no-commit",
+    }
+}
+
+/// One `quarantine_reason.json`. Read leniently: every field may be
+/// missing, unknown fields are kept and written back unchanged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reason {
+    /// HTTP status of the answer; `None` for local reasons.
+    pub status_code: Option<u16>,
+    pub error: String,
+    /// The receiver's answer body (JSON when it was JSON), or null.
+    pub body: Value,
+    /// UTC `%Y-%m-%dT%H:%M:%SZ`.
+    pub quarantined_at_wall: Option<String>,
+    pub commit: Option<String>,
+    pub attempts: Option<u32>,
+    pub remediation: Option<String>,
+    /// The quarantine kind (`commit-rejected`, …); inferred for old files.
+    pub kind: Option<String>,
+    pub extra: Map<String, Value>,
+}
+
+impl Reason {
+    /// The kind, inferring it for files written before the field existed:
+    /// a 412 is a rejected commit.
+    pub fn kind(&self) -> String {
+        if let Some(k) = &self.kind {
+            return k.clone();
+        }
+        match self.status_code {
+            Some(412) => kind_name(QuarantineKind::CommitRejected).into(),
+            Some(_) => kind_name(QuarantineKind::Refused).into(),
+            None => "unknown".into(),
+        }
+    }
+
+    pub fn is_commit_rejected(&self) -> bool {
+        self.kind() == kind_name(QuarantineKind::CommitRejected)
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Reason {
+        let v: Value = serde_json::from_slice(bytes).unwrap_or_else(|e| {
+            Value::Object(Map::from_iter([(
+                "error".to_string(),
+                Value::String(format!("unreadable {REASON_FILE}: {e}")),
+            )]))
+        });
+        let mut m = match v {
+            Value::Object(m) => m,
+            other => Map::from_iter([("body".to_string(), other)]),
+        };
+        let str_of = |v: Option<Value>| match v {
+            Some(Value::String(s)) => Some(s),
+            Some(Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        };
+        let status_code = match m.remove("status_code") {
+            Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            Some(Value::String(s)) => s.trim().parse().ok(),
+            _ => None,
+        };
+        let attempts = match m.remove("attempts") {
+            Some(Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            Some(Value::String(s)) => s.trim().parse().ok(),
+            _ => None,
+        };
+        Reason {
+            status_code,
+            error: str_of(m.remove("error")).unwrap_or_default(),
+            body: m.remove("body").unwrap_or(Value::Null),
+            quarantined_at_wall: str_of(m.remove("quarantined_at_wall")),
+            commit: str_of(m.remove("commit")),
+            attempts,
+            remediation: str_of(m.remove("remediation")),
+            kind: str_of(m.remove("kind")),
+            extra: m,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut m = self.extra.clone();
+        m.insert(
+            "status_code".into(),
+            self.status_code.map_or(Value::Null, Value::from),
+        );
+        m.insert("error".into(), Value::String(self.error.clone()));
+        m.insert("body".into(), self.body.clone());
+        let opt = |s: &Option<String>| s.clone().map_or(Value::Null, Value::String);
+        m.insert("quarantined_at_wall".into(), opt(&self.quarantined_at_wall));
+        if self.commit.is_some() {
+            m.insert("commit".into(), opt(&self.commit));
+        }
+        if let Some(a) = self.attempts {
+            m.insert("attempts".into(), Value::from(a));
+        }
+        if self.remediation.is_some() {
+            m.insert("remediation".into(), opt(&self.remediation));
+        }
+        if self.kind.is_some() {
+            m.insert("kind".into(), opt(&self.kind));
+        }
+        Value::Object(m)
+    }
+}
+
+/// Read the reason of a quarantined episode; a missing file (a crash
+/// between the move and the write, or an old shipper) is an empty reason.
+pub fn read_reason(spool: &Spool, id: &EpisodeId) -> io::Result<Reason> {
+    match fs::read(spool.quarantine_dir(id).join(REASON_FILE)) {
+        Ok(b) => Ok(Reason::from_json(&b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Reason::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Move `episodes/<id>` to `quarantine/<id>` and write the reason there.
+/// The move comes first so that the reason file is never inside
+/// `episodes/` (where it would be packed and change the digest); a crash in
+/// between leaves a quarantined episode without a reason, which reads as
+/// an empty one.
+pub fn quarantine(spool: &Spool, id: &EpisodeId, reason: &Reason) -> io::Result<()> {
+    let dest = spool.quarantine_dir(id);
+    fsio::move_dir_replacing(&spool.episode_dir(id), &dest)?;
+    let mut reason = reason.clone();
+    if reason.quarantined_at_wall.is_none() {
+        reason.quarantined_at_wall = Some(spool::now_wall());
+    }
+    let text = serde_json::to_vec_pretty(&reason.to_json()).expect("JSON values serialise");
+    fsio::write_atomic(&dest.join(REASON_FILE), &text)?;
+    spool.remove_tarballs(id)
+}
+
+/// Move `quarantine/<id>` back to `episodes/<id>`. The reason file is
+/// removed (durably) first, so it is never packed; a crash in between
+/// leaves the episode quarantined without a reason, and retrying again
+/// finishes the job.
+pub fn requeue(spool: &Spool, id: &EpisodeId) -> io::Result<()> {
+    let dir = spool.quarantine_dir(id);
+    if !dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{id} is not in quarantine"),
+        ));
+    }
+    if spool.episode_dir(id).exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("episodes/{id} exists already; remove one of the two copies first"),
+        ));
+    }
+    fsio::remove_file_durable(&dir.join(REASON_FILE))?;
+    fsio::rename_durable(&dir, &spool.episode_dir(id))
+}
+
+/// Delete a quarantined episode for good.
+pub fn purge(spool: &Spool, id: &EpisodeId) -> io::Result<()> {
+    let dir = spool.quarantine_dir(id);
+    if !dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{id} is not in quarantine"),
+        ));
+    }
+    // Rename aside first so that a crash mid-delete leaves a dot name the
+    // sweep finishes, never a half-deleted episode under its own name.
+    let aside = fsio::aside_name(&dir);
+    fsio::rename_durable(&dir, &aside)?;
+    fsio::remove_path(&aside)
+}
+
+/// Ids in `quarantine/`, sorted; invalid names are returned separately.
+pub fn list_ids(spool: &Spool) -> io::Result<(Vec<EpisodeId>, Vec<String>)> {
+    let mut ids = Vec::new();
+    let mut bad = Vec::new();
+    for e in fs::read_dir(spool.dir(spool::QUARANTINE))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        match EpisodeId::parse(&name) {
+            Ok(id) => ids.push(id),
+            Err(_) => bad.push(name),
+        }
+    }
+    ids.sort();
+    Ok((ids, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn old_reason_files_are_read_and_round_trip_unknown_fields() {
+        let old = json!({
+            "status_code": 412,
+            "error": "commit-rejected",
+            "body": "{\"status\":\"commit-rejected\"}",
+            "quarantined_at_wall": "2025-01-02T03:04:05Z",
+            "shipper_version": "0.3",
+        });
+        let r = Reason::from_json(old.to_string().as_bytes());
+        assert_eq!(r.status_code, Some(412));
+        assert!(r.is_commit_rejected());
+        assert_eq!(
+            r.quarantined_at_wall.as_deref(),
+            Some("2025-01-02T03:04:05Z")
+        );
+        let back = r.to_json();
+        assert_eq!(back["shipper_version"], "0.3");
+        assert_eq!(back["status_code"], 412);
+        assert_eq!(back["body"], old["body"]);
+    }
+
+    #[test]
+    fn missing_and_odd_fields_are_tolerated() {
+        let r = Reason::from_json(b"{\"status_code\": null, \"error\": \"EIO\"}");
+        assert_eq!(r.status_code, None);
+        assert_eq!(r.kind(), "unknown");
+        let r = Reason::from_json(b"{\"status_code\": \"400\", \"attempts\": \"3\"}");
+        assert_eq!(r.status_code, Some(400));
+        assert_eq!(r.attempts, Some(3));
+        let r = Reason::from_json(b"not json");
+        assert!(r.error.contains("unreadable"));
+        let r = Reason::from_json(b"{}");
+        assert_eq!(r, Reason::default());
+    }
+
+    #[test]
+    fn new_files_have_the_spec_fields() {
+        let r = Reason {
+            status_code: None,
+            error: "x".into(),
+            commit: Some("c".into()),
+            attempts: Some(5),
+            remediation: Some("fix".into()),
+            kind: Some("unreadable".into()),
+            quarantined_at_wall: Some("2026-01-01T00:00:00Z".into()),
+            ..Reason::default()
+        };
+        let v = r.to_json();
+        for k in [
+            "status_code",
+            "error",
+            "body",
+            "quarantined_at_wall",
+            "commit",
+            "attempts",
+            "remediation",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert_eq!(Reason::from_json(v.to_string().as_bytes()), r);
+    }
+
+    #[test]
+    fn quarantine_then_requeue_leaves_no_reason_file_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::new(d.path());
+        s.prepare().unwrap();
+        let id = EpisodeId::parse("ep1").unwrap();
+        fs::create_dir_all(s.episode_dir(&id)).unwrap();
+        fs::write(s.episode_dir(&id).join("a"), "x").unwrap();
+        quarantine(&s, &id, &Reason::default()).unwrap();
+        assert!(s.quarantine_dir(&id).join(REASON_FILE).exists());
+        let r = read_reason(&s, &id).unwrap();
+        assert!(r.quarantined_at_wall.is_some());
+        requeue(&s, &id).unwrap();
+        assert!(!s.episode_dir(&id).join(REASON_FILE).exists());
+        assert!(s.episode_dir(&id).join("a").exists());
+        assert!(!s.quarantine_dir(&id).exists());
+    }
+}

@@ -1,0 +1,195 @@
+//! Finds finished episodes, oldest first (`done.marker` mtime, then id),
+//! with memory bounded by the batch size rather than the backlog: a heap
+//! keeps the K oldest while `read_dir` streams. Bad names and entries the
+//! filesystem refuses are counted and reported once per pass.
+
+use std::collections::BinaryHeap;
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use ferry_proto::EpisodeId;
+
+use crate::fsio;
+use crate::spool::{Spool, DONE_MARKER, EPISODES};
+
+/// How many problem samples a report keeps (the count is exact).
+const SAMPLES: usize = 5;
+
+/// A finished episode.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ready {
+    pub done_at: SystemTime,
+    pub id: EpisodeId,
+}
+
+/// What one pass over `episodes/` found.
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    /// The oldest ready episodes, oldest first, at most the batch size.
+    pub batch: Vec<Ready>,
+    /// All ready episodes seen (the backlog).
+    pub ready_total: u64,
+    /// Directories still being written (no `done.marker`).
+    pub writing: u64,
+    pub invalid_total: u64,
+    pub invalid_samples: Vec<String>,
+    pub error_total: u64,
+    pub error_samples: Vec<String>,
+}
+
+impl ScanReport {
+    /// One line about invalid names, if any.
+    pub fn invalid_line(&self) -> Option<String> {
+        (self.invalid_total > 0).then(|| {
+            format!(
+                "{} director{} in episodes/ with a name that is not a valid episode id, skipped (never shipped): {}",
+                self.invalid_total,
+                if self.invalid_total == 1 { "y" } else { "ies" },
+                self.invalid_samples.join(", ")
+            )
+        })
+    }
+
+    /// One line about unreadable entries, if any.
+    pub fn error_line(&self) -> Option<String> {
+        (self.error_total > 0).then(|| {
+            format!(
+                "{} unreadable entr{} in episodes/, skipped this pass: {}",
+                self.error_total,
+                if self.error_total == 1 { "y" } else { "ies" },
+                self.error_samples.join("; ")
+            )
+        })
+    }
+}
+
+fn sample(v: &mut Vec<String>, s: String) {
+    if v.len() < SAMPLES {
+        v.push(s);
+    }
+}
+
+/// Scan `episodes/`, keeping at most `batch` of the oldest ready episodes.
+/// `progress` is bumped per entry so the watchdog sees a long scan move.
+pub fn scan(spool: &Spool, batch: usize, progress: Option<&AtomicU64>) -> io::Result<ScanReport> {
+    let dir = spool.dir(EPISODES);
+    let mut report = ScanReport::default();
+    let mut heap: BinaryHeap<Ready> = BinaryHeap::with_capacity(batch + 1);
+    for entry in fs::read_dir(&dir)? {
+        if let Some(p) = progress {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                report.error_total += 1;
+                sample(&mut report.error_samples, fsio::describe(&dir, &e));
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            report.invalid_total += 1;
+            sample(
+                &mut report.invalid_samples,
+                format!("{:?}", entry.file_name()),
+            );
+            continue;
+        };
+        if name.starts_with('.') {
+            // Our own aside names and editor droppings; never episodes.
+            continue;
+        }
+        let Ok(id) = EpisodeId::parse(name) else {
+            report.invalid_total += 1;
+            sample(&mut report.invalid_samples, format!("{name:?}"));
+            continue;
+        };
+        match classify_entry(&dir.join(name)) {
+            Ok(Some(done_at)) => {
+                report.ready_total += 1;
+                heap.push(Ready { done_at, id });
+                if heap.len() > batch {
+                    heap.pop();
+                }
+            }
+            Ok(None) => report.writing += 1,
+            Err((path, e)) => {
+                report.error_total += 1;
+                sample(&mut report.error_samples, fsio::describe(&path, &e));
+            }
+        }
+    }
+    report.batch = heap.into_sorted_vec();
+    Ok(report)
+}
+
+/// `Some(mtime of done.marker)` when ready, `None` while being written or
+/// when the entry is not a directory.
+fn classify_entry(path: &Path) -> Result<Option<SystemTime>, (std::path::PathBuf, io::Error)> {
+    let meta = fs::symlink_metadata(path).map_err(|e| (path.to_owned(), e))?;
+    if !meta.is_dir() {
+        return Ok(None);
+    }
+    let marker = path.join(DONE_MARKER);
+    match fs::symlink_metadata(&marker) {
+        Ok(m) => Ok(Some(m.modified().map_err(|e| (marker.clone(), e))?)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err((marker, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn make(spool: &Spool, name: &str, done_secs: Option<u64>) {
+        let d = spool.dir(EPISODES).join(name);
+        fs::create_dir_all(&d).unwrap();
+        if let Some(s) = done_secs {
+            let f = fs::File::create(d.join(DONE_MARKER)).unwrap();
+            f.set_modified(UNIX_EPOCH + Duration::from_secs(s)).unwrap();
+        }
+    }
+
+    #[test]
+    fn oldest_first_then_by_id_and_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::new(d.path());
+        s.prepare().unwrap();
+        make(&s, "c", Some(100));
+        make(&s, "b", Some(100));
+        make(&s, "a", Some(300));
+        make(&s, "z", Some(50));
+        make(&s, "w", None);
+        make(&s, "bad name", Some(1));
+        make(&s, ".hidden", Some(1));
+        let r = scan(&s, 3, None).unwrap();
+        let ids: Vec<_> = r.batch.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["z", "b", "c"]);
+        assert_eq!(r.ready_total, 4);
+        assert_eq!(r.writing, 1);
+        assert_eq!(r.invalid_total, 1);
+        assert!(r.invalid_line().unwrap().contains("bad name"));
+        assert!(r.error_line().is_none());
+    }
+
+    #[test]
+    fn a_large_backlog_keeps_only_the_batch() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::new(d.path());
+        s.prepare().unwrap();
+        for i in 0..2000u64 {
+            make(&s, &format!("ep{i:05}"), Some(10_000 - i));
+        }
+        let r = scan(&s, 10, None).unwrap();
+        assert_eq!(r.ready_total, 2000);
+        assert_eq!(r.batch.len(), 10);
+        assert_eq!(r.batch[0].id.as_str(), "ep01999");
+        assert_eq!(r.batch[9].id.as_str(), "ep01990");
+    }
+}

@@ -1,0 +1,418 @@
+//! The upload: `PUT /v1/episodes/{id}` with the headers of SPEC §2, the
+//! body streamed from the outbox file with progress accounting, an optional
+//! shared bandwidth limit, and a stall (idle) timeout rather than a total
+//! one, so a 2 GB upload on a slow link lives as long as bytes move.
+//! Also the small GETs the agent makes (`/healthz`, `/v1/whoami`,
+//! `/v1/commits/{commit}`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_proto::{headers, Commit, EpisodeId, Reply, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::notify::Progress;
+
+/// Largest answer body read; answers are small JSON documents.
+const MAX_ANSWER: usize = 64 << 10;
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub reply: Option<Reply>,
+    pub retry_after: Option<Duration>,
+    /// The body as text (for reason files and logs), truncated.
+    pub body: String,
+}
+
+/// What became of one upload attempt.
+#[derive(Debug)]
+pub enum UploadResult {
+    Answered(Answer),
+    /// No usable answer: connect/TLS/reset/stall.
+    Network(String),
+    /// Reading the tarball failed.
+    TarballRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Shutdown.
+    Aborted,
+}
+
+/// A token bucket shared by all uploads (bytes per second, one second of
+/// burst).
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    state: tokio::sync::Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    pub fn new(bytes_per_sec: u64) -> RateLimiter {
+        RateLimiter {
+            rate: bytes_per_sec as f64,
+            state: tokio::sync::Mutex::new((bytes_per_sec as f64, Instant::now())),
+        }
+    }
+
+    /// Chunk size that keeps the flow smooth at this rate.
+    pub fn chunk(&self) -> usize {
+        ((self.rate / 8.0) as usize).clamp(1024, 64 << 10)
+    }
+
+    /// Take `n` bytes from the bucket, sleeping until they are available.
+    /// Tokens go negative to reserve, so concurrent callers queue fairly.
+    pub async fn acquire(&self, n: usize) {
+        let wait = {
+            let mut st = self.state.lock().await;
+            let now = Instant::now();
+            let (tokens, last) = *st;
+            let refill = now.duration_since(last).as_secs_f64() * self.rate;
+            let tokens = (tokens + refill).min(self.rate) - n as f64;
+            *st = (tokens, now);
+            if tokens < 0.0 {
+                Duration::from_secs_f64(-tokens / self.rate)
+            } else {
+                Duration::ZERO
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The HTTP side of the agent.
+#[derive(Debug, Clone)]
+pub struct Shipper {
+    client: reqwest::Client,
+    base: String,
+    token_file: PathBuf,
+    request_timeout: Duration,
+    limiter: Option<Arc<RateLimiter>>,
+    progress: Arc<Progress>,
+}
+
+/// Building the client failed (the CA file).
+#[derive(Debug, thiserror::Error)]
+#[error("ca_file {path}: {message}")]
+pub struct ClientError {
+    pub path: String,
+    pub message: String,
+}
+
+impl Shipper {
+    pub fn new(cfg: &Config, progress: Arc<Progress>) -> Result<Shipper, ClientError> {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(concat!("ferry-agent/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(30)))
+            .tcp_keepalive(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(ca) = &cfg.ca_file {
+            let err = |message: String| ClientError {
+                path: ca.display().to_string(),
+                message,
+            };
+            let pem = std::fs::read(ca).map_err(|e| err(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(err("no PEM certificate in the file".into()));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let client = b.build().map_err(|e| ClientError {
+            path: String::new(),
+            message: e.to_string(),
+        })?;
+        Ok(Shipper {
+            client,
+            base: cfg.receiver.clone(),
+            token_file: cfg.token_file.clone(),
+            request_timeout: cfg.request_timeout,
+            limiter: cfg.bandwidth_limit.map(|r| Arc::new(RateLimiter::new(r))),
+            progress,
+        })
+    }
+
+    pub fn token_file(&self) -> &Path {
+        &self.token_file
+    }
+
+    /// The device token, re-read every time so that fixing the file needs
+    /// no restart.
+    pub async fn token(&self) -> Result<String, String> {
+        match tokio::fs::read_to_string(&self.token_file).await {
+            Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+            Ok(_) => Err(format!("token_file {} is empty", self.token_file.display())),
+            Err(e) => Err(format!(
+                "cannot read token_file {}: {e}",
+                self.token_file.display()
+            )),
+        }
+    }
+
+    fn authed(
+        &self,
+        rb: reqwest::RequestBuilder,
+        token: &Result<String, String>,
+    ) -> reqwest::RequestBuilder {
+        match token {
+            Ok(t) => rb.bearer_auth(t),
+            // Without a token the receiver answers 401, which the table
+            // turns into a device backoff; the caller logs why.
+            Err(_) => rb,
+        }
+    }
+
+    /// `GET {receiver}{path}`: status and body, or the network error.
+    pub async fn get(&self, path: &str, with_token: bool) -> Result<Answer, String> {
+        let mut rb = self.client.get(format!("{}{path}", self.base));
+        if with_token {
+            let token = self.token().await;
+            rb = self.authed(rb, &token);
+        }
+        let fut = async {
+            let resp = rb.send().await.map_err(|e| error_chain(&e))?;
+            read_answer(resp, None).await.map_err(|e| error_chain(&e))
+        };
+        match tokio::time::timeout(self.request_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(self.request_timeout)
+            )),
+        }
+    }
+
+    /// Upload one tarball. Cancellation aborts it at once (the caller keeps
+    /// the tarball); a stall of `request_timeout` is a network error.
+    pub async fn put_episode(
+        &self,
+        id: &EpisodeId,
+        commit: &Commit,
+        sha256: &Sha256,
+        tarball: &Path,
+        cancel: &CancellationToken,
+    ) -> (UploadResult, Option<String>) {
+        let token = self.token().await;
+        let token_problem = token.as_ref().err().cloned();
+        let opened = async {
+            let f = tokio::fs::File::open(tarball).await?;
+            let len = f.metadata().await?.len();
+            Ok::<_, std::io::Error>((f, len))
+        };
+        let (file, size) = match opened.await {
+            Ok(x) => x,
+            Err(source) => {
+                let path = tarball.to_owned();
+                return (UploadResult::TarballRead { path, source }, token_problem);
+            }
+        };
+        let start = Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let read_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
+        let body = BodyState {
+            file,
+            remaining: size,
+            chunk: self.limiter.as_ref().map_or(64 << 10, |l| l.chunk()),
+            limiter: self.limiter.clone(),
+            progress: self.progress.clone(),
+            last: last.clone(),
+            start,
+            read_error: read_error.clone(),
+        };
+        let stream = futures_util::stream::unfold(body, |mut st| async move {
+            st.next_chunk().await.map(|r| (r, st))
+        });
+        let rb = self
+            .client
+            .put(format!("{}{}", self.base, ferry_proto::episode_path(id)))
+            .header(headers::COMMIT, commit.as_str())
+            .header(headers::SHA256, sha256.as_str())
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .header(reqwest::header::CONTENT_TYPE, "application/zstd")
+            .body(reqwest::Body::wrap_stream(stream));
+        let rb = self.authed(rb, &token);
+        let send = async {
+            let resp = rb.send().await?;
+            read_answer(resp, Some((&last, start))).await
+        };
+        let stall = stall_watch(&last, start, self.request_timeout);
+        let result = tokio::select! {
+            _ = cancel.cancelled() => UploadResult::Aborted,
+            _ = stall => UploadResult::Network(format!(
+                "stalled: nothing moved for {}",
+                humantime::format_duration(self.request_timeout)
+            )),
+            r = send => match r {
+                Ok(a) => UploadResult::Answered(a),
+                Err(e) => match read_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    Some(source) => UploadResult::TarballRead { path: tarball.to_owned(), source },
+                    None => UploadResult::Network(error_chain(&e)),
+                },
+            },
+        };
+        (result, token_problem)
+    }
+}
+
+/// The state of a streamed request body.
+struct BodyState {
+    file: tokio::fs::File,
+    remaining: u64,
+    chunk: usize,
+    limiter: Option<Arc<RateLimiter>>,
+    progress: Arc<Progress>,
+    last: Arc<AtomicU64>,
+    start: Instant,
+    read_error: Arc<Mutex<Option<std::io::Error>>>,
+}
+
+impl BodyState {
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let want = (self.remaining.min(self.chunk as u64)) as usize;
+        if let Some(l) = &self.limiter {
+            l.acquire(want).await;
+        }
+        let mut buf = vec![0u8; want];
+        match self.file.read_exact(&mut buf).await {
+            Ok(_) => {
+                self.remaining -= want as u64;
+                self.progress
+                    .counter
+                    .fetch_add(want as u64, Ordering::Relaxed);
+                touch(&self.last, self.start);
+                Some(Ok(Bytes::from(buf)))
+            }
+            Err(e) => {
+                let copy = std::io::Error::new(e.kind(), e.to_string());
+                *self.read_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                self.remaining = 0;
+                Some(Err(copy))
+            }
+        }
+    }
+}
+
+fn touch(last: &AtomicU64, start: Instant) {
+    last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+}
+
+/// Resolves when nothing has moved for `timeout`.
+async fn stall_watch(last: &AtomicU64, start: Instant, timeout: Duration) {
+    let tick = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        let idle = start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+        if idle >= timeout {
+            return;
+        }
+    }
+}
+
+async fn read_answer(
+    mut resp: reqwest::Response,
+    progress: Option<(&AtomicU64, Instant)>,
+) -> Result<Answer, reqwest::Error> {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if let Some((last, start)) = progress {
+            touch(last, start);
+        }
+        let room = MAX_ANSWER.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if room == 0 {
+            break;
+        }
+    }
+    let reply: Option<Reply> = serde_json::from_slice(&body).ok();
+    let retry_after = retry_after.or(match &reply {
+        Some(Reply::Overloaded {
+            retry_after_secs, ..
+        }) => Some(Duration::from_secs(*retry_after_secs)),
+        _ => None,
+    });
+    Ok(Answer {
+        status,
+        reply,
+        retry_after,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// An error with its sources, on one line (reqwest hides the cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bucket_limits_the_rate() {
+        let l = RateLimiter::new(1000);
+        let t0 = Instant::now();
+        // One second of burst, then 1000 bytes per second.
+        for _ in 0..30 {
+            l.acquire(100).await;
+        }
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(1990) && took <= Duration::from_millis(2100),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stall_watch_fires_only_without_progress() {
+        let last = AtomicU64::new(0);
+        let start = Instant::now();
+        let timeout = Duration::from_secs(4);
+        let watch = stall_watch(&last, start, timeout);
+        tokio::pin!(watch);
+        for _ in 0..20 {
+            tokio::select! {
+                _ = &mut watch => panic!("fired while progressing"),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => touch(&last, start),
+            }
+        }
+        let t = Instant::now();
+        watch.await;
+        assert!(t.elapsed() <= timeout + Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,119 @@
+//! `ferry-agent status`: counts from the spool only (no network), shared
+//! with `doctor` and the `STATUS=` line.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+
+use serde::Serialize;
+
+use crate::quarantine;
+use crate::scan;
+use crate::spool::{self, Spool};
+use crate::state::AgentState;
+
+/// Counts of every state directory.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub pending: u64,
+    pub writing: u64,
+    pub invalid: u64,
+    pub unreadable: u64,
+    pub outbox: u64,
+    pub partial: u64,
+    pub shipped: u64,
+    pub quarantined: u64,
+    pub quarantine_by_reason: BTreeMap<String, u64>,
+    pub conflicts: u64,
+}
+
+fn count_dirs(spool: &Spool, dir: &str) -> io::Result<u64> {
+    let mut n = 0;
+    for e in fs::read_dir(spool.dir(dir))? {
+        let e = e?;
+        if !e.file_name().to_string_lossy().starts_with('.') {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+pub fn counts(s: &Spool) -> io::Result<Counts> {
+    let r = scan::scan(s, 0, None)?;
+    let mut c = Counts {
+        pending: r.ready_total,
+        writing: r.writing,
+        invalid: r.invalid_total,
+        unreadable: r.error_total,
+        shipped: count_dirs(s, spool::SHIPPED)?,
+        conflicts: count_dirs(s, spool::CONFLICT)?,
+        ..Counts::default()
+    };
+    for e in fs::read_dir(s.dir(spool::OUTBOX))? {
+        let name = e?.file_name();
+        match spool::parse_outbox_name(&name.to_string_lossy()) {
+            Some((_, true)) => c.partial += 1,
+            Some((_, false)) => c.outbox += 1,
+            None => {}
+        }
+    }
+    let (ids, bad) = quarantine::list_ids(s)?;
+    c.quarantined = ids.len() as u64 + bad.len() as u64;
+    for id in ids {
+        let kind = match quarantine::read_reason(s, &id) {
+            Ok(r) => r.kind(),
+            Err(_) => "unreadable-reason".to_string(),
+        };
+        *c.quarantine_by_reason.entry(kind).or_default() += 1;
+    }
+    Ok(c)
+}
+
+/// The `status` command.
+pub fn print(s: &Spool, json: bool) -> anyhow::Result<()> {
+    let c = counts(s)?;
+    let st = AgentState::load(&s.state_file());
+    if json {
+        let v = serde_json::json!({
+            "spool": s.root(),
+            "counts": c,
+            "last_success_at": st.last_success_at,
+            "last_error": st.last_error,
+            "last_error_at": st.last_error_at,
+            "shipped_today": st.shipped_on(&spool::now_wall()),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("spool        {}", s.root().display());
+    println!("pending      {}", c.pending);
+    println!("writing      {}", c.writing);
+    println!("outbox       {} (+{} partial)", c.outbox, c.partial);
+    println!("shipped      {}", c.shipped);
+    println!("quarantined  {}", c.quarantined);
+    for (k, n) in &c.quarantine_by_reason {
+        println!("  {k:<22} {n}");
+    }
+    println!("conflicts    {}", c.conflicts);
+    if c.invalid > 0 {
+        println!(
+            "invalid      {} (names that are not episode ids; never shipped)",
+            c.invalid
+        );
+    }
+    if c.unreadable > 0 {
+        println!("unreadable   {}", c.unreadable);
+    }
+    println!(
+        "last success {}",
+        st.last_success_at.as_deref().unwrap_or("never")
+    );
+    if let Some(e) = &st.last_error {
+        println!(
+            "last error   {} ({})",
+            e,
+            st.last_error_at.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
