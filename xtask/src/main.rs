@@ -7,6 +7,8 @@
 //!   against the real binaries, then a loud list of what was skipped.
 //! - `cargo xtask bench` — ferry against its baselines in the same run
 //!   (see docs/PERFORMANCE.md).
+//! - `cargo xtask fuzz [SECONDS]` — the libFuzzer target over the parsers
+//!   (installs cargo-fuzz if missing; runs on the stable toolchain).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,8 +25,9 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <demo|test [cargo test args]|bench [--quick] [--reps N] [--only CASE]>");
+            eprintln!("usage: cargo xtask <demo|test [cargo test args]|bench [--quick] [--reps N] [--only CASE]|fuzz [SECONDS]>");
             return ExitCode::from(2);
         }
     };
@@ -87,6 +90,43 @@ fn test(extra: &[String]) -> Result<ExitCode> {
         }
         println!("################################################################");
     }
+    Ok(if st.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Run the fuzz target for a bounded time. cargo-fuzz passes `-Z` flags,
+/// which the stable compiler accepts with `RUSTC_BOOTSTRAP=1`; no nightly
+/// toolchain can be fetched here.
+fn fuzz(args: &[String]) -> Result<ExitCode> {
+    let secs: u64 = match args.first() {
+        Some(s) => s.parse().context("fuzz SECONDS")?,
+        None => 60,
+    };
+    let have_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have_fuzz {
+        run_ok(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let st = Command::new("cargo")
+        .current_dir(root().join("fuzz"))
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args([
+            "fuzz",
+            "run",
+            "parse",
+            "--",
+            &format!("-max_total_time={secs}"),
+        ])
+        .status()
+        .context("cargo fuzz run")?;
     Ok(if st.success() {
         ExitCode::SUCCESS
     } else {
