@@ -174,6 +174,8 @@ pub struct Agent {
     pass_errors: Mutex<Vec<String>>,
     pending: AtomicU64,
     quarantined: AtomicU64,
+    /// Episodes that left `episodes/` (retired, quarantined, parked).
+    moved: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -249,6 +251,7 @@ impl Agent {
             pass_errors: Mutex::default(),
             pending: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
         };
         Ok((Arc::new(agent), lockf))
     }
@@ -333,11 +336,14 @@ impl Agent {
                 self.flush_pass_errors();
                 break;
             }
-            let full = report.ready_total > report.batch.len() as u64;
+            // Rescan at once after a pass that moved episodes on (more may
+            // be waiting beyond the batch); otherwise wait for news.
+            let moved_before = self.moved.load(Ordering::Relaxed);
             self.process_batch(report.batch, &shutdown).await;
             self.flush_pass_errors();
             self.refresh_status().await;
-            if !full || shutdown.stop.is_cancelled() {
+            let moved = self.moved.load(Ordering::Relaxed) != moved_before;
+            if !moved || shutdown.stop.is_cancelled() {
                 self.sleep(self.cfg.scan_interval, &shutdown.stop).await;
             }
         }
@@ -444,16 +450,14 @@ impl Agent {
                 blocking(move || -> Result<Packed, pack::PackError> {
                     let tarball = sp.tarball(&i);
                     if tarball.exists() {
-                        return pack::hash_file(&tarball, &prog.counter, &stop);
+                        let p = pack::hash_file(&tarball, &prog.counter, &stop)?;
+                        tracing::debug!(episode = %i, sha256 = %p.sha256, "re-hashed the tarball left in the outbox");
+                        return Ok(p);
                     }
-                    pack::pack_dir(
-                        &sp.episode_dir(&i),
-                        i.as_str(),
-                        &tarball,
-                        opts,
-                        &prog.counter,
-                        &stop,
-                    )
+                    let src = sp.episode_dir(&i);
+                    let p = pack::pack_dir(&src, i.as_str(), &tarball, opts, &prog.counter, &stop)?;
+                    tracing::debug!(episode = %i, sha256 = %p.sha256, size = p.size, "packed");
+                    Ok(p)
                 })
                 .await
             };
@@ -573,7 +577,7 @@ impl Agent {
                         self.gate.succeed();
                         *lock(&self.device_logged) = None;
                         tracing::info!(episode = %id, sha256 = %sha.map(|s| s.as_str()).unwrap_or(""), answer = %detail.error, "shipped");
-                        self.pending.fetch_sub(1, Ordering::Relaxed);
+                        self.left_episodes();
                         let now = spool::now_wall();
                         let st = {
                             let mut st = lock(&self.state);
@@ -614,7 +618,7 @@ impl Agent {
                     Ok(()) => tracing::error!("{msg}"),
                     Err(e) => tracing::error!("{msg}; but moving it failed: {e}"),
                 }
-                self.pending.fetch_sub(1, Ordering::Relaxed);
+                self.left_episodes();
                 self.record_error(&msg).await;
                 false
             }
@@ -669,7 +673,7 @@ impl Agent {
                     self.record_error(&msg).await;
                     return false;
                 }
-                self.pending.fetch_sub(1, Ordering::Relaxed);
+                self.left_episodes();
                 self.quarantined.fetch_add(1, Ordering::Relaxed);
                 let rem = reason.remediation.clone().unwrap_or_default();
                 if kind == QuarantineKind::CommitRejected {
@@ -760,6 +764,15 @@ impl Agent {
                 false
             }
         }
+    }
+
+    fn left_episodes(&self) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some(p.saturating_sub(1))
+            });
+        self.moved.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn record_error(&self, msg: &str) {

@@ -1,0 +1,455 @@
+//! SPEC §4: the five incidents from the field, each reproduced with a real
+//! fault and named after it.
+
+use std::time::{Duration, Instant};
+
+use ferry_tests::{assert_ok, noise, Receiver, Spool, COMMIT_A};
+
+use super::{
+    daemon_with_notify, outbox, pack_sha, read_json, reason, small, stored, text, until, Daemon,
+    NotifySocket,
+};
+
+/// §4.1: one unreadable file costs its episode only; one aggregated ERROR
+/// per pass; the others ship; five strikes then quarantine naming the file
+/// and the errno. A scan-level EIO (on a `done.marker`) is skipped the same
+/// way.
+#[test]
+fn incident1_unreadable_file_costs_one_episode() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "incident1");
+    for i in 0..4 {
+        small(&spool, &format!("good-{i}"), i);
+    }
+    small(&spool, "rotten", 9);
+    let bad = spool.path().join("episodes/rotten/data/noise.bin");
+    let Some(mut cmd) = super::strace_drain(
+        "incident1_unreadable_file_costs_one_episode",
+        &spool,
+        "120s",
+        &[
+            "-P",
+            bad.to_str().unwrap(),
+            "-e",
+            "inject=read:error=EUCLEAN",
+        ],
+    ) else {
+        return;
+    };
+    let out = cmd
+        .env("FERRY_AGENT_SCAN_INTERVAL", "100ms")
+        .output()
+        .unwrap();
+    assert_ok(&out, "drain with an EUCLEAN file");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let s = stored(&rx);
+    for i in 0..4 {
+        assert!(s.contains_key(&format!("good-{i}")), "{}", text(&out));
+    }
+    assert!(!s.contains_key("rotten"));
+    assert_eq!(spool.ids_in("quarantine"), ["rotten"]);
+    let r = reason(&spool, "rotten");
+    let e = r["error"].as_str().unwrap();
+    assert!(e.contains("noise.bin") && e.contains("EUCLEAN"), "{r}");
+    assert_eq!(r["kind"], "unreadable", "{r}");
+    assert_eq!(r["attempts"], 5, "{r}");
+    // One aggregated ERROR line per pass for the four skipping passes.
+    assert_eq!(err.matches("this pass skipped").count(), 4, "{err}");
+
+    // A done.marker the filesystem refuses to stat: skipped and reported,
+    // the rest keeps shipping, and it ships once the disk is healthy.
+    small(&spool, "stat-eio", 10);
+    small(&spool, "fine", 11);
+    let marker = spool.path().join("episodes/stat-eio/done.marker");
+    let mut cmd = super::strace_drain(
+        "incident1_unreadable_file_costs_one_episode",
+        &spool,
+        "60s",
+        &[
+            "-P",
+            marker.to_str().unwrap(),
+            "-e",
+            "inject=statx,newfstatat:error=EIO",
+        ],
+    )
+    .expect("strace was found above");
+    let out = cmd.output().unwrap();
+    assert_ok(&out, "drain with an EIO done.marker");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("1 unreadable entry") && err.contains("EIO"),
+        "{err}"
+    );
+    assert!(stored(&rx).contains_key("fine"));
+    assert_ok(&spool.drain("60s"), "drain on a healthy disk");
+    assert!(stored(&rx).contains_key("stat-eio"));
+}
+
+/// §4.2: SIGTERM mid-upload aborts it, leaves the tarball, logs "aborted",
+/// exits 0, records no failure; the next start ships that same tarball.
+#[test]
+fn incident2_sigterm_mid_upload_is_aborted_not_failed() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "incident2");
+    let dir = small(&spool, "slow", 1);
+    std::fs::write(dir.join("big.bin"), noise(2, 4 << 20)).unwrap();
+    let mut d = Daemon::start(
+        &spool,
+        &[
+            ("FERRY_AGENT_BANDWIDTH_LIMIT", "256KiB"),
+            ("FERRY_AGENT_SHUTDOWN_GRACE", "1s"),
+            ("RUST_LOG", "ferry_agent=debug"),
+        ],
+    );
+    d.wait_log("uploading");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let st = d.sigterm(Duration::from_secs(30));
+    assert!(st.success(), "exit after SIGTERM: {st}\n{}", d.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    let log = d.log();
+    assert!(
+        log.contains("aborted while uploading") && log.contains("slow"),
+        "{log}"
+    );
+    assert!(!log.contains("transient failure"), "{log}");
+    assert_eq!(
+        outbox(&spool),
+        ["slow.tar.zst"],
+        "tarball left in the outbox"
+    );
+    assert_eq!(spool.ids_in("episodes"), ["slow"]);
+    assert!(spool.ids_in("quarantine").is_empty());
+    let state = read_json(&spool.path().join(".ferry-agent-state.json"));
+    assert!(
+        state["last_error"].is_null(),
+        "recorded as a failure: {state}"
+    );
+    assert!(stored(&rx).is_empty());
+
+    // The next start ships the same tarball.
+    let out = spool
+        .agent("drain")
+        .args(["--timeout", "120s"])
+        .env("RUST_LOG", "ferry_agent=debug")
+        .output()
+        .unwrap();
+    assert_ok(&out, "drain after the abort");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("re-hashed the tarball left in the outbox"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        stored(&rx)["slow"],
+        pack_sha(&spool.path().join("shipped/slow"))
+    );
+    assert!(outbox(&spool).is_empty());
+}
+
+/// §4.3: a transient EIO (here: the receiver's SQLite commit sync fails
+/// twice) is surfaced as a transient answer and retried; nothing is
+/// quarantined, the journal mode stays WAL; and a transient EIO on the
+/// agent's own state file is reported and survived.
+#[test]
+fn incident3_transient_eio_is_retried_never_a_permanent_downgrade() {
+    if !ferry_tests::have("strace") {
+        ferry_tests::skip(
+            "incident3_transient_eio_is_retried_never_a_permanent_downgrade",
+            "strace is not installed",
+        );
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut rx = Receiver::start_in(data.path(), &[]);
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "incident3");
+    rx.kill9();
+    let wrapper: Vec<String> = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "inject=fdatasync:error=EIO:when=1..2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    rx.try_spawn("127.0.0.1:0", &wrapper)
+        .expect("receiver under strace");
+    let spool = Spool::with_token(
+        &rx.url,
+        &std::fs::read_to_string(&spool.token_file).unwrap(),
+    );
+    for i in 0..3 {
+        small(&spool, &format!("wal-{i}"), i);
+    }
+    let out = spool
+        .agent("drain")
+        .args(["--timeout", "120s"])
+        .env("FERRY_AGENT_BACKOFF_MAX", "300ms")
+        .env("FERRY_AGENT_SHIP_CONCURRENCY", "1")
+        .output()
+        .unwrap();
+    assert_ok(&out, "drain through transient receiver EIO");
+    assert!(spool.ids_in("quarantine").is_empty(), "{}", text(&out));
+    assert_eq!(spool.ids_in("shipped").len(), 3);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("transient failure"),
+        "the fault was never hit: {}",
+        text(&out)
+    );
+    if ferry_tests::have("sqlite3") {
+        let m = std::process::Command::new("sqlite3")
+            .arg(data.path().join("index.sqlite"))
+            .arg("PRAGMA journal_mode;")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&m.stdout).trim(), "wal");
+    }
+
+    // The agent's own state file: the first rename onto it fails with EIO.
+    small(&spool, "state-eio", 7);
+    let state = spool.path().join(".ferry-agent-state.json");
+    let mut cmd = super::strace_drain(
+        "incident3_transient_eio_is_retried_never_a_permanent_downgrade",
+        &spool,
+        "60s",
+        &[
+            "-P",
+            state.to_str().unwrap(),
+            "-e",
+            "inject=rename:error=EIO:when=1",
+        ],
+    )
+    .unwrap();
+    let out = cmd.output().unwrap();
+    assert_ok(&out, "drain with an EIO on the state file");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot save"),
+        "{}",
+        text(&out)
+    );
+    assert!(spool.ids_in("shipped").contains(&"state-eio".to_string()));
+}
+
+/// §4.4: a huge boot-time cleanup runs after READY, in batches, off the
+/// async threads: READY comes first, the watchdog keeps being fed, and new
+/// episodes ship while it runs.
+#[test]
+fn incident4_boot_sweep_runs_after_ready_without_blocking() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "incident4");
+    for i in 0..3000 {
+        std::fs::create_dir_all(spool.path().join(format!("shipped/old-{i}/data"))).unwrap();
+    }
+    for i in 0..500 {
+        std::fs::write(
+            spool.path().join(format!("outbox/orphan-{i}.tar.zst")),
+            b"x",
+        )
+        .unwrap();
+    }
+    let ns = NotifySocket::new();
+    let d = daemon_with_notify(
+        &spool,
+        &ns,
+        Some(Duration::from_secs(1)),
+        &[
+            ("FERRY_AGENT_SHIPPED_KEEP", "0s"),
+            ("FERRY_AGENT_SWEEP_BATCH", "10"),
+            ("FERRY_AGENT_SCAN_INTERVAL", "200ms"),
+        ],
+    );
+    let ready = ferry_tests::wait_for("READY=1", || ns.first("READY=1"));
+    let old = |spool: &Spool| {
+        spool
+            .ids_in("shipped")
+            .iter()
+            .filter(|n| n.starts_with("old-"))
+            .count()
+    };
+    let left_at_ready = old(&spool) + spool.ids_in("outbox").len();
+    assert!(left_at_ready > 0, "the sweep ran before READY");
+    // A new episode ships while the sweep is still going.
+    small(&spool, "fresh", 1);
+    until(
+        "fresh stored",
+        || d.log(),
+        || stored(&rx).contains_key("fresh"),
+    );
+    let during = old(&spool);
+    until(
+        "sweep done",
+        || d.log(),
+        || old(&spool) == 0 && outbox(&spool).is_empty(),
+    );
+    let done = Instant::now();
+    assert!(
+        during > 0,
+        "the sweep finished before the episode shipped; not a concurrency test"
+    );
+    let feeds: Vec<Instant> = ns
+        .matching("WATCHDOG=1")
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| *t > ready && *t < done)
+        .collect();
+    let span = done - ready;
+    assert!(
+        feeds.len() as u64 >= span.as_secs() / 2,
+        "watchdog starved during the sweep: {} feeds in {span:?}",
+        feeds.len()
+    );
+    drop(d);
+}
+
+fn max_gap(times: &[Instant]) -> Duration {
+    times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
+}
+
+/// §4.5: a pass that is legitimately long (a slow upload) keeps the
+/// watchdog fed because bytes move; an upload that stops moving stops the
+/// feeding.
+#[test]
+fn incident5_watchdog_fed_on_progress_not_on_passes() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "incident5");
+    let dir = small(&spool, "long", 1);
+    std::fs::write(dir.join("big.bin"), noise(3, 3 << 20)).unwrap();
+    let ns = NotifySocket::new();
+    let interval = Duration::from_secs(2);
+    let mut d = daemon_with_notify(
+        &spool,
+        &ns,
+        Some(interval),
+        &[
+            ("FERRY_AGENT_BANDWIDTH_LIMIT", "512KiB"),
+            ("RUST_LOG", "ferry_agent=debug"),
+        ],
+    );
+    d.wait_log("uploading");
+    let start = Instant::now();
+    until("shipped", || d.log(), || stored(&rx).contains_key("long"));
+    let end = Instant::now();
+    assert!(
+        end - start > interval * 2,
+        "the upload was not longer than the watchdog interval: {:?}",
+        end - start
+    );
+    let feeds: Vec<Instant> = ns
+        .matching("WATCHDOG=1")
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| *t >= start && *t <= end)
+        .collect();
+    assert!(feeds.len() >= 3, "{feeds:?}");
+    assert!(
+        max_gap(&feeds) < interval,
+        "gap {:?} during a moving upload",
+        max_gap(&feeds)
+    );
+    assert!(!d.log().contains("not feeding the watchdog"), "{}", d.log());
+    drop(d);
+
+    // A receiver that stops reading: the upload stalls, the feeding stops.
+    let f = super::fake(|_| super::Script::Hang);
+    let spool = Spool::with_token(&f.url, "tok");
+    let dir = small(&spool, "stuck", 1);
+    std::fs::write(dir.join("big.bin"), noise(4, 48 << 20)).unwrap();
+    let ns = NotifySocket::new();
+    let interval = Duration::from_secs(1);
+    let mut d = daemon_with_notify(
+        &spool,
+        &ns,
+        Some(interval),
+        &[("FERRY_AGENT_REQUEST_TIMEOUT", "10m")],
+    );
+    d.wait_log("not feeding the watchdog");
+    let stalled = Instant::now();
+    std::thread::sleep(interval * 3);
+    let after: Vec<_> = ns
+        .matching("WATCHDOG=1")
+        .into_iter()
+        .filter(|(t, _)| *t > stalled)
+        .collect();
+    assert!(after.is_empty(), "still fed while stalled: {after:?}");
+    assert!(ns.first("WATCHDOG=1").is_some(), "never fed at all");
+}
+
+/// §4.5, the pack side: a read that hangs (strace delay) stops the feeding
+/// while it hangs, and feeding resumes when it returns.
+#[test]
+fn incident5_a_hung_read_while_packing_stops_the_watchdog() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "incident5b");
+    let dir = small(&spool, "hang", 1);
+    let file = dir.join("data/noise.bin");
+    if !ferry_tests::have("strace") {
+        ferry_tests::skip(
+            "incident5_a_hung_read_while_packing_stops_the_watchdog",
+            "strace is not installed",
+        );
+        return;
+    }
+    let ns = NotifySocket::new();
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args([
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-P",
+        file.to_str().unwrap(),
+        "-e",
+        "inject=read:delay_enter=4000000:when=1",
+    ])
+    .arg(ferry_tests::bin("ferry-agent"))
+    .arg("run")
+    .arg("--spool")
+    .arg(spool.path())
+    .arg("--receiver")
+    .arg(&rx.url)
+    .arg("--token-file")
+    .arg(&spool.token_file);
+    for (k, v) in ns.env(Some(Duration::from_secs(1))) {
+        cmd.env(k, v);
+    }
+    let d = Daemon::start_cmd(cmd, &[]);
+    until(
+        "starving logged",
+        || d.log(),
+        || d.log().contains("not feeding the watchdog"),
+    );
+    until(
+        "shipped after the slow read",
+        || d.log(),
+        || stored(&rx).contains_key("hang"),
+    );
+    let log = d.log();
+    assert!(log.contains("moving again"), "{log}");
+    let feeds: Vec<Instant> = ns
+        .matching("WATCHDOG=1")
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert!(
+        max_gap(&feeds) >= Duration::from_millis(1500),
+        "fed through a hung read: {feeds:?}"
+    );
+}

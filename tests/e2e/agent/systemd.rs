@@ -1,0 +1,63 @@
+//! SPEC §6 on a real `NOTIFY_SOCKET`: READY=1 once the spool is usable,
+//! STATUS= with the one-line summary, STOPPING=1 on SIGTERM, exit 0.
+
+use std::time::Duration;
+
+use ferry_tests::{Receiver, Spool, COMMIT_A, COMMIT_B};
+
+use super::{daemon_with_notify, episode, small, stored, until, NotifySocket};
+
+#[test]
+fn ready_status_and_stopping_on_a_real_notify_socket() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "notify");
+    small(&spool, "n-1", 1);
+    episode(&spool, "n-rejected", Some(COMMIT_B), 2);
+    let ns = NotifySocket::new();
+    let mut d = daemon_with_notify(&spool, &ns, None, &[("FERRY_AGENT_SCAN_INTERVAL", "200ms")]);
+    ferry_tests::wait_for("READY=1", || ns.first("READY=1"));
+    until("shipped", || d.log(), || stored(&rx).contains_key("n-1"));
+    until(
+        "STATUS with the summary",
+        || d.log(),
+        || {
+            ns.matching("STATUS=").iter().any(|(_, m)| {
+                m.contains("pending 0")
+                    && m.contains("shipped today 1")
+                    && m.contains("quarantined 1")
+                    && m.contains("last error: n-rejected")
+            })
+        },
+    );
+    assert!(ns.first("STOPPING=1").is_none());
+    let st = d.sigterm(Duration::from_secs(30));
+    assert!(st.success(), "{st}");
+    assert!(ns.first("STOPPING=1").is_some(), "no STOPPING=1");
+    assert!(
+        ns.matching("WATCHDOG=1").is_empty(),
+        "fed a watchdog nobody asked for"
+    );
+}
+
+#[test]
+fn ready_is_not_sent_when_the_spool_is_unusable() {
+    let rx = Receiver::start();
+    let spool = Spool::new(&rx, "unusable");
+    let ns = NotifySocket::new();
+    let mut cmd = spool.agent("run");
+    for (k, v) in ns.env(None) {
+        cmd.env(k, v);
+    }
+    // A spool path under a regular file can never be created.
+    let file = spool.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = cmd.arg("--spool").arg(file.join("spool")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", super::text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not usable"),
+        "{}",
+        super::text(&out)
+    );
+    assert!(ns.first("READY=1").is_none());
+}
