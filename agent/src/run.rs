@@ -344,7 +344,15 @@ impl Agent {
             self.refresh_status().await;
             let moved = self.moved.load(Ordering::Relaxed) != moved_before;
             if !moved || shutdown.stop.is_cancelled() {
-                self.sleep(self.cfg.scan_interval, &shutdown.stop).await;
+                // Wait for news, but come back as soon as a backoff ends
+                // rather than a whole scan interval later.
+                let mut wait = self.cfg.scan_interval;
+                let open = self.gate.open_at();
+                let now = Instant::now();
+                if open > now {
+                    wait = wait.min(open - now);
+                }
+                self.sleep(wait, &shutdown.stop).await;
             }
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -722,7 +730,7 @@ impl Agent {
                     "the receiver refuses this device ({}): check token_file {} holds the token printed by `ferry-receiver devices add NAME` (a revoked device needs a new one); all shipping paused, retrying in {}",
                     detail.error,
                     self.shipper.token_file().display(),
-                    humantime::format_duration(Duration::from_secs(delay.as_secs()))
+                    humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
                 );
                 if due {
                     tracing::error!("{msg}");
@@ -742,7 +750,7 @@ impl Agent {
                 let msg = format!(
                     "{what} shipping {id}: {}; tarball kept, retrying in {}",
                     detail.error,
-                    humantime::format_duration(Duration::from_secs(delay.as_secs()))
+                    humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
                 );
                 tracing::warn!("{msg}");
                 self.record_error(&msg).await;

@@ -27,10 +27,22 @@ pub struct Counts {
     pub conflicts: u64,
 }
 
+/// `read_dir`, with a missing directory read as empty (a spool the agent
+/// has not prepared yet, or an old one without `conflict/`).
+fn entries(spool: &Spool, dir: &str) -> io::Result<Vec<fs::DirEntry>> {
+    match fs::read_dir(spool.dir(dir)) {
+        Ok(rd) => rd.collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            crate::fsio::describe(&spool.dir(dir), &e),
+        )),
+    }
+}
+
 fn count_dirs(spool: &Spool, dir: &str) -> io::Result<u64> {
     let mut n = 0;
-    for e in fs::read_dir(spool.dir(dir))? {
-        let e = e?;
+    for e in entries(spool, dir)? {
         if !e.file_name().to_string_lossy().starts_with('.') {
             n += 1;
         }
@@ -39,7 +51,11 @@ fn count_dirs(spool: &Spool, dir: &str) -> io::Result<u64> {
 }
 
 pub fn counts(s: &Spool) -> io::Result<Counts> {
-    let r = scan::scan(s, 0, None)?;
+    let r = if s.dir(spool::EPISODES).exists() {
+        scan::scan(s, 0, None)?
+    } else {
+        scan::ScanReport::default()
+    };
     let mut c = Counts {
         pending: r.ready_total,
         writing: r.writing,
@@ -49,15 +65,19 @@ pub fn counts(s: &Spool) -> io::Result<Counts> {
         conflicts: count_dirs(s, spool::CONFLICT)?,
         ..Counts::default()
     };
-    for e in fs::read_dir(s.dir(spool::OUTBOX))? {
-        let name = e?.file_name();
+    for e in entries(s, spool::OUTBOX)? {
+        let name = e.file_name();
         match spool::parse_outbox_name(&name.to_string_lossy()) {
             Some((_, true)) => c.partial += 1,
             Some((_, false)) => c.outbox += 1,
             None => {}
         }
     }
-    let (ids, bad) = quarantine::list_ids(s)?;
+    let (ids, bad) = if s.dir(spool::QUARANTINE).exists() {
+        quarantine::list_ids(s)?
+    } else {
+        Default::default()
+    };
     c.quarantined = ids.len() as u64 + bad.len() as u64;
     for id in ids {
         let kind = match quarantine::read_reason(s, &id) {

@@ -126,11 +126,15 @@ fn incident2_sigterm_mid_upload_is_aborted_not_failed() {
     );
     assert_eq!(spool.ids_in("episodes"), ["slow"]);
     assert!(spool.ids_in("quarantine").is_empty());
-    let state = read_json(&spool.path().join(".ferry-agent-state.json"));
-    assert!(
-        state["last_error"].is_null(),
-        "recorded as a failure: {state}"
-    );
+    // Nothing recorded as a failure (the state file may not exist at all).
+    let state_file = spool.path().join(".ferry-agent-state.json");
+    if state_file.exists() {
+        let state = read_json(&state_file);
+        assert!(
+            state["last_error"].is_null(),
+            "recorded as a failure: {state}"
+        );
+    }
     assert!(stored(&rx).is_empty());
 
     // The next start ships the same tarball.
@@ -153,8 +157,8 @@ fn incident2_sigterm_mid_upload_is_aborted_not_failed() {
     assert!(outbox(&spool).is_empty());
 }
 
-/// §4.3: a transient EIO (here: the receiver's SQLite commit sync fails
-/// twice) is surfaced as a transient answer and retried; nothing is
+/// §4.3: a transient EIO (here: the receiver's fsync of the stored object
+/// fails twice) is surfaced as a transient answer and retried; nothing is
 /// quarantined, the journal mode stays WAL; and a transient EIO on the
 /// agent's own state file is reported and survived.
 #[test]
@@ -178,7 +182,7 @@ fn incident3_transient_eio_is_retried_never_a_permanent_downgrade() {
         "-o",
         "/dev/null",
         "-e",
-        "inject=fdatasync:error=EIO:when=1..2",
+        "inject=fsync:error=EIO:when=1..2",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -216,19 +220,16 @@ fn incident3_transient_eio_is_retried_never_a_permanent_downgrade() {
         assert_eq!(String::from_utf8_lossy(&m.stdout).trim(), "wal");
     }
 
-    // The agent's own state file: the first rename onto it fails with EIO.
+    // The agent's own state file: the directory fsync after its first
+    // save fails with EIO (the first fsync of the spool directory is the
+    // start-up probe's, which must succeed).
     small(&spool, "state-eio", 7);
-    let state = spool.path().join(".ferry-agent-state.json");
+    let root = spool.path().to_str().unwrap().to_string();
     let mut cmd = super::strace_drain(
         "incident3_transient_eio_is_retried_never_a_permanent_downgrade",
         &spool,
         "60s",
-        &[
-            "-P",
-            state.to_str().unwrap(),
-            "-e",
-            "inject=rename:error=EIO:when=1",
-        ],
+        &["-P", &root, "-e", "inject=fsync:error=EIO:when=2"],
     )
     .unwrap();
     let out = cmd.output().unwrap();
@@ -441,8 +442,11 @@ fn incident5_a_hung_read_while_packing_stops_the_watchdog() {
         || d.log(),
         || stored(&rx).contains_key("hang"),
     );
-    let log = d.log();
-    assert!(log.contains("moving again"), "{log}");
+    until(
+        "feeding resumed",
+        || d.log(),
+        || d.log().contains("moving again"),
+    );
     let feeds: Vec<Instant> = ns
         .matching("WATCHDOG=1")
         .into_iter()

@@ -45,14 +45,21 @@ fn ready_is_not_sent_when_the_spool_is_unusable() {
     let rx = Receiver::start();
     let spool = Spool::new(&rx, "unusable");
     let ns = NotifySocket::new();
-    let mut cmd = spool.agent("run");
-    for (k, v) in ns.env(None) {
-        cmd.env(k, v);
-    }
     // A spool path under a regular file can never be created.
     let file = spool.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let out = cmd.arg("--spool").arg(file.join("spool")).output().unwrap();
+    let mut cmd = std::process::Command::new(ferry_tests::bin("ferry-agent"));
+    cmd.arg("run")
+        .arg("--spool")
+        .arg(file.join("spool"))
+        .arg("--receiver")
+        .arg(&rx.url)
+        .arg("--token-file")
+        .arg(&spool.token_file);
+    for (k, v) in ns.env(None) {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", super::text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not usable"),
