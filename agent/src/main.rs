@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use clap::Parser;
 use ferry_agent::cli::{self, Cli, CliError, Cmd};
@@ -28,7 +28,27 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Set by a SIGTERM/SIGINT that arrives before the async handlers are
+/// installed (an orchestrator stopping us during start-up): the daemon then
+/// shuts down cleanly instead of dying of the default action.
+static EARLY_SIGNAL: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn early_signal(_: libc::c_int) {
+    EARLY_SIGNAL.store(true, Ordering::SeqCst);
+}
+
+fn catch_early_signals() {
+    let handler: extern "C" fn(libc::c_int) = early_signal;
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe; tokio's handlers, installed later, chain to it.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    }
+}
+
 fn main() -> ExitCode {
+    catch_early_signals();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -54,6 +74,17 @@ fn main() -> ExitCode {
         }
         _ => "defaults, environment and flags (no file)".to_string(),
     };
+    if !matches!(cli.cmd, Cmd::Run | Cmd::Drain { .. }) {
+        // One-shot commands stop on a signal the ordinary way.
+        // SAFETY: restoring the default disposition.
+        unsafe {
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+        }
+        if EARLY_SIGNAL.load(Ordering::SeqCst) {
+            return ExitCode::FAILURE;
+        }
+    }
     match cli.cmd {
         Cmd::Pack { dir, output } => pack_cmd(&cfg, &dir, &output),
         Cmd::Status { json } => {
@@ -143,10 +174,15 @@ fn handle_signals(shutdown: Shutdown, grace: std::time::Duration, notifier: Noti
             return;
         };
         let mut first = true;
+        let mut early = EARLY_SIGNAL.load(Ordering::SeqCst);
         loop {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
+            let name = if std::mem::take(&mut early) {
+                "a signal during start-up"
+            } else {
+                tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                }
             };
             if first {
                 first = false;

@@ -68,3 +68,21 @@ fn ready_is_not_sent_when_the_spool_is_unusable() {
     );
     assert!(ns.first("READY=1").is_none());
 }
+
+/// A stop that arrives while the daemon is still starting (an orchestrator
+/// restarting it in a hurry) is a clean shutdown too, never a death by
+/// signal.
+#[test]
+fn sigterm_during_startup_is_a_clean_exit() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "early");
+    small(&spool, "e-1", 1);
+    for delay_ms in [5u64, 10, 20, 50, 100] {
+        let mut d = super::Daemon::start(&spool, &[]);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let st = d.sigterm(Duration::from_secs(30));
+        assert!(st.success(), "after {delay_ms} ms: {st}\n{}", d.log());
+    }
+    assert!(spool.ids_in("quarantine").is_empty());
+}
