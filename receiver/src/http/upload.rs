@@ -24,8 +24,6 @@ use crate::store::{unix_now, Inserted, NewEpisode};
 
 /// Seconds a client is asked to wait when every upload slot is taken.
 pub const RETRY_AFTER_SECS: u64 = 5;
-/// Free space kept beyond the upload's own size before accepting a body.
-const FREE_SPACE_RESERVE: u64 = 16 << 20;
 /// The first four bytes of a zstd frame, and the mask/value of a skippable
 /// frame's magic (0x184D2A50..=0x184D2A5F, little endian).
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -219,7 +217,7 @@ async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
     }
 
     let free = state.objects.free_bytes().await?;
-    if free < up.length.saturating_add(FREE_SPACE_RESERVE) {
+    if free < up.length {
         tracing::warn!(free, needed = up.length, episode_id = %up.id, "not enough free space for an upload");
         return Err(AppError(Reply::InsufficientStorage {
             detail: "the receiver does not have space for this episode now; try again later".into(),

@@ -253,7 +253,21 @@ fn write_upload(
         .create_new(true)
         .open(&path)
         .map_err(|e| StoreError::new("create", &path, e))?;
-    let temp = TempFile::new(path.clone());
+    let mut temp = TempFile::new(path.clone());
+    let result = write_body(&path, file, &mut rx);
+    if !matches!(result, Ok(Some(_))) {
+        // Aborted or failed: remove it now, on this blocking thread, so that
+        // nothing is left even when the runtime is shutting down.
+        temp.remove_now();
+    }
+    result.map(|done| done.map(|(sha256, size)| Written { temp, sha256, size }))
+}
+
+fn write_body(
+    path: &Path,
+    file: File,
+    rx: &mut mpsc::Receiver<Chunk>,
+) -> Result<Option<(Sha256, u64)>, StoreError> {
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut hasher = sha2::Sha256::new();
     let mut size = 0u64;
@@ -261,7 +275,7 @@ fn write_upload(
         match rx.blocking_recv() {
             Some(Chunk::Data(b)) => {
                 out.write_all(&b)
-                    .map_err(|e| StoreError::new("write", &path, e))?;
+                    .map_err(|e| StoreError::new("write", path, e))?;
                 hasher.update(&b);
                 size += b.len() as u64;
             }
@@ -271,14 +285,10 @@ fn write_upload(
     }
     let file = out
         .into_inner()
-        .map_err(|e| StoreError::new("write", &path, e.into_error()))?;
+        .map_err(|e| StoreError::new("write", path, e.into_error()))?;
     file.sync_all()
-        .map_err(|e| StoreError::new("fsync", &path, e))?;
-    Ok(Some(Written {
-        temp,
-        sha256: Sha256::from_bytes(&hasher.finalize().into()),
-        size,
-    }))
+        .map_err(|e| StoreError::new("fsync", path, e))?;
+    Ok(Some((Sha256::from_bytes(&hasher.finalize().into()), size)))
 }
 
 /// Creates `dir` and any missing parents below `root`, fsyncing the parent
@@ -356,6 +366,16 @@ impl TempFile {
 
     fn keep(&mut self) {
         self.keep = true;
+    }
+
+    /// Removes the file on the calling (blocking) thread.
+    fn remove_now(&mut self) {
+        self.keep = true;
+        if let Err(e) = fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot remove temporary upload file");
+            }
+        }
     }
 }
 

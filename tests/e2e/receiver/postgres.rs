@@ -1,0 +1,183 @@
+//! The same contract on a PostgreSQL index: a fresh database per test on
+//! `postgres://postgres@127.0.0.1:5432`, dropped afterwards. Without a
+//! reachable server (or `psql`) the tests say so loudly and pass.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use ferry_tests::{sample_archive, sha256_hex, Receiver, COMMIT_A, COMMIT_B};
+
+use super::{expect, stored};
+
+const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// A database created for one test and dropped with it.
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    fn create(test: &str) -> Option<TestDb> {
+        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+            ferry_tests::skip(test, "SKIPPED (no PostgreSQL on 127.0.0.1:5432)");
+            return None;
+        }
+        if !ferry_tests::have("psql") {
+            ferry_tests::skip(
+                test,
+                "SKIPPED (no PostgreSQL on 127.0.0.1:5432): psql is not installed",
+            );
+            return None;
+        }
+        let name = format!("ferry_test_{:016x}", rand::random::<u64>());
+        if !psql(&format!("CREATE DATABASE {name}")) {
+            ferry_tests::skip(
+                test,
+                "SKIPPED (no PostgreSQL on 127.0.0.1:5432): CREATE DATABASE failed",
+            );
+            return None;
+        }
+        Some(TestDb { name })
+    }
+
+    fn url(&self) -> String {
+        format!("{SERVER}/{}", self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+fn psql(sql: &str) -> bool {
+    Command::new("psql")
+        .args([
+            &format!("{SERVER}/postgres"),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            sql,
+        ])
+        .output()
+        .map(|o| {
+            if !o.status.success() {
+                eprintln!("psql {sql}: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            o.status.success()
+        })
+        .unwrap_or(false)
+}
+
+fn receiver(db: &TestDb, data: &std::path::Path) -> Receiver {
+    let url = db.url();
+    Receiver::start_in(data, &[("FERRY_RECEIVER_DATABASE_URL", url.as_str())])
+}
+
+#[test]
+fn postgres_index_answers_every_upload_row() {
+    let Some(db) = TestDb::create("postgres_index_answers_every_upload_row") else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let rx = receiver(&db, data.path());
+    let token = rx.ready_device("pg-dev");
+    // No SQLite file: the index is in PostgreSQL.
+    assert!(!data.path().join("index.sqlite").exists());
+    let body = sample_archive("pg-1", 1);
+    expect(&rx.put(&token, "pg-1", COMMIT_A, &body), 201, "stored");
+    expect(
+        &rx.put(&token, "pg-1", COMMIT_A, &body),
+        200,
+        "already-present",
+    );
+    expect(
+        &rx.put(&token, "pg-1", COMMIT_A, &sample_archive("pg-1", 2)),
+        409,
+        "conflict",
+    );
+    let j = expect(
+        &rx.put(&token, "pg-2", COMMIT_B, &body),
+        412,
+        "commit-rejected",
+    );
+    assert_eq!(j["head_commit"], COMMIT_A);
+    rx.allow(COMMIT_B, true);
+    let list: serde_json::Value =
+        serde_json::from_str(&rx.cli_ok(["commits", "list", "--json"])).unwrap();
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["head"] == true)
+            .count(),
+        1
+    );
+    rx.cli_ok(["devices", "revoke", "pg-dev"]);
+    expect(&rx.put(&token, "pg-3", COMMIT_A, &body), 403, "forbidden");
+    assert_eq!(stored(&rx).len(), 1);
+    let devices: serde_json::Value =
+        serde_json::from_str(&rx.cli_ok(["devices", "list", "--json"])).unwrap();
+    assert_eq!(devices[0]["episodes"], 1);
+    assert_eq!(devices[0]["bytes"], body.len() as u64);
+    ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
+}
+
+#[test]
+fn postgres_index_decides_races_and_survives_kill9() {
+    let Some(db) = TestDb::create("postgres_index_decides_races_and_survives_kill9") else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let rxa = Arc::new(receiver(&db, data.path()));
+    let token = Arc::new(rxa.ready_device("pg-racer"));
+    for round in 0..10 {
+        let id = format!("pg-race-{round}");
+        let bodies = Arc::new([
+            sample_archive(&id, round * 2),
+            sample_archive(&id, round * 2 + 1),
+        ]);
+        let barrier = Arc::new(Barrier::new(6));
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                let (rx, token, barrier, id, bodies) = (
+                    rxa.clone(),
+                    token.clone(),
+                    barrier.clone(),
+                    id.clone(),
+                    bodies.clone(),
+                );
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let body = &bodies[t % 2];
+                    (sha256_hex(body), rx.put(&token, &id, COMMIT_A, body).status)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<_> = results.iter().filter(|(_, s)| *s == 201).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        for (sha, status) in &results {
+            let expected = if sha == &winners[0].0 {
+                [200, 201]
+            } else {
+                [409, 409]
+            };
+            assert!(expected.contains(status), "round {round}: {results:?}");
+        }
+    }
+    let mut rx = Arc::try_unwrap(rxa).ok().expect("no other owner");
+    assert_eq!(stored(&rx).len(), 10);
+    rx.restart();
+    assert_eq!(stored(&rx).len(), 10);
+    ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
+    drop(rx);
+    drop(db);
+}
