@@ -34,6 +34,8 @@ use crate::{classify, conflict, fsio, retire, sweep};
 
 /// Ready episodes taken per pass (memory bound of the scan).
 pub const SCAN_BATCH: usize = 1024;
+/// A scan still running after this long hands over what it has found.
+pub const EARLY_BATCH_AFTER: Duration = Duration::from_millis(500);
 
 /// The two stages of shutdown, created by `main` and passed down.
 #[derive(Debug, Clone, Default)]
@@ -308,21 +310,44 @@ impl Agent {
             }
             let sp = self.spool.clone();
             let prog = self.progress.clone();
-            let report =
-                match blocking(move || scan::scan(&sp, SCAN_BATCH, Some(&prog.counter))).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let msg = format!(
-                            "cannot list {}: {}",
-                            self.spool.dir(spool::EPISODES).display(),
-                            e
-                        );
-                        tracing::error!("{msg}");
-                        self.record_error(&msg).await;
-                        self.sleep(self.cfg.scan_interval, &shutdown.stop).await;
-                        continue;
-                    }
-                };
+            let (tx, early_rx) = tokio::sync::oneshot::channel();
+            let early = scan::Early {
+                after: EARLY_BATCH_AFTER,
+                count: self.cfg.ship_concurrency * 4,
+                send: Box::new(move |v| {
+                    let _ = tx.send(v);
+                }),
+            };
+            let scanning = blocking(move || {
+                scan::scan_with_early(&sp, SCAN_BATCH, Some(&prog.counter), Some(early))
+            });
+            tokio::pin!(scanning);
+            // A slow scan (a huge backlog on a cold disk) hands over the
+            // oldest episodes seen so far; they ship while it goes on.
+            let mut early_ids = HashSet::new();
+            let scanned = tokio::select! {
+                r = &mut scanning => r,
+                Ok(first) = early_rx => {
+                    early_ids = first.iter().map(|r| r.id.clone()).collect();
+                    let (_, r) = tokio::join!(self.process_batch(first, &shutdown), &mut scanning);
+                    r
+                }
+            };
+            let mut report = match scanned {
+                Ok(r) => r,
+                Err(e) => {
+                    let msg = format!(
+                        "cannot list {}: {}",
+                        self.spool.dir(spool::EPISODES).display(),
+                        e
+                    );
+                    tracing::error!("{msg}");
+                    self.record_error(&msg).await;
+                    self.sleep(self.cfg.scan_interval, &shutdown.stop).await;
+                    continue;
+                }
+            };
+            report.batch.retain(|r| !early_ids.contains(&r.id));
             self.pending.store(report.ready_total, Ordering::Relaxed);
             finished.pending = report.ready_total;
             if let Some(line) = report.invalid_line() {
@@ -418,6 +443,12 @@ impl Agent {
         };
         loop {
             if shutdown.stop.is_cancelled() {
+                return;
+            }
+            // Gone since the scan (shipped from an early batch, purged or
+            // moved by an operator): nothing to do.
+            let marker = self.spool.episode_dir(&id).join(spool::DONE_MARKER);
+            if !blocking(move || marker.exists()).await {
                 return;
             }
             // The commit, from meta.json.

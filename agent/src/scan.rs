@@ -8,7 +8,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use ferry_proto::EpisodeId;
 
@@ -75,12 +75,42 @@ fn sample(v: &mut Vec<String>, s: String) {
 /// Scan `episodes/`, keeping at most `batch` of the oldest ready episodes.
 /// `progress` is bumped per entry so the watchdog sees a long scan move.
 pub fn scan(spool: &Spool, batch: usize, progress: Option<&AtomicU64>) -> io::Result<ScanReport> {
+    scan_with_early(spool, batch, progress, None)
+}
+
+/// A first look for a slow scan: once the scan has run for `after`, the
+/// `count` oldest episodes seen so far are handed to `send`, so that a
+/// huge backlog on a cold disk does not delay the first upload by the
+/// whole scan. (Oldest first then holds among what was seen.)
+pub struct Early {
+    pub after: Duration,
+    pub count: usize,
+    pub send: Box<dyn FnOnce(Vec<Ready>) + Send>,
+}
+
+/// [`scan`] with an optional [`Early`] hand-off.
+pub fn scan_with_early(
+    spool: &Spool,
+    batch: usize,
+    progress: Option<&AtomicU64>,
+    mut early: Option<Early>,
+) -> io::Result<ScanReport> {
     let dir = spool.dir(EPISODES);
     let mut report = ScanReport::default();
     let mut heap: BinaryHeap<Ready> = BinaryHeap::with_capacity(batch + 1);
+    let started = Instant::now();
     for entry in fs::read_dir(&dir)? {
         if let Some(p) = progress {
             p.fetch_add(1, Ordering::Relaxed);
+        }
+        if early
+            .as_ref()
+            .is_some_and(|e| !heap.is_empty() && started.elapsed() >= e.after)
+        {
+            let e = early.take().expect("checked");
+            let mut first = heap.clone().into_sorted_vec();
+            first.truncate(e.count);
+            (e.send)(first);
         }
         let entry = match entry {
             Ok(e) => e,
@@ -176,6 +206,27 @@ mod tests {
         assert_eq!(r.invalid_total, 1);
         assert!(r.invalid_line().unwrap().contains("bad name"));
         assert!(r.error_line().is_none());
+    }
+
+    #[test]
+    fn a_slow_scan_hands_off_an_early_batch() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::new(d.path());
+        s.prepare().unwrap();
+        for i in 0..50u64 {
+            make(&s, &format!("ep{i:03}"), Some(1000 - i));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let early = Early {
+            after: Duration::ZERO,
+            count: 3,
+            send: Box::new(move |v| tx.send(v).unwrap()),
+        };
+        let r = scan_with_early(&s, 10, None, Some(early)).unwrap();
+        let first = rx.recv().unwrap();
+        assert_eq!(first.len(), 1, "handed off as soon as one was seen");
+        assert_eq!(r.batch.len(), 10);
+        assert_eq!(r.batch[0].id.as_str(), "ep049");
     }
 
     #[test]
