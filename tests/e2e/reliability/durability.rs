@@ -46,8 +46,11 @@ fn parse_trace(path: &Path) -> Vec<Call> {
         } else {
             rest.to_string()
         };
-        if !full.contains(") = ") || full.contains("= -1") {
-            continue; // failed calls change nothing
+        // strace pads the result column, so find it from the right; a
+        // failed call (`= -1 EIO ...`) changed nothing.
+        match full.rsplit_once(" = ") {
+            Some((_, result)) if !result.trim_start().starts_with('-') => {}
+            _ => continue,
         }
         if full.starts_with("fsync(") || full.starts_with("fdatasync(") {
             if let Some(p) = between(&full, '<', '>') {
@@ -61,7 +64,7 @@ fn parse_trace(path: &Path) -> Vec<Call> {
                     to: quoted[3].to_string(),
                 });
             }
-        } else if (full.starts_with("write") || full.starts_with("send")) && full.contains("<TCP") {
+        } else if (full.starts_with("write") || full.starts_with("send")) && full.contains("TCP:") {
             calls.push(Call::SocketWrite(full));
         }
     }
@@ -171,7 +174,7 @@ fn receiver_acknowledges_only_after_object_and_index_are_durable() {
     let token = rx.add_device("durability");
     rx.kill9();
     let trace = data.path().join("trace.txt");
-    let wrapper: Vec<String> = ["strace", "-f", "-y", "-qq", "-s", "48", "-e", TRACED, "-o"]
+    let wrapper: Vec<String> = ["strace", "-f", "-yy", "-qq", "-s", "48", "-e", TRACED, "-o"]
         .iter()
         .map(|s| s.to_string())
         .chain([trace.display().to_string()])
@@ -182,6 +185,15 @@ fn receiver_acknowledges_only_after_object_and_index_are_durable() {
     let sha = sha256_hex(&body);
     let r = put_episode(rx.addr, &token, "dur-rx", COMMIT_A, &sha, &body);
     assert_eq!(r.status, 201, "{}", r.text());
+    // SIGTERM to the receiver under strace: it shuts down gracefully and
+    // strace, its last tracee gone, flushes its log and exits (a SIGKILL
+    // would lose the buffered tail).
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", rx.pid()))
+        .expect("children of strace");
+    for pid in children.split_whitespace() {
+        ferry_tests::signal(pid.parse().unwrap(), libc::SIGTERM);
+    }
+    ferry_tests::wait_for("strace to exit", || (!rx.is_running()).then_some(()));
     rx.kill9();
 
     let calls = parse_trace(&trace);

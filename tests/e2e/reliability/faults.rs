@@ -124,13 +124,16 @@ fn outbox_enospc_is_transient_and_never_quarantines() {
     assert_delivered(&rx, &spool, &["full-1".to_string()]);
 }
 
-/// The receiver's fsync of an object fails (EIO) twice: those uploads are
-/// not acknowledged (5xx), nothing is half-stored, and the next one is 201.
+/// The receiver cannot fsync the directory one object lands in (EIO,
+/// strace `-P` scoped to that directory): that upload is not acknowledged
+/// (5xx with a JSON reason), nothing of it is indexed, the receiver stays
+/// up and keeps storing other episodes, and once the fault is gone the same
+/// upload is stored.
 #[test]
-fn receiver_fsync_eio_is_not_acknowledged_and_clears() {
+fn receiver_fsync_eio_is_not_acknowledged_and_costs_one_upload() {
     if !have("strace") {
         skip(
-            "receiver_fsync_eio_is_not_acknowledged_and_clears",
+            "receiver_fsync_eio_is_not_acknowledged_and_costs_one_upload",
             "strace is not installed",
         );
         return;
@@ -140,40 +143,53 @@ fn receiver_fsync_eio_is_not_acknowledged_and_clears() {
     rx.allow(COMMIT_A, true);
     let token = rx.add_device("fsync-eio");
     rx.kill9();
-    // SQLite syncs with fdatasync, so fsync here is the object store's.
+    let body = ferry_tests::sample_archive("fs-1", 1);
+    let sha = sha256_hex(&body);
+    // Objects are content-addressed: objects/<aa>/<bb>/<sha256>.
+    let shard = data.path().join("objects").join(&sha[..2]).join(&sha[2..4]);
     let wrapper: Vec<String> = [
         "strace",
         "-f",
         "-qq",
         "-o",
         "/dev/null",
+        "-P",
+        shard.to_str().unwrap(),
         "-e",
-        "inject=fsync:error=EIO:when=1..2",
+        "inject=fsync,fdatasync:error=EIO",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     rx.try_spawn("127.0.0.1:0", &wrapper)
         .expect("receiver under strace");
-    let body = ferry_tests::sample_archive("fs-1", 1);
-    let sha = sha256_hex(&body);
-    let mut answers = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..2 {
         let r = put_episode(rx.addr, &token, "fs-1", COMMIT_A, &sha, &body);
-        let _ = r.json(); // every answer is JSON
-        answers.push(r.status);
-        if r.status == 201 {
-            break;
-        }
-        assert!(r.status >= 500, "unexpected {}: {}", r.status, r.text());
+        assert!(
+            r.status >= 500,
+            "acknowledged despite EIO: {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(r.json()["status"].is_string(), "{}", r.text());
     }
-    assert_eq!(answers.last(), Some(&201), "answers: {answers:?}");
-    assert!(answers.len() >= 2, "the fault was never hit: {answers:?}");
-    assert!(rx.is_running(), "the receiver died of a transient EIO");
+    assert!(rx.is_running(), "the receiver died of an EIO");
+    assert!(!stored(&rx).contains_key("fs-1"), "indexed despite EIO");
+    // Another episode (another shard directory) is stored meanwhile.
+    let other = ferry_tests::sample_archive("fs-other", 77);
+    let other_sha = sha256_hex(&other);
+    assert_ne!(&other_sha[..4], &sha[..4], "pick another seed: same shard");
+    let r = put_episode(rx.addr, &token, "fs-other", COMMIT_A, &other_sha, &other);
+    assert_eq!(r.status, 201, "{}", r.text());
     assert!(
         receiver_temp_files(&rx).is_empty(),
         "temp files left behind"
     );
+
+    // The fault clears.
+    rx.restart();
+    let r = put_episode(rx.addr, &token, "fs-1", COMMIT_A, &sha, &body);
+    assert_eq!(r.status, 201, "{}", r.text());
     assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
 }
 
