@@ -111,12 +111,6 @@ pub fn sweep_all(
         batch: cfg.sweep_batch.max(1),
         stop,
     };
-    let busy = |id: &EpisodeId| {
-        in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
-    };
     let remove = |p: &Path, counter: &mut u64, errors: &mut u64| match fsio::remove_path(p) {
         Ok(()) => *counter += 1,
         Err(e) => {
@@ -135,7 +129,11 @@ pub fn sweep_all(
             let Some((id, partial)) = spool::parse_outbox_name(&name) else {
                 continue;
             };
-            if busy(&id) {
+            // Decide and remove under the in-flight lock: a worker marks
+            // its episode in flight before it creates the partial, so it
+            // cannot start writing between our check and the unlink.
+            let flying = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if flying.contains(&id) {
                 continue;
             }
             if partial {
@@ -143,6 +141,7 @@ pub fn sweep_all(
             } else if !spool.episode_dir(&id).exists() {
                 remove(&e.path(), &mut sw.orphans, &mut sw.errors);
             }
+            drop(flying);
         }
     }
     // Retention. The age of a shipped episode is the ctime of its

@@ -457,3 +457,75 @@ fn incident5_a_hung_read_while_packing_stops_the_watchdog() {
         "fed through a hung read: {feeds:?}"
     );
 }
+
+/// SPEC §1: kill -9 mid-pack (a read held by strace) and mid-upload; each
+/// restart finishes the job: shipped exactly once, the digest of a fresh
+/// pack, no tarball or `.partial` left.
+#[test]
+fn kill9_mid_pack_and_mid_upload_ships_exactly_once() {
+    if !ferry_tests::have("strace") {
+        ferry_tests::skip(
+            "kill9_mid_pack_and_mid_upload_ships_exactly_once",
+            "strace is not installed",
+        );
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "kill9");
+    let dir = small(&spool, "victim", 1);
+    std::fs::write(dir.join("big.bin"), noise(5, 2 << 20)).unwrap();
+
+    // 1. Mid-pack: the third read of big.bin hangs; kill -9 the group.
+    let big = dir.join("big.bin");
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-qq", "-o", "/dev/null", "-P", big.to_str().unwrap()])
+        .args(["-e", "inject=read:delay_enter=30000000:when=3"])
+        .arg(ferry_tests::bin("ferry-agent"))
+        .args(["run", "--spool"])
+        .arg(spool.path())
+        .args(["--receiver", &rx.url, "--token-file"])
+        .arg(&spool.token_file)
+        .process_group(0);
+    let mut d = Daemon::start_cmd(cmd, &[]);
+    until(
+        "a partial tarball",
+        || d.log(),
+        || outbox(&spool).iter().any(|n| n.ends_with(".partial")),
+    );
+    ferry_tests::signal_group(d.child.id(), libc::SIGKILL);
+    let _ = d.child.wait();
+    assert_eq!(spool.ids_in("episodes"), ["victim"]);
+
+    // 2. Mid-upload: a slow link, kill -9 once bytes flow.
+    let mut d = Daemon::start(
+        &spool,
+        &[
+            ("FERRY_AGENT_BANDWIDTH_LIMIT", "256KiB"),
+            ("RUST_LOG", "ferry_agent=debug"),
+        ],
+    );
+    d.wait_log("uploading");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    assert_eq!(spool.ids_in("episodes"), ["victim"]);
+    assert!(stored(&rx).is_empty());
+
+    // 3. A clean start finishes it.
+    let mut d = Daemon::start(&spool, &[]);
+    until("stored", || d.log(), || stored(&rx).contains_key("victim"));
+    until(
+        "retired and swept",
+        || d.log(),
+        || spool.ids_in("shipped") == ["victim"] && outbox(&spool).is_empty(),
+    );
+    assert!(d.sigterm(Duration::from_secs(30)).success());
+    assert_eq!(stored(&rx).len(), 1);
+    assert_eq!(
+        stored(&rx)["victim"],
+        pack_sha(&spool.path().join("shipped/victim"))
+    );
+    assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
+}
