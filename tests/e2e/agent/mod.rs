@@ -9,12 +9,14 @@
 //! - `cli`: pack, status, doctor, quarantine, config errors.
 //! - `systemd`: READY/STATUS/STOPPING/WATCHDOG on a real socket.
 //! - `takeover`: a spool written by the older shipper.
+//! - `tls`: a receiver behind a private CA (`ca_file`).
 
 mod answers;
 mod cli;
 mod incidents;
 mod systemd;
 mod takeover;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
