@@ -496,3 +496,39 @@ fn invalid_names_are_skipped_reported_and_never_shipped() {
     assert_eq!(stored(&rx).keys().collect::<Vec<_>>(), ["good"]);
     assert_eq!(spool.ids_in("episodes"), ["-dash", "bad name"]);
 }
+
+/// `request_timeout` is an idle timeout: an upload that stops moving is
+/// abandoned after it (a network error: retried, never quarantined), while
+/// a slow upload that keeps moving may take far longer than it.
+#[test]
+fn request_timeout_is_a_stall_timeout_not_a_total() {
+    let f = fake(|n| match n {
+        0 => Script::Hang,
+        _ => answer(
+            201,
+            json!({"status": "stored", "episode_id": "s", "sha256": "x", "size": 1}),
+        ),
+    });
+    let spool = Spool::with_token(&f.url, "tok");
+    let dir = small(&spool, "s", 1);
+    std::fs::write(dir.join("big.bin"), ferry_tests::noise(6, 24 << 20)).unwrap();
+    let out = spool
+        .agent("drain")
+        .args(["--timeout", "120s"])
+        .env("FERRY_AGENT_REQUEST_TIMEOUT", "2s")
+        .env("FERRY_AGENT_BACKOFF_MAX", "300ms")
+        .env("FERRY_AGENT_BANDWIDTH_LIMIT", "4MiB")
+        .output()
+        .unwrap();
+    assert_ok(&out, "drain");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stalled"), "{err}");
+    let puts = f.puts();
+    assert_eq!(puts.len(), 2, "{err}");
+    // The second upload took longer than request_timeout and was not cut.
+    assert!(puts[1].body_len > 24 << 20, "{err}");
+    let took = puts[1].at - puts[1].started;
+    assert!(took > std::time::Duration::from_secs(3), "{took:?}");
+    assert!(spool.ids_in("quarantine").is_empty());
+    assert_eq!(spool.ids_in("shipped"), ["s"]);
+}

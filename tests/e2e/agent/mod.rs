@@ -203,6 +203,9 @@ pub struct Hit {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    /// When the request head had arrived.
+    pub started: Instant,
+    /// When the body had been read (or, for `Hang`, the head).
     pub at: Instant,
 }
 
@@ -317,6 +320,7 @@ fn serve(
         path,
         headers,
         body_len: 0,
+        started: Instant::now(),
         at: Instant::now(),
     };
     match action {
@@ -342,6 +346,7 @@ fn serve(
                 }
             }
             hit.body_len = len - left;
+            hit.at = Instant::now();
             hits.lock().unwrap().push(hit);
             let mut extra = String::new();
             for (k, v) in headers {
