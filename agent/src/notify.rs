@@ -107,7 +107,7 @@ pub async fn watchdog_task(
     cancel: CancellationToken,
 ) {
     let mut policy = FeedPolicy::default();
-    let mut tick = tokio::time::interval(interval / 2);
+    let mut tick = tokio::time::interval((interval / 2).max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut starving = false;
     loop {
