@@ -97,6 +97,9 @@ fn random_kill9_of_agent_and_receiver_loses_and_duplicates_nothing() {
     }
 
     // Let it finish in peace: stop the daemon, then drain what is left.
+    // (Give a just-restarted agent a moment to install its signal handler,
+    // as systemd's start-up would.)
+    std::thread::sleep(Duration::from_secs(1));
     signal(agent.id(), libc::SIGTERM);
     let st = wait_exit(&mut agent, Duration::from_secs(60));
     assert!(st.success(), "agent exit after SIGTERM: {st}");
@@ -135,22 +138,42 @@ fn parse_duration(s: &str) -> Duration {
     }
 }
 
-/// The syscalls whose every invocation is a crash point.
-const CRASH_SYSCALLS: &[&str] = &["rename", "renameat", "renameat2", "fsync", "fdatasync"];
-/// A bound on crash points per syscall, so CI stays bounded.
-const MAX_POINTS: u32 = 24;
-
-/// `strace` running `cmd` with the `n`th call of `syscall` replaced by SIGKILL.
-fn strace_kill_at(syscall: &str, n: u32) -> Vec<String> {
-    vec![
-        "strace".into(),
-        "-f".into(),
-        "-o".into(),
-        "/dev/null".into(),
-        "-e".into(),
-        format!("inject={syscall}:signal=SIGKILL:when={n}"),
-    ]
+/// One crash point: the `n`th call of one of `syscalls` (scoped to the
+/// calls naming `path`, when given) is replaced by SIGKILL.
+///
+/// strace counts `when=N` per thread, so an unscoped N walks each thread's
+/// own sequence; scoping to a path names the exact state change instead
+/// (the object's directory, the write-ahead log, `outbox/<id>.partial`).
+#[derive(Debug, Clone)]
+struct Point {
+    syscalls: &'static str,
+    path: Option<String>,
+    n: u32,
 }
+
+impl Point {
+    fn strace(&self) -> Vec<String> {
+        let mut v: Vec<String> = ["strace", "-f", "-qq", "-o", "/dev/null"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if let Some(p) = &self.path {
+            v.push("-P".into());
+            v.push(p.clone());
+        }
+        v.push("-e".into());
+        v.push(format!(
+            "inject={}:signal=SIGKILL:when={}",
+            self.syscalls, self.n
+        ));
+        v
+    }
+}
+
+const RENAMES: &str = "rename,renameat,renameat2";
+const SYNCS: &str = "fsync,fdatasync";
+/// A bound on the unscoped walk per syscall, so CI stays bounded.
+const MAX_N: u32 = 12;
 
 /// For every rename and fsync the agent makes along one ship, kill it
 /// exactly there; then a clean drain must finish the job with no loss, no
@@ -167,33 +190,59 @@ fn agent_killed_at_every_rename_and_fsync_recovers() {
     let rx = Receiver::start();
     rx.allow(COMMIT_A, true);
     let spool = Spool::new(&rx, "crash-points");
-    let mut ids = Vec::new();
-    let mut points = 0;
-    for syscall in CRASH_SYSCALLS {
-        for n in 1..=MAX_POINTS {
-            let id = format!("cp-{syscall}-{n}");
-            small_episode(&spool, &id, n as u64);
+    let root = std::fs::canonicalize(spool.path()).unwrap();
+    let at = |rel: &str| Some(root.join(rel).display().to_string());
+    let mut ids: Vec<String> = Vec::new();
+    let mut seq = 0;
+    // Each point ships a new episode; its id is known before the run, so
+    // the scoped paths can name it.
+    let scopes_for = |id: &str| -> Vec<(&'static str, Option<String>)> {
+        vec![
+            (SYNCS, at(&format!("outbox/{id}.tar.zst.partial"))),
+            (RENAMES, at(&format!("outbox/{id}.tar.zst.partial"))),
+            (SYNCS, at("outbox")),
+            (RENAMES, at(&format!("episodes/{id}"))),
+            (SYNCS, at("shipped")),
+            (SYNCS, at("episodes")),
+            ("rename", None),
+            ("renameat", None),
+            ("renameat2", None),
+            ("fsync", None),
+            ("fdatasync", None),
+        ]
+    };
+    let n_scopes = scopes_for("x").len();
+    let mut hit = 0;
+    for scope in 0..n_scopes {
+        for n in 1..=MAX_N {
+            seq += 1;
+            let id = format!("cp-{seq:03}");
+            small_episode(&spool, &id, seq);
             ids.push(id.clone());
+            let (syscalls, path) = scopes_for(&id)[scope].clone();
+            let point = Point { syscalls, path, n };
             let mut cmd = Command::new("strace");
-            cmd.args(&strace_kill_at(syscall, n)[1..]);
-            cmd.args(spool.drain_cmd_args("60s"));
+            cmd.args(&point.strace()[1..])
+                .args(spool.drain_cmd_args("60s"));
             let out = cmd.output().expect("strace ferry-agent drain");
             let killed = out.status.code().is_none() || out.status.code() == Some(137);
             // Whatever happened, a clean drain finishes the job.
             let clean = spool.drain("60s");
-            assert_ok(&clean, &format!("drain after a kill at {syscall} #{n}"));
+            assert_ok(&clean, &format!("drain after a kill at {point:?}"));
             assert_delivered(&rx, &spool, &ids);
             if !killed {
-                // The run made fewer than n such calls: every point of this
-                // syscall has been visited.
-                assert_ok(&out, &format!("drain under strace ({syscall} #{n})"));
+                // No Nth call: every point of this scope has been visited.
+                assert_ok(&out, &format!("drain under strace ({point:?})"));
                 break;
             }
-            points += 1;
+            hit += 1;
         }
     }
-    eprintln!("agent crash points visited: {points}");
-    assert!(points > 0, "no crash point was hit: is strace injecting?");
+    eprintln!("agent crash points visited: {hit}");
+    assert!(
+        hit >= n_scopes,
+        "only {hit} crash points were hit: is strace injecting?"
+    );
 }
 
 /// For every rename and fsync the receiver makes while storing one upload,
@@ -214,15 +263,37 @@ fn receiver_killed_at_every_rename_and_fsync_recovers() {
     rx.allow(COMMIT_A, true);
     let token = rx.add_device("crash-points");
     rx.kill9();
+    let root = std::fs::canonicalize(data.path()).unwrap();
 
-    let mut acked = Vec::new();
-    let mut points = 0;
-    for syscall in CRASH_SYSCALLS {
-        for n in 1..=MAX_POINTS {
-            let id = format!("rcp-{syscall}-{n}");
-            let body = ferry_tests::sample_archive(&id, n as u64);
+    let mut acked: Vec<(String, String)> = Vec::new();
+    let mut seq = 0u64;
+    let mut hit = 0;
+    // The scopes depend on the upload's digest (content-addressed object),
+    // so each point first makes its archive, then its scopes.
+    let scope_count = 8;
+    for scope in 0..scope_count {
+        for n in 1..=MAX_N {
+            seq += 1;
+            let id = format!("rcp-{seq:03}");
+            let body = ferry_tests::sample_archive(&id, seq);
             let sha = sha256_hex(&body);
-            let started = rx.try_spawn("127.0.0.1:0", &strace_kill_at(syscall, n));
+            let shard = root.join("objects").join(&sha[..2]).join(&sha[2..4]);
+            let scopes: [(&str, Option<String>); 8] = [
+                (RENAMES, Some(shard.join(&sha).display().to_string())),
+                (SYNCS, Some(shard.display().to_string())),
+                (
+                    SYNCS,
+                    Some(root.join("index.sqlite-wal").display().to_string()),
+                ),
+                ("rename", None),
+                ("renameat", None),
+                ("renameat2", None),
+                ("fsync", None),
+                ("fdatasync", None),
+            ];
+            let (syscalls, path) = scopes[scope].clone();
+            let point = Point { syscalls, path, n };
+            let started = rx.try_spawn("127.0.0.1:0", &point.strace());
             let mut killed = started.is_err();
             if started.is_ok() {
                 let answer = std::panic::catch_unwind(|| {
@@ -234,11 +305,11 @@ fn receiver_killed_at_every_rename_and_fsync_recovers() {
                     }
                     Ok(r) => assert!(
                         r.status >= 500,
-                        "{syscall} #{n}: unexpected answer {} {}",
+                        "{point:?}: unexpected answer {} {}",
                         r.status,
                         r.text()
                     ),
-                    Err(_) => killed = true, // connection died with the receiver
+                    Err(_) => killed = true, // the connection died with the receiver
                 }
                 std::thread::sleep(Duration::from_millis(50));
                 killed |= !rx.is_running();
@@ -250,32 +321,31 @@ fn receiver_killed_at_every_rename_and_fsync_recovers() {
             let again = put_episode(rx.addr, &token, &id, COMMIT_A, &sha, &body);
             assert!(
                 again.status == 201 || again.status == 200,
-                "{syscall} #{n}: re-upload answered {} {}",
+                "{point:?}: re-upload answered {} {}",
                 again.status,
                 again.text()
             );
             if acked.iter().any(|(a, _)| a == &id) {
                 assert_eq!(
                     again.status, 200,
-                    "{syscall} #{n}: an acknowledged upload was lost"
+                    "{point:?}: an acknowledged upload was lost"
                 );
             }
             let index = stored(&rx);
             for (a, s) in &acked {
-                assert_eq!(
-                    index.get(a),
-                    Some(s),
-                    "{syscall} #{n}: acknowledged {a} missing"
-                );
+                assert_eq!(index.get(a), Some(s), "{point:?}: acknowledged {a} missing");
             }
             assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
             rx.kill9();
             if !killed {
                 break;
             }
-            points += 1;
+            hit += 1;
         }
     }
-    eprintln!("receiver crash points visited: {points}");
-    assert!(points > 0, "no crash point was hit: is strace injecting?");
+    eprintln!("receiver crash points visited: {hit}");
+    assert!(
+        hit >= 3,
+        "only {hit} crash points were hit: is strace injecting?"
+    );
 }
