@@ -48,6 +48,15 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo puts build output: `CARGO_TARGET_DIR` when set, else
+/// `<root>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => root().join("target"),
+    }
+}
+
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
@@ -64,9 +73,8 @@ pub fn run_ok(cmd: &mut Command) -> Result<()> {
 }
 
 fn test(extra: &[String]) -> Result<ExitCode> {
-    let root = root();
-    let skip_log = root.join("target").join("ferry-skipped.txt");
-    let _ = std::fs::create_dir_all(root.join("target"));
+    let skip_log = target_dir().join("ferry-skipped.txt");
+    let _ = std::fs::create_dir_all(target_dir());
     let _ = std::fs::remove_file(&skip_log);
 
     // The end-to-end tests run the binaries as processes, so build them
@@ -135,7 +143,6 @@ fn fuzz(args: &[String]) -> Result<ExitCode> {
 }
 
 fn demo() -> Result<ExitCode> {
-    let root = root();
     run_ok(cargo().args([
         "build",
         "--locked",
@@ -145,10 +152,10 @@ fn demo() -> Result<ExitCode> {
         "-p",
         "ferry-agent",
     ]))?;
-    let target = root.join("target").join("debug");
+    let target = target_dir().join("debug");
     let receiver = target.join("ferry-receiver");
     let agent = target.join("ferry-agent");
-    let work = root.join("target").join("demo");
+    let work = target_dir().join("demo");
     let _ = std::fs::remove_dir_all(&work);
     let data_dir = work.join("ferry-data");
     let spool = work.join("spool");

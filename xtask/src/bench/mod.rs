@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, root, run_ok};
+use crate::{cargo, run_ok};
 
 /// What a run of the bench is asked to do.
 #[derive(Debug, Clone)]
@@ -79,11 +79,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         "-p",
         "ferry-receiver",
     ]))?;
-    let release = root().join("target").join("release");
+    let release = crate::target_dir().join("release");
     let env = Env {
         agent: release.join("ferry-agent"),
         receiver: release.join("ferry-receiver"),
-        work: root().join("target").join("bench"),
+        work: crate::target_dir().join("bench"),
     };
     std::fs::create_dir_all(&env.work)?;
 
