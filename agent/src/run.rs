@@ -166,6 +166,7 @@ pub struct Agent {
     notifier: Notifier,
     gate: Gate,
     device_logged: Mutex<Option<Instant>>,
+    status_at: Mutex<Option<Instant>>,
     strikes: Mutex<HashMap<EpisodeId, StrikeRecord>>,
     state: Mutex<AgentState>,
     pack_opts: PackOptions,
@@ -246,6 +247,7 @@ impl Agent {
             progress,
             notifier,
             device_logged: Mutex::new(None),
+            status_at: Mutex::new(None),
             strikes: Mutex::default(),
             state: Mutex::new(state),
             in_flight: Arc::default(),
@@ -570,6 +572,30 @@ impl Agent {
     /// Execute the table's action for one outcome. Returns true when the
     /// episode must be re-packed and shipped again now.
     async fn act(
+        &self,
+        id: &EpisodeId,
+        commit: Option<&Commit>,
+        sha: Option<&Sha256>,
+        outcome: Outcome<'_>,
+        detail: Detail,
+    ) -> bool {
+        let again = self.act_inner(id, commit, sha, outcome, detail).await;
+        // Keep STATUS= current during a long pass, at most once a second.
+        let due = {
+            let mut last = lock(&self.status_at);
+            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.refresh_status().await;
+        }
+        again
+    }
+
+    async fn act_inner(
         &self,
         id: &EpisodeId,
         commit: Option<&Commit>,
