@@ -419,6 +419,7 @@ impl Agent {
         for ready in batch {
             while set.len() >= limit {
                 set.join_next().await;
+                self.status_now_and_then().await;
             }
             if shutdown.stop.is_cancelled() {
                 break;
@@ -427,6 +428,21 @@ impl Agent {
             set.spawn(async move { a.process(ready.id, s).await });
         }
         while set.join_next().await.is_some() {}
+    }
+
+    /// Keep STATUS= current during a long pass, at most once a second.
+    async fn status_now_and_then(&self) {
+        let due = {
+            let mut last = lock(&self.status_at);
+            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.refresh_status().await;
+        }
     }
 
     fn strikes_of(&self, id: &EpisodeId) -> StrikeRecord {
@@ -572,30 +588,6 @@ impl Agent {
     /// Execute the table's action for one outcome. Returns true when the
     /// episode must be re-packed and shipped again now.
     async fn act(
-        &self,
-        id: &EpisodeId,
-        commit: Option<&Commit>,
-        sha: Option<&Sha256>,
-        outcome: Outcome<'_>,
-        detail: Detail,
-    ) -> bool {
-        let again = self.act_inner(id, commit, sha, outcome, detail).await;
-        // Keep STATUS= current during a long pass, at most once a second.
-        let due = {
-            let mut last = lock(&self.status_at);
-            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-            if due {
-                *last = Some(Instant::now());
-            }
-            due
-        };
-        if due {
-            self.refresh_status().await;
-        }
-        again
-    }
-
-    async fn act_inner(
         &self,
         id: &EpisodeId,
         commit: Option<&Commit>,
