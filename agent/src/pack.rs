@@ -78,9 +78,45 @@ pub struct Packed {
     pub size: u64,
 }
 
+/// What the archive needs of one entry: small, since an episode may have
+/// very many files and the list is held while packing.
 struct Item {
-    rel: PathBuf,
-    meta: fs::Metadata,
+    rel: Box<std::ffi::OsStr>,
+    kind: Kind,
+    size: u64,
+    /// Normalised mode (see [`normal_mode`]).
+    mode: u32,
+    mtime: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    Symlink,
+    File,
+    Other,
+}
+
+impl Item {
+    fn new(rel: PathBuf, meta: &fs::Metadata) -> Item {
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        };
+        Item {
+            rel: rel.into_os_string().into_boxed_os_str(),
+            kind,
+            size: meta.len(),
+            mode: normal_mode(meta),
+            mtime: mtime_secs(meta),
+        }
+    }
 }
 
 /// Walk `root`, returning every entry below it with its metadata, sorted
@@ -108,18 +144,10 @@ fn walk(root: &Path, cancel: &CancellationToken) -> Result<Vec<Item>, PackError>
             if meta.is_dir() {
                 stack.push(child_rel.clone());
             }
-            items.push(Item {
-                rel: child_rel,
-                meta,
-            });
+            items.push(Item::new(child_rel, &meta));
         }
     }
-    items.sort_by(|a, b| {
-        a.rel
-            .as_os_str()
-            .as_bytes()
-            .cmp(b.rel.as_os_str().as_bytes())
-    });
+    items.sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
     Ok(items)
 }
 
@@ -330,15 +358,14 @@ fn pack_to(
         if cancel.is_cancelled() {
             return Err(PackError::Cancelled);
         }
-        let path = src.join(&item.rel);
-        let arc_path = Path::new(name).join(&item.rel);
-        let ft = item.meta.file_type();
-        if ft.is_dir() {
+        let path = src.join(&*item.rel);
+        let arc_path = Path::new(name).join(&*item.rel);
+        if item.kind == Kind::Dir {
             let mut h = dir_header();
             builder
                 .append_data(&mut h, &arc_path, io::empty())
                 .map_err(|e| classify(e, None, &path))?;
-        } else if ft.is_symlink() {
+        } else if item.kind == Kind::Symlink {
             let target = fs::read_link(&path).map_err(|source| PackError::Read {
                 path: path.clone(),
                 source,
@@ -355,18 +382,18 @@ fn pack_to(
             builder
                 .append_link(&mut h, &arc_path, &target)
                 .map_err(|e| classify(e, None, &path))?;
-        } else if ft.is_file() {
+        } else if item.kind == Kind::File {
             let file = File::open(&path).map_err(|source| PackError::Read {
                 path: path.clone(),
                 source,
             })?;
-            let size = item.meta.len();
+            let size = item.size;
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(normal_mode(&item.meta));
+            h.set_mode(item.mode);
             h.set_uid(0);
             h.set_gid(0);
-            h.set_mtime(mtime_secs(&item.meta));
+            h.set_mtime(item.mtime);
             h.set_size(size);
             let mut reader = EntryReader {
                 file,
