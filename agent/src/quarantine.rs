@@ -170,6 +170,15 @@ pub fn requeue(spool: &Spool, id: &EpisodeId) -> io::Result<()> {
         ));
     }
     fsio::remove_file_durable(&dir.join(REASON_FILE))?;
+    // A crash while the reason was being written can leave its temporary
+    // file; it must not travel back and be packed either.
+    let tmp_prefix = format!(".{REASON_FILE}.tmp-");
+    for e in fs::read_dir(&dir)? {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with(&tmp_prefix) {
+            fsio::remove_file_durable(&e.path())?;
+        }
+    }
     fsio::rename_durable(&dir, &spool.episode_dir(id))
 }
 
@@ -286,10 +295,20 @@ mod tests {
         fs::write(s.episode_dir(&id).join("a"), "x").unwrap();
         quarantine(&s, &id, &Reason::default()).unwrap();
         assert!(s.quarantine_dir(&id).join(REASON_FILE).exists());
+        // As a crash mid-write would leave it.
+        fs::write(
+            s.quarantine_dir(&id).join(format!(".{REASON_FILE}.tmp-42")),
+            "{",
+        )
+        .unwrap();
         let r = read_reason(&s, &id).unwrap();
         assert!(r.quarantined_at_wall.is_some());
         requeue(&s, &id).unwrap();
-        assert!(!s.episode_dir(&id).join(REASON_FILE).exists());
+        assert_eq!(
+            fs::read_dir(s.episode_dir(&id)).unwrap().count(),
+            1,
+            "only the episode's own file came back"
+        );
         assert!(s.episode_dir(&id).join("a").exists());
         assert!(!s.quarantine_dir(&id).exists());
     }
