@@ -106,15 +106,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Doctor { json } => runtime().block_on(async {
+        Cmd::Doctor { json } => on_runtime(async {
             match ferry_agent::doctor::print(&cfg, &origin, json).await {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => fail(e),
             }
         }),
-        Cmd::Run => runtime().block_on(daemon(cfg, Mode::Run)),
-        Cmd::Drain { timeout } => runtime().block_on(daemon(cfg, Mode::Drain { timeout })),
+        Cmd::Run => on_runtime(daemon(cfg, Mode::Run)),
+        Cmd::Drain { timeout } => on_runtime(daemon(cfg, Mode::Drain { timeout })),
     }
 }
 
@@ -123,12 +123,18 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// Run `f` on a fresh runtime. Blocking work still running at the end (a
+/// read stuck in the kernel) gets a moment, then is left behind: exiting
+/// must not wait on a hung disk.
+fn on_runtime(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ferry-agent")
         .build()
-        .expect("tokio runtime")
+        .expect("tokio runtime");
+    let code = rt.block_on(f);
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 fn pack_cmd(cfg: &Config, dir: &std::path::Path, output: &std::path::Path) -> ExitCode {

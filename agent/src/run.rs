@@ -328,6 +328,8 @@ impl Agent {
             // oldest episodes seen so far; they ship while it goes on.
             let mut early_ids = HashSet::new();
             let scanned = tokio::select! {
+                // A long scan does not hold up shutdown.
+                _ = shutdown.stop.cancelled() => break,
                 r = &mut scanning => r,
                 Ok(first) = early_rx => {
                     early_ids = first.iter().map(|r| r.id.clone()).collect();
@@ -385,10 +387,13 @@ impl Agent {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             finished.timed_out = true;
         }
-        // Count what is left for the caller (drain's exit code).
-        let sp = self.spool.clone();
-        if let Ok(r) = blocking(move || scan::scan(&sp, 0, None)).await {
-            finished.pending = r.ready_total;
+        // Count what is left for drain's exit code (a daemon stopping
+        // does not pay for another full scan).
+        if matches!(mode, Mode::Drain { .. }) {
+            let sp = self.spool.clone();
+            if let Ok(r) = blocking(move || scan::scan(&sp, 0, None)).await {
+                finished.pending = r.ready_total;
+            }
         }
         shutdown.stop.cancel();
         while background.join_next().await.is_some() {}
@@ -877,7 +882,11 @@ impl Agent {
     /// commit is now allowed.
     async fn recheck_loop(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            self.recheck_once().await;
+            // A GET may take up to request_timeout; shutdown does not wait.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.recheck_once() => {}
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(self.cfg.recheck_interval) => {}
