@@ -116,7 +116,16 @@ impl ObjectStore {
         let (root, tmp) = (self.root.clone(), self.tmp.clone());
         blocking(move || {
             for dir in [&root, &tmp] {
+                if dir.is_dir() {
+                    continue;
+                }
                 fs::create_dir_all(dir).map_err(|e| StoreError::new("create directory", dir, e))?;
+                // A new directory must survive a power cut before the first
+                // object in it is acknowledged: sync it and its parent.
+                fsync_dir(dir)?;
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fsync_dir(parent)?;
+                }
             }
             use std::os::unix::fs::MetadataExt;
             let dev = |p: &Path| {

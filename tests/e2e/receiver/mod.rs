@@ -11,6 +11,7 @@
 //!   admin API.
 //! - `shutdown`: SIGTERM with uploads in flight.
 //! - `postgres`: the same contract on a PostgreSQL index.
+//! - `tls`: HTTPS with a configured certificate.
 
 mod cli;
 mod crash;
@@ -20,6 +21,7 @@ mod protocol;
 mod race;
 mod shutdown;
 mod surface;
+mod tls;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
