@@ -273,12 +273,24 @@ impl Agent {
             mode = ?mode,
             "ferry-agent ready"
         );
+        let outer = shutdown.clone();
         let shutdown = shutdown.child();
         let mut background = JoinSet::new();
-        if mode == Mode::Run {
-            let (a, c) = (self.clone(), shutdown.stop.clone());
+        {
+            // The daemon runs every sweep, hourly; a drain only finishes
+            // what a crashed run left in the outbox.
+            let which = match mode {
+                Mode::Run => sweep::Sweeps::All,
+                Mode::Drain { .. } => sweep::Sweeps::CrashLeftovers,
+            };
+            // A drain lets its one sweep finish (unless a signal stops it).
+            let c = match which {
+                sweep::Sweeps::All => shutdown.stop.clone(),
+                sweep::Sweeps::CrashLeftovers => outer.stop.clone(),
+            };
+            let a = self.clone();
             background.spawn(async move {
-                sweep::sweep_loop(&a.cfg, &a.spool, a.in_flight.clone(), c).await
+                sweep::sweep_loop(&a.cfg, &a.spool, a.in_flight.clone(), c, which).await
             });
         }
         {

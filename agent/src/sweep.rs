@@ -38,18 +38,34 @@ pub struct Swept {
     pub errors: u64,
 }
 
-/// Run the sweeps now and then every [`SWEEP_EVERY`] until `stop`.
+/// Which sweeps to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweeps {
+    /// Everything, now and then every [`SWEEP_EVERY`] (the daemon).
+    All,
+    /// Once, only what a crash leaves (orphan tarballs, stale partials,
+    /// aside copies): `drain` finishes a crashed run's work, and leaves
+    /// retention to the daemon.
+    CrashLeftovers,
+}
+
+/// Run the sweeps now and, for [`Sweeps::All`], every [`SWEEP_EVERY`]
+/// until `stop`.
 pub async fn sweep_loop(
     cfg: &Config,
     spool: &Spool,
     in_flight: Arc<Mutex<HashSet<EpisodeId>>>,
     stop: CancellationToken,
+    which: Sweeps,
 ) {
     loop {
         let (c, s, f, st) = (cfg.clone(), spool.clone(), in_flight.clone(), stop.clone());
         let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || sweep_all(&c, &s, &f, &st, SystemTime::now()))
-            .await
+        let retention = which == Sweeps::All;
+        match tokio::task::spawn_blocking(move || {
+            sweep_all(&c, &s, &f, &st, SystemTime::now(), retention)
+        })
+        .await
         {
             Ok(sw) if sw != Swept::default() => tracing::info!(
                 orphans = sw.orphans,
@@ -63,6 +79,9 @@ pub async fn sweep_loop(
             ),
             Ok(_) => tracing::debug!("sweep: nothing to remove"),
             Err(e) => tracing::error!("sweep failed: {e}"),
+        }
+        if which == Sweeps::CrashLeftovers {
+            return;
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -104,6 +123,7 @@ pub fn sweep_all(
     in_flight: &Mutex<HashSet<EpisodeId>>,
     stop: &CancellationToken,
     now: SystemTime,
+    retention: bool,
 ) -> Swept {
     let mut sw = Swept::default();
     let mut b = Batcher {
@@ -164,7 +184,7 @@ pub fn sweep_all(
                 remove(&e.path(), &mut sw.leftovers, &mut sw.errors);
                 continue;
             }
-            if keep == Duration::MAX {
+            if keep == Duration::MAX || !retention {
                 continue;
             }
             let Ok(meta) = e.metadata() else { continue };
@@ -235,7 +255,15 @@ mod tests {
         // Eight days from now: shipped/old is past shipped_keep (7d) but
         // q-new is not past quarantine_keep (30d).
         let later = SystemTime::now() + Duration::from_secs(8 * 86400);
-        let sw = sweep_all(&c, &s, &in_flight, &CancellationToken::new(), later);
+        let stop = CancellationToken::new();
+        // Without retention, only what a crash leaves goes.
+        fs::create_dir_all(s.dir(spool::SHIPPED).join(".y.old-2")).unwrap();
+        let sw = sweep_all(&c, &s, &in_flight, &stop, later, false);
+        assert_eq!((sw.shipped, sw.quarantined, sw.leftovers), (0, 0, 2));
+        fs::write(s.tarball(&id("orphan")), "t").unwrap();
+        fs::write(s.partial(&id("stale")), "p").unwrap();
+        fs::create_dir_all(s.dir(spool::SHIPPED).join(".x.old-1")).unwrap();
+        let sw = sweep_all(&c, &s, &in_flight, &stop, later, true);
         assert_eq!(
             sw,
             Swept {
