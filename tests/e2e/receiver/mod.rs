@@ -10,6 +10,7 @@
 //! - `surface`: HEAD, commit check, whoami, health, metrics, status page,
 //!   admin API.
 //! - `shutdown`: SIGTERM with uploads in flight.
+//! - `startup`: ready at once, the sweep of left-overs after READY, logs.
 //! - `postgres`: the same contract on a PostgreSQL index.
 //! - `tls`: HTTPS with a configured certificate.
 
@@ -20,6 +21,7 @@ mod postgres;
 mod protocol;
 mod race;
 mod shutdown;
+mod startup;
 mod surface;
 mod tls;
 
