@@ -126,3 +126,33 @@ fn an_old_layout_spool_is_taken_over_without_loss() {
     assert_eq!(spool.ids_in("quarantine"), ["old-400"]);
     let _ = read_json(&p.join(".ferry-agent-state.json"));
 }
+
+/// What a crash leaves (an orphan tarball of an episode already retired, a
+/// stale partial, an aside copy of a replaced directory) is finished by
+/// the next `drain`, not only by the daemon.
+#[test]
+fn drain_finishes_what_a_crash_left() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "leftovers");
+    let p = spool.path();
+    small(&spool, "done-before", 1);
+    fs::rename(
+        p.join("episodes/done-before"),
+        p.join("shipped/done-before"),
+    )
+    .unwrap();
+    fs::write(p.join("outbox/done-before.tar.zst"), b"orphan").unwrap();
+    fs::write(p.join("outbox/gone.tar.zst.partial"), b"half").unwrap();
+    fs::create_dir_all(p.join("shipped/.x.old-123/data")).unwrap();
+    small(&spool, "new", 2);
+    let out = spool.drain("60s");
+    assert!(out.status.success(), "{}", super::text(&out));
+    assert!(
+        super::outbox(&spool).is_empty(),
+        "{:?}",
+        super::outbox(&spool)
+    );
+    assert_eq!(spool.ids_in("shipped"), ["done-before", "new"]);
+    assert!(stored(&rx).contains_key("new"));
+}
