@@ -23,6 +23,7 @@ pub const KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "body_read_timeout",
+    "min_upload_rate",
     "shutdown_grace",
     "log_format",
 ];
@@ -224,6 +225,15 @@ impl RawConfig {
         let body_read_timeout = self
             .parse("body_read_timeout", parse_duration)?
             .unwrap_or(Duration::from_secs(30));
+        let min_upload_rate = self
+            .parse("min_upload_rate", |s| {
+                let s = s.strip_suffix("/s").unwrap_or(s);
+                if s == "0" {
+                    return Ok(0);
+                }
+                parse_size(s).map_err(|e| format!("{e} (a rate like 1KiB/s, or 0 to disable)"))
+            })?
+            .unwrap_or(1024);
         let shutdown_grace = self
             .parse("shutdown_grace", parse_duration)?
             .unwrap_or(Duration::from_secs(10));
@@ -245,6 +255,7 @@ impl RawConfig {
             remediation,
             tls,
             body_read_timeout,
+            min_upload_rate,
             shutdown_grace,
             log_format,
         })
@@ -347,6 +358,9 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Longest pause between two pieces of an upload body.
     pub body_read_timeout: Duration,
+    /// Slowest average body rate (bytes per second) accepted once an upload
+    /// is older than twice `body_read_timeout`; 0 disables the check.
+    pub min_upload_rate: u64,
     /// How long in-flight uploads may run on after SIGTERM.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -394,6 +408,7 @@ mod tests {
         assert_eq!(c.max_episode_size, 4 << 30);
         assert_eq!(c.max_concurrent_uploads, 64);
         assert_eq!(c.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.min_upload_rate, 1024);
         assert!(c.admin_token_file.is_none() && c.tls.is_none());
     }
 
@@ -426,6 +441,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.max_episode_size, 512 << 20);
         assert_eq!(c.body_read_timeout, Duration::from_secs(600));
+        let rate = |v: &str| {
+            resolve(&format!("min_upload_rate = \"{v}\""), &[]).map(|c| c.min_upload_rate)
+        };
+        assert_eq!(rate("64KiB/s").unwrap(), 64 << 10);
+        assert_eq!(rate("0").unwrap(), 0);
+        assert!(rate("fast").is_err());
         assert_eq!(c.shutdown_grace, Duration::from_secs(7 * 86400));
         assert_eq!(c.max_concurrent_uploads, 3);
         assert_eq!(

@@ -244,6 +244,17 @@ async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
     result
 }
 
+/// Whether an upload is below the minimum average rate. Checked only once it
+/// is older than twice the idle timeout, so a slow start is no problem; a
+/// trickle that never pauses long enough for the idle timeout still cannot
+/// hold an upload slot forever.
+fn too_slow(config: &crate::config::Config, elapsed: std::time::Duration, received: u64) -> bool {
+    let min = config.min_upload_rate;
+    min > 0
+        && elapsed > 2 * config.body_read_timeout
+        && (received as f64) < min as f64 * elapsed.as_secs_f64()
+}
+
 /// Streams the body to a temporary file, verifies it, stores it.
 async fn receive(state: &SharedState, up: &Upload, body: Body) -> Result<Response, AppError> {
     let (tx, writer) = state.objects.begin_upload();
@@ -251,6 +262,7 @@ async fn receive(state: &SharedState, up: &Upload, body: Body) -> Result<Respons
     let mut received = 0u64;
     let mut head = Vec::with_capacity(4);
     let timeout = state.config.body_read_timeout;
+    let started = Instant::now();
     loop {
         let frame = match tokio::time::timeout(timeout, body.frame()).await {
             Err(_) => {
@@ -280,6 +292,15 @@ async fn receive(state: &SharedState, up: &Upload, body: Body) -> Result<Respons
         }
         received += data.len() as u64;
         state.metrics.bytes_received.inc_by(data.len() as u64);
+        if too_slow(&state.config, started.elapsed(), received) {
+            tracing::info!(episode_id = %up.id, device = up.device, received, "upload body too slow");
+            return Err(AppError(Reply::RequestTimeout {
+                detail: format!(
+                    "the body arrives slower than this receiver's minimum of {} bytes/s",
+                    state.config.min_upload_rate
+                ),
+            }));
+        }
         if head.len() < 4 {
             let take = (4 - head.len()).min(data.len());
             head.extend_from_slice(&data[..take]);

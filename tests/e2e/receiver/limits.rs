@@ -35,6 +35,44 @@ fn a_stalled_body_gets_408_and_frees_its_slot() {
 }
 
 #[test]
+fn a_trickling_body_below_the_minimum_rate_gets_408() {
+    let data = tempfile::tempdir().unwrap();
+    let rx = Receiver::start_in(
+        data.path(),
+        &[
+            ("FERRY_RECEIVER_BODY_READ_TIMEOUT", "1s"),
+            ("FERRY_RECEIVER_MIN_UPLOAD_RATE", "100KiB/s"),
+        ],
+    );
+    let token = rx.ready_device("trickle");
+    let body = archive_of_size("trickle", 1, 200_000);
+    let mut held = hold_upload(&rx, &token, "trickle", &body, 10);
+    // Never idle for the 1 s timeout, but far below 100 KiB/s.
+    let start = std::time::Instant::now();
+    let mut sent = 10;
+    while metric(&rx, "ferry_uploads_in_flight") == Some(1.0) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "never cut off"
+        );
+        if std::io::Write::write_all(&mut held.stream, &body[sent..sent + 10]).is_err() {
+            break;
+        }
+        sent += 10;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    expect(
+        &ferry_tests::read_response(&mut held.stream),
+        408,
+        "request-timeout",
+    );
+    ferry_tests::wait_for("temp file removed", || {
+        temp_files(&rx).is_empty().then_some(())
+    });
+    assert!(stored(&rx).is_empty());
+}
+
+#[test]
 fn over_capacity_answers_503_with_retry_after() {
     let data = tempfile::tempdir().unwrap();
     let rx = Receiver::start_in(
