@@ -16,7 +16,7 @@ use super::{measure, percentile, stop_child, vm_hwm_kib, wait4, warm, Env, Opts,
 
 /// The commit every bench episode carries (allowed as head on every
 /// receiver the bench starts).
-pub const COMMIT: &str = "be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c";
+pub const COMMIT: &str = "be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4";
 
 pub fn all(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<()> {
     warm(&corpus.large)?;
@@ -113,7 +113,7 @@ fn pack(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<
             }
         }
         let f = report.rate_row("ferry-agent pack", bytes, &ferry);
-        let s = report.rate_row("tar | zstd | tee | sha256sum", bytes, &shell);
+        let s = report.rate_row("tar \\| zstd \\| tee \\| sha256sum", bytes, &shell);
         let ours = std::fs::metadata(&out)?.len();
         let theirs = std::fs::metadata(out_dir.join("shell.tar.zst"))?.len();
         if level == 3 {
@@ -311,7 +311,7 @@ fn ship(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<
         corpus.large_bytes,
         &ferry,
     );
-    let b = report.rate_row("tar | zstd | curl → nginx", corpus.large_bytes, &base);
+    let b = report.rate_row("tar \\| zstd \\| curl → nginx", corpus.large_bytes, &base);
     report.ratio("end to end vs shell-to-nginx", f / b, 1.5);
     rx.stop();
     Ok(())
