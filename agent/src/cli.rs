@@ -188,7 +188,7 @@ pub fn quarantine_cmd(spool: &Spool, cmd: &QuarantineCmd) -> Result<(), CliError
             let id = parse_ids(std::slice::from_ref(id))?.remove(0);
             let dir = spool.quarantine_dir(&id);
             if !dir.is_dir() {
-                return Err(CliError::Failed(format!("{id} is not in quarantine")));
+                return Err(CliError::Failed(quarantine::not_here(spool, &id)));
             }
             let r = quarantine::read_reason(spool, &id).map_err(io)?;
             let mut v = r.to_json();

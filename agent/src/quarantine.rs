@@ -158,10 +158,7 @@ pub fn quarantine(spool: &Spool, id: &EpisodeId, reason: &Reason) -> io::Result<
 pub fn requeue(spool: &Spool, id: &EpisodeId) -> io::Result<()> {
     let dir = spool.quarantine_dir(id);
     if !dir.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{id} is not in quarantine"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::NotFound, not_here(spool, id)));
     }
     if spool.episode_dir(id).exists() {
         return Err(io::Error::new(
@@ -182,14 +179,19 @@ pub fn requeue(spool: &Spool, id: &EpisodeId) -> io::Result<()> {
     fsio::rename_durable(&dir, &spool.episode_dir(id))
 }
 
+/// "not in quarantine", saying where it is instead.
+pub fn not_here(spool: &Spool, id: &EpisodeId) -> String {
+    match spool.state_of(id) {
+        Some(state) => format!("{id} is not in quarantine (it is {})", state.as_str()),
+        None => format!("{id} is not in quarantine (no such episode)"),
+    }
+}
+
 /// Delete a quarantined episode for good.
 pub fn purge(spool: &Spool, id: &EpisodeId) -> io::Result<()> {
     let dir = spool.quarantine_dir(id);
     if !dir.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{id} is not in quarantine"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::NotFound, not_here(spool, id)));
     }
     // Rename aside first so that a crash mid-delete leaves a dot name the
     // sweep finishes, never a half-deleted episode under its own name.

@@ -563,17 +563,14 @@ impl Agent {
                 _ = shutdown.stop.cancelled() => { self.log_aborted(&id, "before uploading"); return; }
                 s = self.upload_slots.acquire() => s.expect("semaphore open"),
             };
-            let result = {
+            let (result, token_problem) = {
                 let _active = self.progress.active();
                 let tarball = self.spool.tarball(&id);
                 tracing::debug!(episode = %id, size = packed.size, sha256 = %packed.sha256, "uploading");
-                let (r, token_problem) = self
-                    .shipper
+                self.shipper
                     .put_episode(&id, &commit, &packed.sha256, &tarball, &shutdown.abort)
-                    .await;
-                (r, token_problem)
+                    .await
             };
-            let (result, token_problem) = result;
             let detail = match &result {
                 UploadResult::Answered(a) => {
                     let mut d = Detail::from_answer(a);
