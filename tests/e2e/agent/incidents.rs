@@ -249,7 +249,7 @@ fn incident4_boot_sweep_runs_after_ready_without_blocking() {
     let rx = Receiver::start();
     rx.allow(COMMIT_A, true);
     let spool = Spool::new(&rx, "incident4");
-    for i in 0..3000 {
+    for i in 0..5000 {
         std::fs::create_dir_all(spool.path().join(format!("shipped/old-{i}/data"))).unwrap();
     }
     for i in 0..500 {

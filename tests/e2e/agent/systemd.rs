@@ -78,11 +78,27 @@ fn sigterm_during_startup_is_a_clean_exit() {
     rx.allow(COMMIT_A, true);
     let spool = Spool::new(&rx, "early");
     small(&spool, "e-1", 1);
-    for delay_ms in [5u64, 10, 20, 50, 100] {
+    // Signal as soon as the process catches SIGTERM at all (its first
+    // act in main), then at a few later instants of the start-up. Before
+    // main no program can catch a signal.
+    for delay_ms in [0u64, 1, 5, 20, 100] {
         let mut d = super::Daemon::start(&spool, &[]);
+        ferry_tests::wait_for("SIGTERM caught", || {
+            catches_sigterm(d.child.id()).then_some(())
+        });
         std::thread::sleep(Duration::from_millis(delay_ms));
         let st = d.sigterm(Duration::from_secs(30));
         assert!(st.success(), "after {delay_ms} ms: {st}\n{}", d.log());
     }
     assert!(spool.ids_in("quarantine").is_empty());
+}
+
+/// Whether `pid` has a handler for SIGTERM (bit 15 of `SigCgt`).
+fn catches_sigterm(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
 }
