@@ -55,6 +55,27 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
     h.get(name).map(|v| v.to_str().map_err(|_| ()))
 }
 
+/// A required protocol header parsed by `parse`: 400 `missing` when it is
+/// absent, 400 `malformed` when it does not parse.
+fn required<T>(
+    h: &HeaderMap,
+    name: &str,
+    missing: BadRequest,
+    malformed: BadRequest,
+    parse: fn(&str) -> Result<T, ferry_proto::ParseIdError>,
+) -> Result<T, AppError> {
+    match header_str(h, name) {
+        None => Err(AppError::bad_request(
+            missing,
+            format!("the {name} header is required"),
+        )),
+        Some(v) => v
+            .map_err(|()| "not ASCII".to_owned())
+            .and_then(|s| parse(s).map_err(|e| e.to_string()))
+            .map_err(|e| AppError::bad_request(malformed, format!("{name}: {e}"))),
+    }
+}
+
 /// `PUT /v1/episodes/` (no id at all).
 pub async fn empty_id() -> AppError {
     AppError::bad_request(BadRequest::BadEpisodeId, "the episode id is empty")
@@ -76,34 +97,20 @@ async fn check_headers(
     let device = authenticate(state, &parts.headers).await?;
     let id = episode_id(state, parts).await?;
     let h = &parts.headers;
-    let commit = match header_str(h, headers::COMMIT) {
-        None => {
-            return Err(AppError::bad_request(
-                BadRequest::MissingCommit,
-                "the X-Ferry-Commit header is required",
-            ))
-        }
-        Some(v) => v
-            .map_err(|()| "not ASCII".to_owned())
-            .and_then(|s| Commit::parse(s).map_err(|e| e.to_string()))
-            .map_err(|e| {
-                AppError::bad_request(BadRequest::MalformedCommit, format!("X-Ferry-Commit: {e}"))
-            })?,
-    };
-    let sha256 = match header_str(h, headers::SHA256) {
-        None => {
-            return Err(AppError::bad_request(
-                BadRequest::MissingDigest,
-                "the X-Ferry-Sha256 header is required",
-            ))
-        }
-        Some(v) => v
-            .map_err(|()| "not ASCII".to_owned())
-            .and_then(|s| Sha256::parse(s).map_err(|e| e.to_string()))
-            .map_err(|e| {
-                AppError::bad_request(BadRequest::MalformedDigest, format!("X-Ferry-Sha256: {e}"))
-            })?,
-    };
+    let commit = required(
+        h,
+        headers::COMMIT,
+        BadRequest::MissingCommit,
+        BadRequest::MalformedCommit,
+        Commit::parse,
+    )?;
+    let sha256 = required(
+        h,
+        headers::SHA256,
+        BadRequest::MissingDigest,
+        BadRequest::MalformedDigest,
+        Sha256::parse,
+    )?;
     let length = match header_str(h, header::CONTENT_LENGTH.as_str()) {
         None => {
             return Err(AppError::bad_request(

@@ -82,7 +82,10 @@ where
         match op().await {
             Ok(v) => return Ok(v),
             Err(e) if is_transient(&e) && attempt < OPEN_ATTEMPTS => {
-                tracing::warn!(path = %path.display(), attempt, error = %e, "{what} failed; retrying in {pause:?}");
+                tracing::error!(
+                    path = %path.display(), attempt, error = %e,
+                    "{what} failed; retrying in {pause:?} (the journal mode is left as it is)"
+                );
                 tokio::time::sleep(pause).await;
                 pause *= 2;
                 attempt += 1;
@@ -96,29 +99,6 @@ async fn read_journal_mode(conn: &mut SqliteConnection) -> Result<String, sqlx::
     sqlx::query_scalar::<_, String>("PRAGMA journal_mode")
         .fetch_one(conn)
         .await
-}
-
-/// Reads the journal mode, retrying transient failures. A failure is
-/// returned as an error; it never leads to setting a mode.
-async fn read_journal_mode_retrying(
-    conn: &mut SqliteConnection,
-    path: &Path,
-) -> Result<String, sqlx::Error> {
-    let mut pause = FIRST_BACKOFF;
-    let mut attempt = 1;
-    loop {
-        match read_journal_mode(conn).await {
-            Ok(mode) => return Ok(mode),
-            Err(e) if is_transient(&e) && attempt < OPEN_ATTEMPTS => {
-                tracing::error!(path = %path.display(), attempt, error = %e,
-                    "reading the journal mode failed; retrying in {pause:?} (the mode is left as it is)");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 impl SqliteIndex {
@@ -146,12 +126,19 @@ impl SqliteIndex {
 
         let opts = base_options(path);
         let mut conn = if exists {
-            let mut conn = retry("opening the index", path, || opts.connect())
-                .await
-                .map_err(classify)?;
-            let mode = read_journal_mode_retrying(&mut conn, path)
-                .await
-                .map_err(classify)?;
+            // Open and read in one retried step: a failure at either point is
+            // reported and retried, and never leads to setting a mode.
+            let (mut conn, mode) = retry(
+                "opening the index and reading its journal mode",
+                path,
+                || async {
+                    let mut conn = opts.connect().await?;
+                    let mode = read_journal_mode(&mut conn).await?;
+                    Ok((conn, mode))
+                },
+            )
+            .await
+            .map_err(classify)?;
             if journal_action(&mode) == JournalAction::UpgradeToWal {
                 tracing::error!(
                     path = %path.display(),
