@@ -154,19 +154,30 @@ fn walk(root: &Path, cancel: &CancellationToken) -> Result<Vec<Item>, PackError>
 /// Hashes and counts what goes to the file, and keeps the first write
 /// error so that it can be told apart from a read error after tar and
 /// zstd have passed it up.
-struct HashWriter<W> {
+struct HashWriter<'a, W> {
     inner: W,
     hasher: sha2::Sha256,
     written: u64,
     error: Arc<Mutex<Option<io::Error>>>,
+    /// Compressed output counts as progress too: at a high zstd level the
+    /// reads pause while a worker compresses a whole job, but its output
+    /// is flushed chunk by chunk, so the watchdog still sees work move.
+    progress: &'a AtomicU64,
+    /// Checked on every write: at a high level the reads may pause for
+    /// a long time, the output does not.
+    cancel: &'a CancellationToken,
 }
 
-impl<W: Write> Write for HashWriter<W> {
+impl<W: Write> Write for HashWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(io::Error::other("cancelled"));
+        }
         match self.inner.write(buf) {
             Ok(n) => {
                 self.hasher.update(&buf[..n]);
                 self.written += n as u64;
+                self.progress.fetch_add(n as u64, Ordering::Relaxed);
                 Ok(n)
             }
             Err(e) => Err(self.keep(e)),
@@ -178,7 +189,7 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
-impl<W> HashWriter<W> {
+impl<W> HashWriter<'_, W> {
     fn keep(&self, e: io::Error) -> io::Error {
         let copy = match e.raw_os_error() {
             Some(n) => io::Error::from_raw_os_error(n),
@@ -210,7 +221,7 @@ impl Read for EntryReader<'_> {
         }
         if self.cancel.is_cancelled() {
             self.error = Some(PackError::Cancelled);
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+            return Err(io::Error::other("cancelled"));
         }
         let want = buf
             .len()
@@ -325,6 +336,8 @@ fn pack_to(
         hasher: sha2::Sha256::new(),
         written: 0,
         error: write_error.clone(),
+        progress,
+        cancel,
     };
     let mut enc = zstd::Encoder::new(hw, opts.zstd_level).map_err(werr)?;
     enc.include_checksum(true).map_err(werr)?;
@@ -333,6 +346,9 @@ fn pack_to(
 
     // Map an error from tar/zstd to the side that caused it.
     let classify = |e: io::Error, reader_error: Option<PackError>, path: &Path| -> PackError {
+        if cancel.is_cancelled() {
+            return PackError::Cancelled;
+        }
         if let Some(r) = reader_error {
             return r;
         }
@@ -348,79 +364,100 @@ fn pack_to(
         }
     };
 
-    // The episode's own directory entry first.
-    let mut h = dir_header();
-    builder
-        .append_data(&mut h, Path::new(name), io::empty())
-        .map_err(|e| classify(e, None, src))?;
+    let append_all = |builder: &mut tar::Builder<_>| -> Result<(), PackError> {
+        // The episode's own directory entry first.
+        let mut h = dir_header();
+        builder
+            .append_data(&mut h, Path::new(name), io::empty())
+            .map_err(|e| classify(e, None, src))?;
 
-    for item in &items {
-        if cancel.is_cancelled() {
-            return Err(PackError::Cancelled);
-        }
-        let path = src.join(&*item.rel);
-        let arc_path = Path::new(name).join(&*item.rel);
-        if item.kind == Kind::Dir {
-            let mut h = dir_header();
-            builder
-                .append_data(&mut h, &arc_path, io::empty())
-                .map_err(|e| classify(e, None, &path))?;
-        } else if item.kind == Kind::Symlink {
-            let target = fs::read_link(&path).map_err(|source| PackError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_mode(0o777);
-            h.set_uid(0);
-            h.set_gid(0);
-            // A symlink's own mtime is when it was made, not data: zeroed
-            // like a directory's.
-            h.set_mtime(0);
-            h.set_size(0);
-            builder
-                .append_link(&mut h, &arc_path, &target)
-                .map_err(|e| classify(e, None, &path))?;
-        } else if item.kind == Kind::File {
-            let file = File::open(&path).map_err(|source| PackError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let size = item.size;
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(item.mode);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(item.mtime);
-            h.set_size(size);
-            let mut reader = EntryReader {
-                file,
-                path: &path,
-                remaining: size,
-                progress,
-                cancel,
-                error: None,
-            };
-            if let Err(e) = builder.append_data(&mut h, &arc_path, &mut reader) {
-                let re = reader.error.take();
-                return Err(classify(e, re, &path));
+        for item in &items {
+            if cancel.is_cancelled() {
+                return Err(PackError::Cancelled);
             }
-        } else {
-            return Err(PackError::Read {
-                path,
-                source: io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "not a regular file, directory or symlink",
-                ),
-            });
+            let path = src.join(&*item.rel);
+            let arc_path = Path::new(name).join(&*item.rel);
+            if item.kind == Kind::Dir {
+                let mut h = dir_header();
+                builder
+                    .append_data(&mut h, &arc_path, io::empty())
+                    .map_err(|e| classify(e, None, &path))?;
+            } else if item.kind == Kind::Symlink {
+                let target = fs::read_link(&path).map_err(|source| PackError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_uid(0);
+                h.set_gid(0);
+                // A symlink's own mtime is when it was made, not data: zeroed
+                // like a directory's.
+                h.set_mtime(0);
+                h.set_size(0);
+                builder
+                    .append_link(&mut h, &arc_path, &target)
+                    .map_err(|e| classify(e, None, &path))?;
+            } else if item.kind == Kind::File {
+                let file = File::open(&path).map_err(|source| PackError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let size = item.size;
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(item.mode);
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_mtime(item.mtime);
+                h.set_size(size);
+                let mut reader = EntryReader {
+                    file,
+                    path: &path,
+                    remaining: size,
+                    progress,
+                    cancel,
+                    error: None,
+                };
+                if let Err(e) = builder.append_data(&mut h, &arc_path, &mut reader) {
+                    let re = reader.error.take();
+                    return Err(classify(e, re, &path));
+                }
+            } else {
+                return Err(PackError::Read {
+                    path,
+                    source: io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "not a regular file, directory or symlink",
+                    ),
+                });
+            }
         }
+        Ok(())
+    };
+    if let Err(e) = append_all(&mut builder) {
+        if matches!(e, PackError::Cancelled) {
+            // Dropping a multi-threaded zstd context waits for its workers
+            // to finish their jobs (many seconds at a high level); a
+            // shutdown must not wait for that.
+            std::mem::forget(builder);
+        }
+        return Err(e);
     }
     let enc = builder
         .into_inner()
         .map_err(|e| classify(e, None, partial))?;
-    let hw = enc.finish().map_err(|e| classify(e, None, partial))?;
+    let hw = match enc.try_finish() {
+        Ok(hw) => hw,
+        Err((enc, e)) => {
+            let e = classify(e, None, partial);
+            if matches!(e, PackError::Cancelled) {
+                std::mem::forget(enc);
+            }
+            return Err(e);
+        }
+    };
     let HashWriter {
         inner,
         hasher,
@@ -616,6 +653,45 @@ mod tests {
         assert_eq!(get("ep1/a").1, 0o755);
         assert_eq!(get("ep1/a.txt").3, 1_700_000_000);
         assert!(seen.iter().all(|s| s.2 == 0));
+    }
+
+    #[test]
+    fn cancelling_mid_pack_returns_promptly_even_at_a_high_level() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("ep");
+        fs::create_dir_all(&src).unwrap();
+        // Poorly compressible data, slow at level 19.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..24 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 7) as u8
+            })
+            .collect();
+        fs::write(src.join("big.bin"), data).unwrap();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let progress = AtomicU64::new(0);
+        let started = std::time::Instant::now();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            c.cancel();
+        });
+        let opts = PackOptions {
+            zstd_level: 19,
+            workers: 2,
+        };
+        let r = pack_dir(&src, "ep", &t.path().join("o"), opts, &progress, &cancel);
+        canceller.join().unwrap();
+        assert!(matches!(r, Err(PackError::Cancelled)), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(!t.path().join("o.partial").exists());
     }
 
     #[test]

@@ -510,6 +510,8 @@ impl Agent {
             // The tarball: re-hash one left by an earlier run, or pack.
             let packed = {
                 let _slot = tokio::select! {
+                    // Stop wins over work that is also ready.
+                    biased;
                     _ = shutdown.stop.cancelled() => { self.log_aborted(&id, "before packing"); return; }
                     s = self.pack_slots.acquire() => s.expect("semaphore open"),
                 };
@@ -556,10 +558,14 @@ impl Agent {
             };
             // Wait while backing off, then upload.
             tokio::select! {
+                // Stop wins over work that is also ready.
+                biased;
                 _ = shutdown.stop.cancelled() => { self.log_aborted(&id, "before uploading"); return; }
                 _ = self.gate.wait() => {}
             }
             let _slot = tokio::select! {
+                // Stop wins over work that is also ready.
+                biased;
                 _ = shutdown.stop.cancelled() => { self.log_aborted(&id, "before uploading"); return; }
                 s = self.upload_slots.acquire() => s.expect("semaphore open"),
             };

@@ -251,6 +251,7 @@ impl Shipper {
         };
         let stall = stall_watch(&last, start, self.request_timeout);
         let result = tokio::select! {
+            biased;
             _ = cancel.cancelled() => UploadResult::Aborted,
             _ = stall => UploadResult::Network(format!(
                 "stalled: nothing moved for {}",

@@ -528,3 +528,49 @@ fn kill9_mid_pack_and_mid_upload_ships_exactly_once() {
     );
     assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
 }
+
+/// §4.5 as it happened: a long pack at a high zstd level. The reads pause
+/// while zstd's workers chew on a whole job, but compressed output keeps
+/// flowing, so the watchdog is fed throughout.
+#[test]
+fn incident5_a_long_pack_at_a_high_zstd_level_keeps_the_watchdog_fed() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "incident5c");
+    let dir = small(&spool, "dense", 1);
+    // Low-entropy bytes: slow for zstd -19, unlike pure noise.
+    let data: Vec<u8> = noise(7, 12 << 20).iter().map(|b| b % 5).collect();
+    std::fs::write(dir.join("dense.bin"), data).unwrap();
+    let ns = NotifySocket::new();
+    let interval = Duration::from_secs(2);
+    let mut d = daemon_with_notify(
+        &spool,
+        &ns,
+        Some(interval),
+        &[
+            ("FERRY_AGENT_ZSTD_LEVEL", "19"),
+            ("RUST_LOG", "ferry_agent=debug"),
+        ],
+    );
+    let start = Instant::now();
+    d.wait_log("packed");
+    let packed = Instant::now();
+    until("shipped", || d.log(), || stored(&rx).contains_key("dense"));
+    assert!(
+        packed - start > interval * 2,
+        "the pack was not longer than the watchdog interval: {:?}",
+        packed - start
+    );
+    let feeds: Vec<Instant> = ns
+        .matching("WATCHDOG=1")
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| *t <= packed)
+        .collect();
+    assert!(
+        max_gap(&feeds) < interval,
+        "gap {:?} during the pack",
+        max_gap(&feeds)
+    );
+    assert!(!d.log().contains("not feeding the watchdog"), "{}", d.log());
+}
