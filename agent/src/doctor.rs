@@ -53,7 +53,7 @@ pub async fn checks(
 
     // Spool writable and free space.
     let sp = spool.clone();
-    let prepared = tokio::task::spawn_blocking(move || sp.prepare())
+    let prepared = tokio::task::spawn_blocking(move || sp.probe_writable())
         .await
         .expect("no panic");
     match prepared {

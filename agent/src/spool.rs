@@ -73,9 +73,17 @@ impl Spool {
         for d in [EPISODES, OUTBOX, SHIPPED, QUARANTINE, CONFLICT] {
             fs::create_dir_all(self.root.join(d))?;
         }
-        fsio::write_atomic(&self.root.join(".ferry-agent-probe"), b"ok")?;
-        fs::remove_file(self.root.join(".ferry-agent-probe"))?;
-        Ok(())
+        self.probe_writable()
+    }
+
+    /// Prove the spool root is writable (a file written crash-safely and
+    /// removed), creating nothing else: what `doctor` checks.
+    pub fn probe_writable(&self) -> io::Result<()> {
+        let probe = self
+            .root
+            .join(format!(".ferry-agent-probe-{}", std::process::id()));
+        fsio::write_atomic(&probe, b"ok")?;
+        fs::remove_file(&probe)
     }
 
     pub fn dir(&self, state_dir: &str) -> PathBuf {

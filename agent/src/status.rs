@@ -25,6 +25,9 @@ pub struct Counts {
     pub quarantined: u64,
     pub quarantine_by_reason: BTreeMap<String, u64>,
     pub conflicts: u64,
+    /// `done.marker` time of the oldest pending episode (UTC), if any: how
+    /// far behind the device is.
+    pub oldest_pending_at: Option<String>,
 }
 
 /// `read_dir`, with a missing directory read as empty (a spool the agent
@@ -52,7 +55,7 @@ fn count_dirs(spool: &Spool, dir: &str) -> io::Result<u64> {
 
 pub fn counts(s: &Spool) -> io::Result<Counts> {
     let r = if s.dir(spool::EPISODES).exists() {
-        scan::scan(s, 0, None)?
+        scan::scan(s, 1, None)?
     } else {
         scan::ScanReport::default()
     };
@@ -63,6 +66,10 @@ pub fn counts(s: &Spool) -> io::Result<Counts> {
         unreadable: r.error_total,
         shipped: count_dirs(s, spool::SHIPPED)?,
         conflicts: count_dirs(s, spool::CONFLICT)?,
+        oldest_pending_at: r
+            .batch
+            .first()
+            .map(|r| humantime::format_rfc3339_seconds(r.done_at).to_string()),
         ..Counts::default()
     };
     for e in entries(s, spool::OUTBOX)? {
@@ -106,7 +113,10 @@ pub fn print(s: &Spool, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("spool        {}", s.root().display());
-    println!("pending      {}", c.pending);
+    match &c.oldest_pending_at {
+        Some(t) => println!("pending      {} (oldest finished {t})", c.pending),
+        None => println!("pending      {}", c.pending),
+    }
     println!("writing      {}", c.writing);
     println!("outbox       {} (+{} partial)", c.outbox, c.partial);
     println!("shipped      {}", c.shipped);
