@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod conflict;
 pub mod doctor;
+pub mod frames;
 pub mod fsio;
 pub mod notify;
 pub mod pack;

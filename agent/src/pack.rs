@@ -6,8 +6,10 @@
 //! owners zeroed, modes normalised, file mtimes kept, directory and
 //! symlink mtimes zeroed (a directory's mtime changes whenever a file is added to or
 //! removed from it, for example a quarantine reason file, and must not
-//! change the digest), GNU headers, fixed zstd parameters, and always the
-//! multi-threaded zstd mode (its output does not depend on the number of
+//! change the digest), GNU headers, fixed zstd parameters (see `frames`:
+//! at high levels incompressible files get level-1 frames of their own),
+//! and always the multi-threaded zstd mode for compressible bytes (its
+//! output does not depend on the number of
 //! workers, but differs from the single-threaded one).
 
 use std::fs::{self, File};
@@ -22,6 +24,7 @@ use ferry_proto::Sha256;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
+use crate::frames::{self, FrameWriter};
 use crate::fsio;
 
 /// Why packing failed. Read errors are the episode's (`Outcome::LocalRead`),
@@ -339,10 +342,11 @@ fn pack_to(
         progress,
         cancel,
     };
-    let mut enc = zstd::Encoder::new(hw, opts.zstd_level).map_err(werr)?;
-    enc.include_checksum(true).map_err(werr)?;
-    enc.multithread(opts.workers.max(1)).map_err(werr)?;
-    let mut builder = tar::Builder::new(enc);
+    let params = frames::Params {
+        level: opts.zstd_level,
+        workers: opts.workers,
+    };
+    let mut builder = tar::Builder::new(FrameWriter::new(hw, params).map_err(werr)?);
 
     // Map an error from tar/zstd to the side that caused it.
     let classify = |e: io::Error, reader_error: Option<PackError>, path: &Path| -> PackError {
@@ -364,7 +368,8 @@ fn pack_to(
         }
     };
 
-    let append_all = |builder: &mut tar::Builder<_>| -> Result<(), PackError> {
+    let append_all = |builder: &mut tar::Builder<FrameWriter<HashWriter<'_, BufWriter<File>>>>|
+     -> Result<(), PackError> {
         // The episode's own directory entry first.
         let mut h = dir_header();
         builder
@@ -405,6 +410,16 @@ fn pack_to(
                     source,
                 })?;
                 let size = item.size;
+                if params.adaptive() {
+                    let class = frames::classify(&file, size).map_err(|source| PackError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    builder
+                        .get_mut()
+                        .switch(class)
+                        .map_err(|e| classify(e, None, &path))?;
+                }
                 let mut h = tar::Header::new_gnu();
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(item.mode);
@@ -445,19 +460,18 @@ fn pack_to(
         }
         return Err(e);
     }
-    let enc = builder
+    let frames = builder
         .into_inner()
         .map_err(|e| classify(e, None, partial))?;
-    let hw = match enc.try_finish() {
-        Ok(hw) => hw,
-        Err((enc, e)) => {
-            let e = classify(e, None, partial);
-            if matches!(e, PackError::Cancelled) {
-                std::mem::forget(enc);
-            }
-            return Err(e);
+    let mut frames = frames;
+    if let Err(e) = frames.finish() {
+        let e = classify(e, None, partial);
+        if matches!(e, PackError::Cancelled) {
+            std::mem::forget(frames);
         }
-    };
+        return Err(e);
+    }
+    let hw = frames.into_inner();
     let HashWriter {
         inner,
         hasher,
