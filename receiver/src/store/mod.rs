@@ -6,6 +6,7 @@
 //! an episode exists once its index row is committed, and its row points at
 //! an object by sha256.
 
+pub mod group;
 pub mod objects;
 pub mod postgres;
 mod sql;

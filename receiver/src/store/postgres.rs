@@ -16,9 +16,10 @@ use super::IndexError;
 #[derive(Debug, Clone)]
 pub struct PgIndex {
     pool: PgPool,
+    group: super::group::GroupCommit,
 }
 
-impl_sql_index!(PgIndex);
+impl_sql_index!(PgIndex, PgPool);
 
 impl PgIndex {
     /// Connects and applies migrations.
@@ -33,6 +34,9 @@ impl PgIndex {
             .run(&pool)
             .await
             .map_err(|e| IndexError::Setup(format!("migrating the PostgreSQL index: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            group: Self::group_commit(&pool),
+            pool,
+        })
     }
 }

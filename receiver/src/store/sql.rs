@@ -88,7 +88,76 @@ pub(crate) fn commit_info(r: CommitRow) -> CommitInfo {
 /// Implements [`Index`](super::Index) for a struct with a `pool` field of a
 /// concrete sqlx pool type.
 macro_rules! impl_sql_index {
-    ($ty:ty) => {
+    ($ty:ty, $pool:ty) => {
+        impl $ty {
+            /// Inserts a batch of rows in one transaction (one synced
+            /// commit), one result per row, in order. The unique key on
+            /// `episode_id` decides races, within the batch too.
+            async fn insert_batch(
+                pool: $pool,
+                rows: Vec<$crate::store::NewEpisode>,
+            ) -> Result<Vec<$crate::store::Inserted>, $crate::store::IndexError> {
+                let classify = $crate::store::sql::classify;
+                let mut tx = pool.begin().await.map_err(classify)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for e in &rows {
+                    let done = sqlx::query(
+                        "INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (episode_id) DO NOTHING",
+                    )
+                    .bind(&e.episode_id)
+                    .bind(&e.sha256)
+                    .bind(e.size as i64)
+                    .bind(&e.commit)
+                    .bind(&e.device)
+                    .bind(e.stored_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    if done.rows_affected() == 0 {
+                        let sql = format!(
+                            "SELECT {} FROM episodes WHERE episode_id = $1",
+                            $crate::store::sql::EPISODE_COLUMNS
+                        );
+                        let row: Option<$crate::store::sql::EpisodeRow> = sqlx::query_as(&sql)
+                            .bind(&e.episode_id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(classify)?;
+                        match row {
+                            Some(r) => out.push($crate::store::Inserted::Exists(
+                                $crate::store::sql::episode_info(r),
+                            )),
+                            None => {
+                                return Err($crate::store::IndexError::Setup(format!(
+                                    "episode {} conflicted on insert but is not in the index",
+                                    e.episode_id
+                                )))
+                            }
+                        }
+                    } else {
+                        sqlx::query("UPDATE devices SET last_upload_at = $1, last_seen_at = $1 WHERE name = $2")
+                            .bind(e.stored_at)
+                            .bind(&e.device)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(classify)?;
+                        out.push($crate::store::Inserted::Created);
+                    }
+                }
+                tx.commit().await.map_err(classify)?;
+                Ok(out)
+            }
+
+            /// The group-commit task for this pool (see `store::group`).
+            fn group_commit(pool: &$pool) -> $crate::store::group::GroupCommit {
+                let pool = pool.clone();
+                $crate::store::group::GroupCommit::spawn(move |rows| {
+                    Box::pin(Self::insert_batch(pool.clone(), rows))
+                })
+            }
+        }
+
         impl $crate::store::Index for $ty {
             fn ping(&self) -> $crate::store::BoxFut<'_, ()> {
                 Box::pin(async move {
@@ -274,41 +343,7 @@ macro_rules! impl_sql_index {
                 &'a self,
                 e: &'a $crate::store::NewEpisode,
             ) -> $crate::store::BoxFut<'a, $crate::store::Inserted> {
-                Box::pin(async move {
-                    let classify = $crate::store::sql::classify;
-                    let mut tx = self.pool.begin().await.map_err(classify)?;
-                    let done = sqlx::query(
-                        "INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (episode_id) DO NOTHING",
-                    )
-                    .bind(&e.episode_id)
-                    .bind(&e.sha256)
-                    .bind(e.size as i64)
-                    .bind(&e.commit)
-                    .bind(&e.device)
-                    .bind(e.stored_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                    if done.rows_affected() == 0 {
-                        tx.rollback().await.map_err(classify)?;
-                        return match self.episode(&e.episode_id).await? {
-                            Some(info) => Ok($crate::store::Inserted::Exists(info)),
-                            None => Err($crate::store::IndexError::Setup(format!(
-                                "episode {} conflicted on insert but is not in the index",
-                                e.episode_id
-                            ))),
-                        };
-                    }
-                    sqlx::query("UPDATE devices SET last_upload_at = $1, last_seen_at = $1 WHERE name = $2")
-                        .bind(e.stored_at)
-                        .bind(&e.device)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(classify)?;
-                    tx.commit().await.map_err(classify)?;
-                    Ok($crate::store::Inserted::Created)
-                })
+                Box::pin(self.group.insert(e.clone()))
             }
 
             fn list_episodes(&self, limit: Option<u64>) -> $crate::store::BoxFut<'_, Vec<ferry_proto::admin::EpisodeInfo>> {

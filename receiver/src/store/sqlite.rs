@@ -26,9 +26,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct SqliteIndex {
     pool: SqlitePool,
+    group: super::group::GroupCommit,
 }
 
-impl_sql_index!(SqliteIndex);
+impl_sql_index!(SqliteIndex, SqlitePool);
 
 /// What to do after reading the journal mode of an existing database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +175,10 @@ impl SqliteIndex {
             .connect_with(opts)
             .await
             .map_err(classify)?;
-        Ok(Self { pool })
+        Ok(Self {
+            group: Self::group_commit(&pool),
+            pool,
+        })
     }
 
     /// The pool, for tests.
