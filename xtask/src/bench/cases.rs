@@ -610,9 +610,22 @@ fn small(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result
             percentile(&lat, 99.0),
         ));
         drop(ng);
+
+        // The floor under any durable receiver: the same number of files
+        // by the same number of writers, each written, fsynced, renamed
+        // into a directory and the directory fsynced — no HTTP, no hash,
+        // no index.
+        let (wall, mut lat) = durable_floor(&env.work.join("floor"), clients, per_client)?;
+        lat.sort();
+        rows.push((
+            "durable floor".into(),
+            n as f64 / wall.as_secs_f64(),
+            percentile(&lat, 50.0),
+            percentile(&lat, 99.0),
+        ));
     }
     let mut medians = Vec::new();
-    for side in ["ferry-receiver", "nginx"] {
+    for side in ["ferry-receiver", "nginx", "durable floor"] {
         let r: Vec<&(String, f64, Duration, Duration)> =
             rows.iter().filter(|r| r.0 == side).collect();
         let rates: Vec<f64> = r.iter().map(|r| r.1).collect();
@@ -638,12 +651,63 @@ fn small(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result
         medians[0].0 / medians[1].0,
         1.0,
     );
+    report.ratio(
+        "small episodes/s vs the durable floor (write + fsync + rename + fsync dir, 64 threads)",
+        medians[0].0 / medians[2].0,
+        0.5,
+    );
     let p99 = medians[0].1.as_secs_f64() * 1e3;
     report.note(&format!(
         "ferry p99 {p99:.1} ms ({} the target < 50 ms)",
         if p99 < 50.0 { "meets" } else { "MISSES" }
     ));
     Ok(())
+}
+
+/// `clients` threads each make `per_client` durable 10 KiB files:
+/// write a temp file, fsync, rename into one of 256 directories, fsync the
+/// directory.
+fn durable_floor(
+    dir: &Path,
+    clients: usize,
+    per_client: usize,
+) -> Result<(Duration, Vec<Duration>)> {
+    let _ = std::fs::remove_dir_all(dir);
+    for d in 0..256 {
+        std::fs::create_dir_all(dir.join(format!("{d:02x}")))?;
+    }
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let (barrier, dir) = (barrier.clone(), dir.to_path_buf());
+        handles.push(std::thread::spawn(move || -> Result<Vec<Duration>> {
+            let data = vec![c as u8; 10 * 1024];
+            let mut lat = Vec::with_capacity(per_client);
+            barrier.wait();
+            for i in 0..per_client {
+                let t = Instant::now();
+                let tmp = dir.join("tmp").join(format!("{c}-{i}"));
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&data)?;
+                f.sync_all()?;
+                let sub = dir.join(format!("{:02x}", (c * 7919 + i) % 256));
+                std::fs::rename(&tmp, sub.join(format!("{c}-{i}")))?;
+                std::fs::File::open(&sub)?.sync_all()?;
+                lat.push(t.elapsed());
+            }
+            Ok(lat)
+        }));
+    }
+    barrier.wait();
+    let start = Instant::now();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.join().map_err(|_| anyhow::anyhow!("writer panicked"))??);
+    }
+    let wall = start.elapsed();
+    let _ = std::fs::remove_dir_all(dir);
+    Ok((wall, all))
 }
 
 // ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ impl Nginx {
         let port = free_port()?;
         let conf = format!(
             r#"daemon off;
+{user}
 worker_processes auto;
 pid {dir}/nginx.pid;
 error_log {dir}/logs/error.log warn;
@@ -54,7 +55,14 @@ http {{
   }}
 }}
 "#,
-            dir = dir.display()
+            dir = dir.display(),
+            // As root, nginx would run its workers as nobody, who cannot
+            // write into the bench's directory.
+            user = if unsafe { libc::geteuid() } == 0 {
+                "user root;"
+            } else {
+                ""
+            },
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
