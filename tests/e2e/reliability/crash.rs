@@ -42,9 +42,11 @@ fn start_agent(spool: &Spool, log: &std::path::Path) -> Child {
         .expect("start ferry-agent run")
 }
 
-/// Seeded random kill -9 of the agent and of the receiver while a few
-/// hundred episodes ship. `FERRY_SEED` picks the seed; `FERRY_SOAK=1h` runs
-/// for that long, adding episodes as it goes, and reports what it did.
+/// Seeded random faults while a few hundred episodes ship from several
+/// devices: kill -9 of an agent or of the receiver, a graceful restart of
+/// either, and receiver outages of a few seconds. `FERRY_SEED` picks the
+/// seed; `FERRY_SOAK=1h` runs for that long with 8 devices, adding episodes
+/// as it goes, and reports shipped, faults by kind, lost and duplicated.
 #[test]
 fn random_kill9_of_agent_and_receiver_loses_and_duplicates_nothing() {
     let seed: u64 = std::env::var("FERRY_SEED")
@@ -57,22 +59,47 @@ fn random_kill9_of_agent_and_receiver_loses_and_duplicates_nothing() {
 
     let mut rx = Receiver::start();
     rx.allow(COMMIT_A, true);
-    let spool = Spool::new(&rx, "crashy");
+    let n_devices = if soak.is_some() { 8 } else { 2 };
     let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("agent.log");
-
-    let mut ids = Vec::new();
-    let add = |ids: &mut Vec<String>, n: usize, rng: &mut Rng| {
+    struct Device {
+        spool: Spool,
+        agent: Child,
+        log: std::path::PathBuf,
+        ids: Vec<String>,
+    }
+    let mut devices: Vec<Device> = (0..n_devices)
+        .map(|d| {
+            let spool = Spool::new(&rx, &format!("crashy-{d}"));
+            let log = logs.path().join(format!("agent-{d}.log"));
+            let agent = start_agent(&spool, &log);
+            Device {
+                spool,
+                agent,
+                log,
+                ids: Vec::new(),
+            }
+        })
+        .collect();
+    let add = |dev: &mut Device, d: usize, n: usize, rng: &mut Rng| {
         for _ in 0..n {
-            let id = format!("ep-{:05}", ids.len());
-            small_episode(&spool, &id, rng.next());
-            ids.push(id);
+            let id = format!("ep-{d}-{:06}", dev.ids.len());
+            small_episode(&dev.spool, &id, rng.next());
+            dev.ids.push(id);
         }
     };
-    add(&mut ids, 200, &mut rng);
+    for (d, dev) in devices.iter_mut().enumerate() {
+        add(dev, d, 200 / n_devices, &mut rng);
+    }
 
-    let mut agent = start_agent(&spool, &log);
-    let (mut agent_kills, mut receiver_kills) = (0, 0);
+    // Faults by kind.
+    let kinds = [
+        "agent kill -9",
+        "receiver kill -9",
+        "agent SIGTERM restart",
+        "receiver SIGTERM restart",
+        "receiver outage",
+    ];
+    let mut faults = [0usize; 5];
     let started = Instant::now();
     let rounds = if soak.is_some() { usize::MAX } else { 16 };
     for round in 0..rounds {
@@ -80,49 +107,87 @@ fn random_kill9_of_agent_and_receiver_loses_and_duplicates_nothing() {
             if started.elapsed() > d {
                 break;
             }
-            if round % 4 == 0 {
-                add(&mut ids, 20, &mut rng);
+            if round % 2 == 0 {
+                let d = rng.below(n_devices as u64) as usize;
+                add(&mut devices[d], d, 20, &mut rng);
             }
         }
         std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
-        if rng.below(2) == 0 {
-            let _ = agent.kill();
-            let _ = agent.wait();
-            agent_kills += 1;
-            agent = start_agent(&spool, &log);
-        } else {
-            rx.restart();
-            receiver_kills += 1;
+        let kind = rng.below(kinds.len() as u64) as usize;
+        let d = rng.below(n_devices as u64) as usize;
+        match kind {
+            0 => {
+                let dev = &mut devices[d];
+                let _ = dev.agent.kill();
+                let _ = dev.agent.wait();
+                dev.agent = start_agent(&dev.spool, &dev.log);
+            }
+            1 => rx.restart(),
+            2 => {
+                let dev = &mut devices[d];
+                // Give a just-started agent time to install its handler,
+                // as systemd's start-up would.
+                std::thread::sleep(Duration::from_millis(300));
+                signal(dev.agent.id(), libc::SIGTERM);
+                let st = wait_exit(&mut dev.agent, Duration::from_secs(60));
+                assert!(st.success(), "agent exit after SIGTERM: {st}");
+                dev.agent = start_agent(&dev.spool, &dev.log);
+            }
+            3 => {
+                let st = rx.sigterm(Duration::from_secs(60));
+                assert!(st.success(), "receiver exit after SIGTERM: {st}");
+                rx.restart();
+            }
+            _ => {
+                rx.kill9();
+                std::thread::sleep(Duration::from_millis(500 + rng.below(2500)));
+                rx.restart();
+            }
         }
+        faults[kind] += 1;
     }
 
-    // Let it finish in peace: stop the daemon, then drain what is left.
-    // (Give a just-restarted agent a moment to install its signal handler,
-    // as systemd's start-up would.)
+    // Let it finish in peace: stop the daemons, then drain what is left.
     std::thread::sleep(Duration::from_secs(1));
-    signal(agent.id(), libc::SIGTERM);
-    let st = wait_exit(&mut agent, Duration::from_secs(60));
-    assert!(st.success(), "agent exit after SIGTERM: {st}");
-    let out = spool.drain("180s");
-    if !out.status.success() {
-        let tail = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: String = tail.lines().rev().take(40).collect::<Vec<_>>().join("\n");
-        panic!(
-            "drain failed ({}): {}\nlast agent log lines (newest first):\n{tail}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let mut shipped = 0;
+    for dev in &mut devices {
+        signal(dev.agent.id(), libc::SIGTERM);
+        let st = wait_exit(&mut dev.agent, Duration::from_secs(60));
+        assert!(st.success(), "agent exit after SIGTERM: {st}");
+        let out = dev.spool.drain("180s");
+        if !out.status.success() {
+            let tail = std::fs::read_to_string(&dev.log).unwrap_or_default();
+            let tail: String = tail.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+            panic!(
+                "drain failed ({}): {}\nlast agent log lines (newest first):\n{tail}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert_delivered(&rx, &dev.spool, &dev.ids);
+        shipped += dev.ids.len();
     }
-    assert_delivered(&rx, &spool, &ids);
+    // Every stored row belongs to an episode of some device: no duplicate,
+    // no stray.
+    assert_eq!(
+        stored(&rx).len(),
+        shipped,
+        "stored rows differ from shipped episodes"
+    );
     // Uploads cut by a receiver kill leave temp files; the restarted
     // receiver sweeps them after it is ready.
     ferry_tests::wait_for("receiver temp files swept", || {
         receiver_temp_files(&rx).is_empty().then_some(())
     });
+    let by_kind: Vec<String> = kinds
+        .iter()
+        .zip(faults)
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect();
     eprintln!(
-        "random crash test: {} episodes shipped once each; {agent_kills} agent kills, \
-         {receiver_kills} receiver kills, 0 lost, 0 duplicated, in {:?}",
-        ids.len(),
+        "random crash test: {shipped} episodes from {n_devices} devices shipped once each; \
+         faults {}; 0 lost, 0 duplicated, in {:?}",
+        by_kind.join(", "),
         started.elapsed()
     );
 }
