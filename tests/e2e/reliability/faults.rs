@@ -421,3 +421,83 @@ impl Drop for Unmount {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// A real full disk under the agent's spool (a small tmpfs): the tarball
+/// does not fit, which is transient — nothing is quarantined, no partial
+/// file is left, and once space is freed the episode ships.
+#[test]
+fn agent_spool_on_a_full_tmpfs_backs_off_and_recovers() {
+    const TEST: &str = "agent_spool_on_a_full_tmpfs_backs_off_and_recovers";
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let token = rx.add_device("tmpfs");
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().to_str().unwrap().to_string();
+    if !sh(&format!("mount -t tmpfs -o size=6m tmpfs {m}")) {
+        skip(TEST, "cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    let _guard = Unmount(m.clone());
+    let spool_dir = mnt.path().join("spool");
+    for sub in ["episodes", "outbox", "shipped", "quarantine", "conflict"] {
+        std::fs::create_dir_all(spool_dir.join(sub)).unwrap();
+    }
+    // 3.5 MB that does not compress: the episode fits, its tarball does not.
+    ferry_tests::make_episode(
+        &spool_dir,
+        "big",
+        Some(COMMIT_A),
+        &[("camera.raw", &ferry_tests::noise(1, 3_500_000))],
+    );
+    let token_file = mnt
+        .path()
+        .join("..")
+        .join(format!("tmpfs-token-{}", std::process::id()));
+    std::fs::write(&token_file, &token).unwrap();
+    let drain = |timeout: &str| {
+        Command::new(ferry_tests::bin("ferry-agent"))
+            .args(["drain", "--spool"])
+            .arg(&spool_dir)
+            .args(["--receiver", &rx.url, "--token-file"])
+            .arg(&token_file)
+            .args(["--timeout", timeout])
+            .env("FERRY_AGENT_SCAN_INTERVAL", "100ms")
+            .env("FERRY_AGENT_BACKOFF_MAX", "300ms")
+            .output()
+            .expect("drain")
+    };
+    let full = drain("4s");
+    let stderr = String::from_utf8_lossy(&full.stderr).to_string();
+    assert!(
+        !full.status.success(),
+        "drain claimed success on a full disk"
+    );
+    assert!(
+        stderr.contains("ENOSPC") || stderr.contains("No space left"),
+        "{stderr}"
+    );
+    let listing = |sub: &str| -> Vec<String> {
+        std::fs::read_dir(spool_dir.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        listing("quarantine"),
+        Vec::<String>::new(),
+        "quarantined for a full disk"
+    );
+    assert_eq!(listing("episodes"), vec!["big".to_string()]);
+    assert_eq!(
+        listing("outbox"),
+        Vec::<String>::new(),
+        "a partial tarball was left on the full disk"
+    );
+
+    // Space is freed.
+    assert!(sh(&format!("mount -o remount,size=32m {m}")), "remount");
+    assert_ok(&drain("60s"), "drain after space was freed");
+    assert_eq!(listing("shipped"), vec!["big".to_string()]);
+    assert!(stored(&rx).contains_key("big"));
+    let _ = std::fs::remove_file(&token_file);
+}
