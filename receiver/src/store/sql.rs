@@ -41,6 +41,50 @@ pub(crate) fn classify(err: sqlx::Error) -> IndexError {
 
 use sqlx::error::DatabaseError as _;
 
+/// The database type behind a pool type, for the macro below.
+pub(crate) trait HasDb {
+    type Db: sqlx::Database;
+    /// Starts a write transaction (takes the write lock at once).
+    const BEGIN_WRITE: &'static str;
+}
+impl HasDb for sqlx::SqlitePool {
+    type Db = sqlx::Sqlite;
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+}
+impl HasDb for sqlx::PgPool {
+    type Db = sqlx::Postgres;
+    const BEGIN_WRITE: &'static str = "BEGIN";
+}
+
+/// Makes a connection whose write failed safe to reuse, or takes it out of
+/// the pool.
+///
+/// An I/O error during a commit (an EIO on the write-ahead log's fsync) can
+/// leave SQLite's transaction open on that connection, holding the write
+/// lock: given back to the pool as it is, it made every later write of
+/// this process fail and every other process see "database is locked"
+/// (found by `reliability::faults::incident3_transient_eio_never_downgrades_wal`).
+/// So: roll back explicitly, then prove the connection can start and end a
+/// write transaction; if it cannot, close it and let the pool open a fresh
+/// one.
+macro_rules! recover_connection {
+    ($pool:ty, $conn:expr) => {{
+        let mut conn = $conn;
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let begin = <$pool as $crate::store::sql::HasDb>::BEGIN_WRITE;
+        let clean = sqlx::query(begin).execute(&mut *conn).await.is_ok()
+            && sqlx::query("ROLLBACK").execute(&mut *conn).await.is_ok();
+        if !clean {
+            use sqlx::Connection as _;
+            tracing::warn!("closing an index connection after a failed write; a fresh one replaces it");
+            if let Err(e) = conn.detach().close_hard().await {
+                tracing::debug!(error = %e, "closing the failed index connection");
+            }
+        }
+    }};
+}
+pub(crate) use recover_connection;
+
 pub(crate) type EpisodeRow = (String, String, i64, String, String, i64);
 pub(crate) const EPISODE_COLUMNS: &str = "episode_id, sha256, size, commit_id, device, stored_at";
 
@@ -98,9 +142,23 @@ macro_rules! impl_sql_index {
                 rows: Vec<$crate::store::NewEpisode>,
             ) -> Result<Vec<$crate::store::Inserted>, $crate::store::IndexError> {
                 let classify = $crate::store::sql::classify;
-                let mut tx = pool.begin().await.map_err(classify)?;
+                let mut conn = pool.acquire().await.map_err(classify)?;
+                let result = Self::insert_batch_on(&mut conn, &rows).await;
+                if result.is_err() {
+                    $crate::store::sql::recover_connection!($pool, conn);
+                }
+                result
+            }
+
+            async fn insert_batch_on(
+                conn: &mut sqlx::pool::PoolConnection<<$pool as $crate::store::sql::HasDb>::Db>,
+                rows: &[$crate::store::NewEpisode],
+            ) -> Result<Vec<$crate::store::Inserted>, $crate::store::IndexError> {
+                use sqlx::Connection as _;
+                let classify = $crate::store::sql::classify;
+                let mut tx = (&mut **conn).begin().await.map_err(classify)?;
                 let mut out = Vec::with_capacity(rows.len());
-                for e in &rows {
+                for e in rows {
                     let done = sqlx::query(
                         "INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) \
                          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (episode_id) DO NOTHING",
@@ -190,12 +248,16 @@ macro_rules! impl_sql_index {
 
             fn touch_device<'a>(&'a self, name: &'a str, now: i64) -> $crate::store::BoxFut<'a, ()> {
                 Box::pin(async move {
-                    sqlx::query("UPDATE devices SET last_seen_at = $1 WHERE name = $2")
+                    let mut conn = self.pool.acquire().await.map_err($crate::store::sql::classify)?;
+                    let done = sqlx::query("UPDATE devices SET last_seen_at = $1 WHERE name = $2")
                         .bind(now)
                         .bind(name)
-                        .execute(&self.pool)
-                        .await
-                        .map_err($crate::store::sql::classify)?;
+                        .execute(&mut *conn)
+                        .await;
+                    if let Err(e) = done {
+                        $crate::store::sql::recover_connection!($pool, conn);
+                        return Err($crate::store::sql::classify(e));
+                    }
                     Ok(())
                 })
             }

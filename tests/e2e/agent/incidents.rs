@@ -222,7 +222,11 @@ fn incident3_transient_eio_is_retried_never_a_permanent_downgrade() {
 
     // The agent's own state file cannot be written (a directory stands
     // where it goes): the failure is reported, shipping goes on, and the
-    // next save after the fault clears works.
+    // next save after the fault clears works. The receiver is restarted
+    // without strace first: strace counts `when=` per thread, so every
+    // fresh thread of the traced receiver would fail its first fsyncs again,
+    // and this part is about the agent's own file.
+    rx.restart();
     small(&spool, "state-eio", 7);
     let state = spool.path().join(".ferry-agent-state.json");
     let _ = std::fs::remove_file(&state);

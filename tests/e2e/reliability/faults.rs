@@ -265,15 +265,21 @@ fn incident3_transient_eio_never_downgrades_wal() {
         }
     }
 
-    // 2. EIO on SQLite's commit syncs: not acknowledged, then it clears.
+    // 2. EIO on SQLite's commit syncs of the write-ahead log (fsync or
+    // fdatasync, whichever this SQLite build uses): not acknowledged, then
+    // it clears. strace counts `when=` per thread, so each connection's
+    // thread fails its first three syncs: allow for several failed attempts.
+    let wal = data.path().join("index.sqlite-wal");
     let wrapper: Vec<String> = [
         "strace",
         "-f",
         "-qq",
         "-o",
         "/dev/null",
+        "-P",
+        wal.to_str().unwrap(),
         "-e",
-        "inject=fdatasync:error=EIO:when=1..2",
+        "inject=fsync,fdatasync:error=EIO:when=1..3",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -283,7 +289,7 @@ fn incident3_transient_eio_never_downgrades_wal() {
     let body = ferry_tests::sample_archive("wal-commit", 6);
     let sha = sha256_hex(&body);
     let mut statuses = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..40 {
         let r = put_episode(rx.addr, &token, "wal-commit", COMMIT_A, &sha, &body);
         statuses.push(r.status);
         if matches!(r.status, 200 | 201) {
@@ -294,6 +300,10 @@ fn incident3_transient_eio_never_downgrades_wal() {
     assert!(
         matches!(statuses.last(), Some(200 | 201)),
         "never stored: {statuses:?}"
+    );
+    assert!(
+        statuses[0] >= 500,
+        "the injected EIO on the WAL sync was never hit: {statuses:?}"
     );
     // A second process (the CLI) agrees with the server about the database.
     let list = rx.cli_ok(["episodes", "list", "--json"]);
