@@ -17,6 +17,24 @@ fn strace(args: &[&str]) -> Command {
     c
 }
 
+/// `strace -f -qq -o /dev/null -P PATH -e INJECT`, to prefix a command.
+fn strace_wrapper(path: &str, inject: &str) -> Vec<String> {
+    [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-P",
+        path,
+        "-e",
+        inject,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 fn reason(spool: &Spool, id: &str) -> serde_json::Value {
     let p = spool
         .path()
@@ -147,20 +165,7 @@ fn receiver_fsync_eio_is_not_acknowledged_and_costs_one_upload() {
     let sha = sha256_hex(&body);
     // Objects are content-addressed: objects/<aa>/<bb>/<sha256>.
     let shard = data.path().join("objects").join(&sha[..2]).join(&sha[2..4]);
-    let wrapper: Vec<String> = [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-P",
-        shard.to_str().unwrap(),
-        "-e",
-        "inject=fsync,fdatasync:error=EIO",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let wrapper = strace_wrapper(shard.to_str().unwrap(), "inject=fsync,fdatasync:error=EIO");
     rx.try_spawn("127.0.0.1:0", &wrapper)
         .expect("receiver under strace");
     for _ in 0..2 {
@@ -230,20 +235,7 @@ fn incident3_transient_eio_never_downgrades_wal() {
         "inject=openat:error=EIO:when=1..2",
         "inject=pread64:error=EIO:when=1..3",
     ] {
-        let wrapper: Vec<String> = [
-            "strace",
-            "-f",
-            "-qq",
-            "-o",
-            "/dev/null",
-            "-P",
-            &db_s,
-            "-e",
-            inject,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let wrapper = strace_wrapper(&db_s, inject);
         match rx.try_spawn("127.0.0.1:0", &wrapper) {
             Ok(()) => {
                 let body = ferry_tests::sample_archive(&format!("wal-{}", inject.len()), 5);
@@ -270,20 +262,10 @@ fn incident3_transient_eio_never_downgrades_wal() {
     // it clears. strace counts `when=` per thread, so each connection's
     // thread fails its first three syncs: allow for several failed attempts.
     let wal = data.path().join("index.sqlite-wal");
-    let wrapper: Vec<String> = [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-P",
+    let wrapper = strace_wrapper(
         wal.to_str().unwrap(),
-        "-e",
         "inject=fsync,fdatasync:error=EIO:when=1..3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    );
     rx.try_spawn("127.0.0.1:0", &wrapper)
         .expect("receiver under strace");
     let body = ferry_tests::sample_archive("wal-commit", 6);
