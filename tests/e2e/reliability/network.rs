@@ -82,6 +82,31 @@ impl Net {
     }
 }
 
+impl Net {
+    /// Insert, first in INPUT, a rule that sends this fraction of the
+    /// receiver's TCP packets to `target`.
+    fn random_rule(&self, probability: &str, target: &[&str]) -> Result<(), String> {
+        let mut args = vec![
+            "-I",
+            "INPUT",
+            "1",
+            "-p",
+            "tcp",
+            "--dport",
+            "8420",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            probability,
+            "-j",
+        ];
+        args.extend_from_slice(target);
+        self.iptables(&args)
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         let _ = run(&["ip", "netns", "del", &self.rx_ns]);
@@ -170,46 +195,8 @@ fn lossy_metered_link_and_a_vanishing_receiver_lose_nothing() {
     net.iptables(&[
         "-A", "INPUT", "-p", "tcp", "--dport", "8420", "--syn", "-j", "ACCEPT",
     ])
-    .and_then(|_| {
-        net.iptables(&[
-            "-I",
-            "INPUT",
-            "1",
-            "-p",
-            "tcp",
-            "--dport",
-            "8420",
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            "0.02",
-            "-j",
-            "DROP",
-        ])
-    })
-    .and_then(|_| {
-        net.iptables(&[
-            "-I",
-            "INPUT",
-            "1",
-            "-p",
-            "tcp",
-            "--dport",
-            "8420",
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            "0.002",
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ])
-    })
+    .and_then(|_| net.random_rule("0.02", &["DROP"]))
+    .and_then(|_| net.random_rule("0.002", &["REJECT", "--reject-with", "tcp-reset"]))
     .expect("iptables rules");
 
     let mut ids = Vec::new();
