@@ -57,11 +57,10 @@ impl GroupCommit {
                         }
                     }
                     outcome => {
-                        if jobs.len() > 1 || outcome.is_ok() {
-                            tracing::warn!(
-                                rows = jobs.len(),
-                                "a batch of index rows failed; retrying them one by one"
-                            );
+                        // A failed batch (or, a bug, one result short):
+                        // each row again on its own, for its own answer.
+                        if let Err(e) = &outcome {
+                            tracing::warn!(rows = jobs.len(), error = %e, "a batch of index rows failed; retrying them one by one");
                         }
                         for (row, reply) in jobs {
                             let r = commit(vec![row]).await.and_then(|mut v| {
