@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ferry_durable::WritebackFile;
 use ferry_proto::Sha256;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
@@ -335,7 +336,9 @@ fn pack_to(
     let file = File::create(partial).map_err(werr)?;
     let write_error = Arc::new(Mutex::new(None));
     let hw = HashWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
+        // Writeback starts as the tarball grows, so the fsync at the end
+        // waits for its last few megabytes only.
+        inner: BufWriter::with_capacity(1 << 20, WritebackFile::new(file)),
         hasher: sha2::Sha256::new(),
         written: 0,
         error: write_error.clone(),
@@ -368,7 +371,9 @@ fn pack_to(
         }
     };
 
-    let append_all = |builder: &mut tar::Builder<FrameWriter<HashWriter<'_, BufWriter<File>>>>|
+    let append_all = |builder: &mut tar::Builder<
+        FrameWriter<HashWriter<'_, BufWriter<WritebackFile>>>,
+    >|
      -> Result<(), PackError> {
         // The episode's own directory entry first.
         let mut h = dir_header();
@@ -411,10 +416,11 @@ fn pack_to(
                 })?;
                 let size = item.size;
                 if params.adaptive() {
-                    let class = frames::classify(&file, size).map_err(|source| PackError::Read {
-                        path: path.clone(),
-                        source,
-                    })?;
+                    let class =
+                        frames::classify(&file, size).map_err(|source| PackError::Read {
+                            path: path.clone(),
+                            source,
+                        })?;
                     builder
                         .get_mut()
                         .switch(class)
@@ -478,7 +484,10 @@ fn pack_to(
         written,
         ..
     } = hw;
-    let file = inner.into_inner().map_err(|e| werr(e.into_error()))?;
+    let file = inner
+        .into_inner()
+        .map_err(|e| werr(e.into_error()))?
+        .into_inner();
     file.sync_all().map_err(werr)?;
     let digest: [u8; 32] = hasher.finalize().into();
     Ok(Packed {

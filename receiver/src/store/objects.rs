@@ -12,6 +12,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use ferry_durable::WritebackFile;
 use ferry_proto::Sha256;
 use rand::RngCore;
 use sha2::Digest;
@@ -277,7 +278,9 @@ fn write_body(
     file: File,
     rx: &mut mpsc::Receiver<Chunk>,
 ) -> Result<Option<(Sha256, u64)>, StoreError> {
-    let mut out = BufWriter::with_capacity(1 << 20, file);
+    // Writeback starts while the body arrives, so the fsync at the end waits
+    // for the last few megabytes only.
+    let mut out = BufWriter::with_capacity(1 << 20, WritebackFile::new(file));
     let mut hasher = sha2::Sha256::new();
     let mut size = 0u64;
     loop {
@@ -294,7 +297,8 @@ fn write_body(
     }
     let file = out
         .into_inner()
-        .map_err(|e| StoreError::new("write", path, e.into_error()))?;
+        .map_err(|e| StoreError::new("write", path, e.into_error()))?
+        .into_inner();
     file.sync_all()
         .map_err(|e| StoreError::new("fsync", path, e))?;
     Ok(Some((Sha256::from_bytes(&hasher.finalize().into()), size)))
