@@ -78,6 +78,15 @@ impl From<StoreError> for AppError {
     }
 }
 
+impl From<crate::store::commit::CommitError> for AppError {
+    fn from(e: crate::store::commit::CommitError) -> Self {
+        match e {
+            crate::store::commit::CommitError::Store(e) => e.into(),
+            crate::store::commit::CommitError::Index(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         reply(self.0)

@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteLabels};
+use crate::store::commit::Committer;
 use crate::store::objects::ObjectStore;
 use crate::store::{unix_now, Index};
 use crate::tokens;
@@ -47,10 +48,8 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// When each device's `last_seen_at` was last written by this process.
     touched: Mutex<HashMap<String, Instant>>,
-    /// Serialises "rename into place + insert + maybe delete" for objects
-    /// whose digests share a first byte, so that an object is never deleted
-    /// while another upload of the same bytes is between rename and insert.
-    object_locks: Vec<tokio::sync::Mutex<()>>,
+    /// The commit stage every verified upload goes through.
+    pub committer: Committer,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -64,20 +63,14 @@ impl AppState {
     ) -> Self {
         Self {
             upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
+            committer: Committer::spawn(index.clone(), objects.clone()),
             config,
             index,
             objects,
             metrics: Arc::new(Metrics::new()),
             admin_token,
             touched: Mutex::new(HashMap::new()),
-            object_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
-    }
-
-    /// The lock for objects whose digest starts with `sha256`'s first byte.
-    pub fn object_lock(&self, sha256: &ferry_proto::Sha256) -> &tokio::sync::Mutex<()> {
-        let first = u8::from_str_radix(&sha256.as_str()[..2], 16).unwrap_or(0);
-        &self.object_locks[first as usize]
     }
 
     /// Records that a device was seen, writing at most once per

@@ -358,68 +358,41 @@ async fn receive(state: &SharedState, up: &Upload, body: Body) -> Result<Respons
     store(state, up, written).await
 }
 
-/// Renames the verified file into place and inserts the index row; the
-/// unique key decides races.
+/// Hands the verified upload to the commit stage (durable, renamed into
+/// place, indexed; see `store::commit`); the unique key decides races.
 async fn store(
     state: &SharedState,
     up: &Upload,
     written: crate::store::objects::Written,
 ) -> Result<Response, AppError> {
-    let _lock = state.object_lock(&up.sha256).lock().await;
-    state.objects.commit(written.temp, &up.sha256).await?;
+    let size = written.size;
     let row = NewEpisode {
         episode_id: up.id.to_string(),
         sha256: up.sha256.to_string(),
-        size: written.size,
+        size,
         commit: up.commit.to_string(),
         device: up.device.clone(),
         stored_at: unix_now(),
     };
-    let inserted = match state.index.insert_episode(&row).await {
-        Ok(i) => i,
-        Err(e) => {
-            discard_if_unreferenced(state, &up.sha256).await;
-            return Err(e.into());
-        }
-    };
-    match inserted {
+    match state.committer.commit(written, row).await? {
         Inserted::Created => {
             state.metrics.episodes_stored.inc();
             tracing::info!(
                 episode_id = %up.id, device = up.device, commit = %up.commit,
-                sha256 = %up.sha256, size = written.size, "episode stored"
+                sha256 = %up.sha256, size, "episode stored"
             );
             Ok(reply(Reply::Stored {
                 episode_id: up.id.to_string(),
                 sha256: up.sha256.to_string(),
-                size: written.size,
+                size,
             }))
         }
         // Same id, same bytes, same path: the object is the winner's too.
         Inserted::Exists(info) if info.sha256 == up.sha256.as_str() => {
             Ok(already_present(&up.id, info.sha256, info.size))
         }
-        Inserted::Exists(info) => {
-            discard_if_unreferenced(state, &up.sha256).await;
-            Ok(conflict(&up.id, info.sha256, &up.sha256))
-        }
-    }
-}
-
-/// Deletes an object this upload put in place when no index row references
-/// it. The caller holds the object lock of `sha256`, so no other upload of
-/// the same bytes is between its rename and its insert.
-async fn discard_if_unreferenced(state: &SharedState, sha256: &Sha256) {
-    match state.index.sha_referenced(sha256.as_str()).await {
-        Ok(false) => {
-            if let Err(e) = state.objects.remove(sha256).await {
-                tracing::warn!(error = %e, "cannot remove an unreferenced object");
-            }
-        }
-        Ok(true) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, %sha256, "cannot tell whether an object is referenced; keeping it")
-        }
+        // Lost the race to other bytes: the commit stage discarded ours.
+        Inserted::Exists(info) => Ok(conflict(&up.id, info.sha256, &up.sha256)),
     }
 }
 

@@ -6,7 +6,7 @@
 //! an episode exists once its index row is committed, and its row points at
 //! an object by sha256.
 
-pub mod group;
+pub mod commit;
 pub mod objects;
 pub mod postgres;
 mod sql;
@@ -58,7 +58,7 @@ pub struct NewEpisode {
     pub stored_at: i64,
 }
 
-/// Result of [`Index::insert_episode`]: the unique key on `episode_id`
+/// Result of [`Index::insert_episodes`]: the unique key on `episode_id`
 /// decides which of two racing uploads is first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
@@ -126,9 +126,10 @@ pub trait Index: Send + Sync + 'static {
     fn commit_status<'a>(&'a self, commit: &'a str) -> BoxFut<'a, CommitStatus>;
 
     fn episode<'a>(&'a self, id: &'a str) -> BoxFut<'a, Option<EpisodeInfo>>;
-    /// Inserts the row of a stored episode; the unique key decides races.
-    /// Also records the device's last upload.
-    fn insert_episode<'a>(&'a self, e: &'a NewEpisode) -> BoxFut<'a, Inserted>;
+    /// Inserts the rows of stored episodes in one transaction (one synced
+    /// commit), one result per row, in order; the unique key decides races,
+    /// within the batch too. Also records the devices' last upload.
+    fn insert_episodes<'a>(&'a self, rows: &'a [NewEpisode]) -> BoxFut<'a, Vec<Inserted>>;
     /// Episodes, newest first; all of them when `limit` is `None`.
     fn list_episodes(&self, limit: Option<u64>) -> BoxFut<'_, Vec<EpisodeInfo>>;
     /// Whether any row references an object.

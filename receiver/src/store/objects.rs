@@ -2,11 +2,15 @@
 //!
 //! An object lives at `<root>/<aa>/<bb>/<sha256>` (`aa`, `bb`: the first two
 //! byte pairs of its digest). Uploads are written to `<tmp>/<random>.part`
-//! by a blocking writer thread that hashes as it writes; a verified upload
-//! is fsynced, renamed into place and its directory fsynced, so an object
-//! under its final name is always complete and durable. Every blocking call
-//! runs off the async worker threads. Errors carry the path and the errno.
+//! by a blocking writer thread that hashes as it writes. A verified upload
+//! is made durable under its temporary name, then renamed into place, and
+//! the rename made durable: so an object under its final name is always
+//! complete. Large uploads are fsynced by their writer; small ones are made
+//! durable a batch at a time by [`ObjectStore::sync_batch`] (see
+//! `store::commit`). Every blocking call runs off the async worker
+//! threads. Errors carry the path and the errno.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +24,17 @@ use tokio::sync::mpsc;
 
 /// Suffix of temporary upload files (the sweep removes left-over ones).
 pub const TEMP_SUFFIX: &str = ".part";
+
+/// An upload at least this large is fsynced by its own writer thread as
+/// soon as it is complete: its flush is worth its own call, and a batch's
+/// shared sync then does not wait behind it. Smaller uploads leave their
+/// sync to the batch.
+pub const SYNC_ALONE: u64 = 1 << 20;
+
+/// From this many files (or directories) to sync in one batch up, one
+/// `syncfs` replaces their fsyncs. Below it, per-file fsyncs wait only for
+/// their own data, whatever else is written to the same file system.
+pub const SYNCFS_MIN: usize = 8;
 
 /// Whether an errno means "no space" (ENOSPC, EDQUOT): answer 507.
 pub fn is_out_of_space(errno: i32) -> bool {
@@ -49,6 +64,15 @@ impl StoreError {
             path: path.to_owned(),
             source,
         }
+    }
+
+    /// The same failure again, for another upload of the batch it failed.
+    pub fn again(&self) -> Self {
+        let source = match self.source.raw_os_error() {
+            Some(errno) => io::Error::from_raw_os_error(errno),
+            None => io::Error::new(self.source.kind(), self.source.to_string()),
+        };
+        Self::new(self.op, &self.path, source)
     }
 
     /// The errno, if the OS gave one.
@@ -83,11 +107,16 @@ pub struct ObjectStore {
     tmp: PathBuf,
 }
 
-/// What the writer thread hands back once an upload body is complete and
-/// fsynced under its temporary name.
+/// What the writer thread hands back once an upload body is complete under
+/// its temporary name: fsynced when `synced`, otherwise written to the
+/// kernel with its writeback started, to be made durable by
+/// [`ObjectStore::sync_batch`]. The file stays open so that its own
+/// writeback errors can be read.
 #[derive(Debug)]
 pub struct Written {
     pub temp: TempFile,
+    pub file: File,
+    pub synced: bool,
     pub sha256: Sha256,
     pub size: u64,
 }
@@ -161,26 +190,84 @@ impl ObjectStore {
         (tx, handle)
     }
 
-    /// Moves a verified temporary file to its content-addressed name:
-    /// create the shard directories (fsyncing each parent whose entries
-    /// changed), rename, fsync the final directory.
-    pub async fn commit(&self, mut temp: TempFile, sha256: &Sha256) -> Result<PathBuf, StoreError> {
-        let dest = self.path_of(sha256);
-        let root = self.root.clone();
-        let src = temp.path.clone();
-        let dest2 = dest.clone();
-        let done = blocking(move || {
-            let shard = dest2.parent().expect("object path has a parent");
-            ensure_dir(&root, shard)?;
-            fs::rename(&src, &dest2)
-                .map_err(|e| StoreError::new("rename into place", &dest2, e))?;
-            fsync_dir(shard)
-        })
-        .await;
-        if done.is_ok() {
-            temp.keep();
+    /// Makes a batch of written uploads durable under their temporary
+    /// names (blocking); one result per upload, in order.
+    ///
+    /// A few files are fsynced one by one. From [`SYNCFS_MIN`] files up, one
+    /// `syncfs` of the store's file system flushes the data and metadata of
+    /// all of them instead. `syncfs` reports a file system's writeback
+    /// errors once, to whichever caller asks first, so each file's own error
+    /// state is then read too (`sync_file_range` with the WAIT flags, which
+    /// reads and clears the file's errors just like fsync): a failed page
+    /// fails its own upload. A failed `syncfs` fails every upload it was for.
+    pub fn sync_batch(&self, batch: &[&Written]) -> Vec<Result<(), StoreError>> {
+        let unsynced = batch.iter().filter(|w| !w.synced).count();
+        if unsynced < SYNCFS_MIN {
+            return batch
+                .iter()
+                .map(|w| match w.synced {
+                    true => Ok(()),
+                    false => w
+                        .file
+                        .sync_all()
+                        .map_err(|e| StoreError::new("fsync", w.temp.path(), e)),
+                })
+                .collect();
         }
-        done.map(|()| dest)
+        if let Err(e) = self.syncfs("sync file system of") {
+            return batch.iter().map(|_| Err(e.again())).collect();
+        }
+        batch
+            .iter()
+            .map(|w| {
+                wait_written(&w.file).map_err(|e| StoreError::new("write back", w.temp.path(), e))
+            })
+            .collect()
+    }
+
+    /// Moves a durable temporary file to its content-addressed name
+    /// (blocking): create the shard directories, rename. Returns the
+    /// directories whose entries changed; [`ObjectStore::sync_dirs`] makes
+    /// them durable once for the whole batch.
+    pub fn place(&self, written: Written) -> Result<Vec<PathBuf>, StoreError> {
+        let Written {
+            mut temp, sha256, ..
+        } = written;
+        let dest = self.path_of(&sha256);
+        let shard = dest.parent().expect("object path has a parent");
+        let mut changed = Vec::new();
+        ensure_dir(&self.root, shard, &mut changed)?;
+        fs::rename(temp.path(), &dest)
+            .map_err(|e| StoreError::new("rename into place", &dest, e))?;
+        temp.keep();
+        changed.push(shard.to_owned());
+        Ok(changed)
+    }
+
+    /// Makes the changed directories of a batch durable (blocking): an
+    /// fsync of each, or one `syncfs` from [`SYNCFS_MIN`] directories up.
+    /// Returns the directories that could not be synced, with why.
+    pub fn sync_dirs(&self, dirs: &BTreeSet<PathBuf>) -> Vec<(PathBuf, StoreError)> {
+        if dirs.len() >= SYNCFS_MIN {
+            return match self.syncfs("sync new objects in") {
+                Ok(()) => Vec::new(),
+                Err(e) => dirs.iter().map(|d| (d.clone(), e.again())).collect(),
+            };
+        }
+        dirs.iter()
+            .filter_map(|d| fsync_dir(d).err().map(|e| (d.clone(), e)))
+            .collect()
+    }
+
+    /// `syncfs` of the file system holding the store (blocking).
+    fn syncfs(&self, op: &'static str) -> Result<(), StoreError> {
+        use std::os::fd::AsRawFd;
+        let dir = File::open(&self.tmp).map_err(|e| StoreError::new("open", &self.tmp, e))?;
+        // SAFETY: a valid open descriptor; syncfs takes no memory.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(StoreError::new(op, &self.tmp, io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Deletes an object (only ever one this process stored and no row
@@ -270,14 +357,25 @@ fn write_upload(
         // nothing is left even when the runtime is shutting down.
         temp.remove_now();
     }
-    result.map(|done| done.map(|(sha256, size)| Written { temp, sha256, size }))
+    result.map(|done| {
+        done.map(|(file, synced, sha256, size)| Written {
+            temp,
+            file,
+            synced,
+            sha256,
+            size,
+        })
+    })
 }
+
+/// The written file, whether it is fsynced, its digest and size.
+type Body = (File, bool, Sha256, u64);
 
 fn write_body(
     path: &Path,
     file: File,
     rx: &mut mpsc::Receiver<Chunk>,
-) -> Result<Option<(Sha256, u64)>, StoreError> {
+) -> Result<Option<Body>, StoreError> {
     // Writeback starts while the body arrives, so the fsync at the end waits
     // for the last few megabytes only.
     let mut out = BufWriter::with_capacity(1 << 20, WritebackFile::new(file));
@@ -295,28 +393,53 @@ fn write_body(
             None => return Ok(None),
         }
     }
-    let file = out
+    let mut file = out
         .into_inner()
-        .map_err(|e| StoreError::new("write", path, e.into_error()))?
-        .into_inner();
-    file.sync_all()
-        .map_err(|e| StoreError::new("fsync", path, e))?;
-    Ok(Some((Sha256::from_bytes(&hasher.finalize().into()), size)))
+        .map_err(|e| StoreError::new("write", path, e.into_error()))?;
+    let synced = size >= SYNC_ALONE;
+    if synced {
+        file.get_ref()
+            .sync_all()
+            .map_err(|e| StoreError::new("fsync", path, e))?;
+    } else {
+        file.start_rest()
+            .map_err(|e| StoreError::new("start writeback of", path, e))?;
+    }
+    let sha256 = Sha256::from_bytes(&hasher.finalize().into());
+    Ok(Some((file.into_inner(), synced, sha256, size)))
 }
 
-/// Creates `dir` and any missing parents below `root`, fsyncing the parent
-/// of every directory it creates, so the new entry is durable.
-fn ensure_dir(root: &Path, dir: &Path) -> Result<(), StoreError> {
+/// Waits for a file's writeback and reads its own writeback error state:
+/// `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` over the whole file.
+fn wait_written(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a valid open descriptor and the whole-file range (0, 0).
+    if unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Creates `dir` and any missing parents below `root`, adding the parent of
+/// every directory it creates to `changed`: those entries are made durable
+/// by the batch's [`ObjectStore::sync_dirs`], with the renames.
+fn ensure_dir(root: &Path, dir: &Path, changed: &mut Vec<PathBuf>) -> Result<(), StoreError> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
         if parent != root && parent.starts_with(root) {
-            ensure_dir(root, parent)?;
+            ensure_dir(root, parent, changed)?;
         }
     }
     match fs::create_dir(dir) {
-        Ok(()) => fsync_dir(dir.parent().unwrap_or(root)),
+        Ok(()) => {
+            changed.push(dir.parent().unwrap_or(root).to_owned());
+            Ok(())
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(StoreError::new("create directory", dir, e)),
     }
@@ -472,8 +595,18 @@ mod tests {
         assert_eq!(w.size, 11);
         let expected = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9";
         assert_eq!(w.sha256.as_str(), expected);
+        assert!(!w.synced, "a small upload leaves its sync to the batch");
         let sha = w.sha256.clone();
-        let dest = s.commit(w.temp, &sha).await.unwrap();
+        let s2 = s.clone();
+        let dest = s.path_of(&sha);
+        tokio::task::spawn_blocking(move || {
+            let synced = s2.sync_batch(&[&w]);
+            assert!(synced.iter().all(Result::is_ok));
+            let dirs = s2.place(w).unwrap();
+            assert!(s2.sync_dirs(&dirs.into_iter().collect()).is_empty());
+        })
+        .await
+        .unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"hello world");
         assert_eq!(hash_file(&dest).unwrap().0, sha);
         assert_eq!(s.stat(&sha).await.unwrap(), Some(11));

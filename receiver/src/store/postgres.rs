@@ -16,7 +16,6 @@ use super::IndexError;
 #[derive(Debug, Clone)]
 pub struct PgIndex {
     pool: PgPool,
-    group: super::group::GroupCommit,
 }
 
 impl_sql_index!(PgIndex, PgPool);
@@ -34,9 +33,6 @@ impl PgIndex {
             .run(&pool)
             .await
             .map_err(|e| IndexError::Setup(format!("migrating the PostgreSQL index: {e}")))?;
-        Ok(Self {
-            group: Self::group_commit(&pool),
-            pool,
-        })
+        Ok(Self { pool })
     }
 }

@@ -26,7 +26,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct SqliteIndex {
     pool: SqlitePool,
-    group: super::group::GroupCommit,
 }
 
 impl_sql_index!(SqliteIndex, SqlitePool);
@@ -175,10 +174,7 @@ impl SqliteIndex {
             .connect_with(opts)
             .await
             .map_err(classify)?;
-        Ok(Self {
-            group: Self::group_commit(&pool),
-            pool,
-        })
+        Ok(Self { pool })
     }
 
     /// The pool, for tests.
@@ -304,21 +300,50 @@ mod tests {
             device: "d1".into(),
             stored_at: 100,
         };
-        assert_eq!(idx.insert_episode(&e).await.unwrap(), Inserted::Created);
+        assert_eq!(
+            idx.insert_episodes(std::slice::from_ref(&e)).await.unwrap(),
+            [Inserted::Created]
+        );
         let again = NewEpisode {
             sha256: "d".repeat(64),
             ..e.clone()
         };
-        match idx.insert_episode(&again).await.unwrap() {
-            Inserted::Exists(info) => assert_eq!(info.sha256, e.sha256),
+        match &idx
+            .insert_episodes(std::slice::from_ref(&again))
+            .await
+            .unwrap()[..]
+        {
+            [Inserted::Exists(info)] => assert_eq!(info.sha256, e.sha256),
+            other => panic!("{other:?}"),
+        }
+        // One batch: a new id, the same id again with other bytes, and an
+        // id stored before. The unique key decides within the batch too.
+        let e2 = NewEpisode {
+            episode_id: "ep2".into(),
+            sha256: "e".repeat(64),
+            ..e.clone()
+        };
+        let e2_other = NewEpisode {
+            sha256: "f".repeat(64),
+            ..e2.clone()
+        };
+        let batch = idx
+            .insert_episodes(&[e2.clone(), e2_other, again.clone()])
+            .await
+            .unwrap();
+        match &batch[..] {
+            [Inserted::Created, Inserted::Exists(a), Inserted::Exists(b)] => {
+                assert_eq!(a.sha256, e2.sha256);
+                assert_eq!(b.sha256, e.sha256);
+            }
             other => panic!("{other:?}"),
         }
         assert!(idx.sha_referenced(&e.sha256).await.unwrap());
         assert!(!idx.sha_referenced(&again.sha256).await.unwrap());
         let devices = idx.list_devices().await.unwrap();
-        assert_eq!((devices[0].episodes, devices[0].bytes), (1, 5));
+        assert_eq!((devices[0].episodes, devices[0].bytes), (2, 10));
         assert!(devices[0].last_upload_at.is_some());
         let t = idx.totals().await.unwrap();
-        assert_eq!((t.episodes, t.bytes, t.devices, t.commits), (1, 5, 1, 1));
+        assert_eq!((t.episodes, t.bytes, t.devices, t.commits), (2, 10, 1, 1));
     }
 }

@@ -1,6 +1,8 @@
-//! Durability order, read off a real syscall trace: every state change is
-//! fsync(file) → rename → fsync(dir), and the receiver's 201 leaves only
-//! after the object's directory and the index's write-ahead log are synced.
+//! Durability order, read off a real syscall trace: every state change of
+//! the agent is fsync(file) → rename → fsync(dir). The receiver's is the
+//! batched form of the same order (see `receiver/src/store/commit.rs`):
+//! syncfs → the file's own writeback error read → rename → syncfs → index
+//! commit synced → 201.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,6 +17,11 @@ use super::small_episode;
 enum Call {
     /// fsync or fdatasync of the file or directory at this path.
     Sync(String),
+    /// syncfs of the file system holding this path.
+    SyncFs(String),
+    /// sync_file_range with SYNC_FILE_RANGE_WAIT_BEFORE (the writeback
+    /// error state of this file is read).
+    RangeWait(String),
     Rename {
         from: String,
         to: String,
@@ -55,6 +62,16 @@ fn parse_trace(path: &Path) -> Vec<Call> {
         if full.starts_with("fsync(") || full.starts_with("fdatasync(") {
             if let Some(p) = between(&full, '<', '>') {
                 calls.push(Call::Sync(p));
+            }
+        } else if full.starts_with("syncfs(") {
+            if let Some(p) = between(&full, '<', '>') {
+                calls.push(Call::SyncFs(p));
+            }
+        } else if full.starts_with("sync_file_range(")
+            && full.contains("SYNC_FILE_RANGE_WAIT_BEFORE")
+        {
+            if let Some(p) = between(&full, '<', '>') {
+                calls.push(Call::RangeWait(p));
             }
         } else if full.starts_with("rename") {
             let quoted: Vec<&str> = full.split('"').collect();
@@ -108,7 +125,7 @@ fn assert_file_rename_dir(calls: &[Call], r: usize, from: &str, dir: &str, what:
     );
 }
 
-const TRACED: &str = "trace=fsync,fdatasync,rename,renameat,renameat2,write,writev,sendto,sendmsg";
+const TRACED: &str = "trace=fsync,fdatasync,syncfs,sync_file_range,rename,renameat,renameat2,write,writev,sendto,sendmsg";
 
 #[test]
 fn agent_state_changes_are_fsync_rename_fsync_dir() {
@@ -213,16 +230,42 @@ fn receiver_acknowledges_only_after_object_and_index_are_durable() {
         to.starts_with(&format!("{root}/objects/")),
         "object outside objects/: {to}"
     );
-    assert_file_rename_dir(&calls, r, &from, &obj_dir, "object store");
-    let dir_sync = sync_of(&calls, r..calls.len(), |p| p == obj_dir).unwrap();
-
+    // The upload's batch makes it durable (receiver/src/store/commit.rs):
+    // a batch this small fsyncs the file, renames it and fsyncs its
+    // directory; a large batch uses syncfs of the store's file system, then
+    // reads the file's own writeback error, renames, and syncfs again.
+    let tmp = format!("{root}/tmp");
+    let syncfs = |range: std::ops::Range<usize>| {
+        calls[range.clone()]
+            .iter()
+            .position(|c| matches!(c, Call::SyncFs(p) if *p == tmp))
+            .map(|i| i + range.start)
+    };
+    let file_synced = sync_of(&calls, 0..r, |p| p == from).is_some()
+        || syncfs(0..r).is_some_and(|s| {
+            calls[s..r]
+                .iter()
+                .any(|c| matches!(c, Call::RangeWait(p) if *p == from))
+        });
+    assert!(
+        file_synced,
+        "object store: {from} was not made durable before its rename: {calls:#?}"
+    );
+    let dir_sync = [
+        sync_of(&calls, r..calls.len(), |p| p == obj_dir),
+        syncfs(r..calls.len()),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or_else(|| panic!("no sync of {obj_dir} after the rename: {calls:#?}"));
     let answer = calls
         .iter()
         .position(|c| matches!(c, Call::SocketWrite(t) if t.contains("HTTP/1.1 201")))
         .unwrap_or_else(|| panic!("no 201 written to the socket: {calls:#?}"));
     assert!(
         dir_sync < answer,
-        "201 sent before the object's directory was synced"
+        "201 sent before the object's new name was synced"
     );
     let wal = sync_of(&calls, dir_sync..answer, |p| {
         p.ends_with("index.sqlite-wal") || p.ends_with("index.sqlite")

@@ -198,6 +198,101 @@ fn receiver_fsync_eio_is_not_acknowledged_and_costs_one_upload() {
     assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
 }
 
+/// Under load the receiver makes a whole batch of small uploads durable
+/// with one `syncfs` (receiver/src/store/commit.rs). With that call failing
+/// (EIO, strace `-P` scoped to the temporary directory it is called on):
+/// every upload answered 201 was made durable another way (a batch small
+/// enough for per-file fsyncs) and is indexed and intact; every other one is
+/// refused with a JSON reason and not indexed; at least one batch took the
+/// syncfs path and was refused; no temporary file is left; and once the
+/// fault is gone every refused upload is stored.
+#[test]
+fn receiver_syncfs_eio_under_load_acknowledges_nothing_unsynced() {
+    if !have("strace") {
+        skip(
+            "receiver_syncfs_eio_under_load_acknowledges_nothing_unsynced",
+            "strace is not installed",
+        );
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut rx = Receiver::start_in(data.path(), &[]);
+    rx.allow(COMMIT_A, true);
+    let token = rx.add_device("syncfs-eio");
+    rx.kill9();
+    let tmp = std::fs::canonicalize(data.path()).unwrap().join("tmp");
+    let wrapper = strace_wrapper(tmp.to_str().unwrap(), "inject=syncfs:error=EIO");
+    rx.try_spawn("127.0.0.1:0", &wrapper)
+        .expect("receiver under strace");
+
+    let mut refused: Vec<(String, String, Vec<u8>)> = Vec::new();
+    let mut acked: Vec<(String, String)> = Vec::new();
+    for round in 0..5u64 {
+        let uploads: Vec<(String, String, Vec<u8>)> = (0..48u64)
+            .map(|i| {
+                let id = format!("load-{round}-{i}");
+                let body = ferry_tests::sample_archive(&id, 1000 + round * 100 + i);
+                (id, sha256_hex(&body), body)
+            })
+            .collect();
+        let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+            let handles: Vec<_> = uploads
+                .iter()
+                .map(|(id, sha, body)| {
+                    let (addr, token) = (rx.addr, &token);
+                    s.spawn(move || {
+                        let r = put_episode(addr, token, id, COMMIT_A, sha, body);
+                        (r.status, r.text())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for ((id, sha, body), (status, text)) in uploads.into_iter().zip(answers) {
+            match status {
+                201 => acked.push((id, sha)),
+                s if s >= 500 => {
+                    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON reason");
+                    assert!(v["status"].is_string(), "{text}");
+                    refused.push((id, sha, body));
+                }
+                s => panic!("{id}: unexpected answer {s} {text}"),
+            }
+        }
+        if !refused.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "no upload was refused in 5 rounds of 48: did a batch ever use syncfs?"
+    );
+    assert!(rx.is_running(), "the receiver died of an EIO");
+    let index = stored(&rx);
+    for (id, sha) in &acked {
+        assert_eq!(index.get(id), Some(sha), "acknowledged {id} is not indexed");
+    }
+    for (id, _, _) in &refused {
+        assert!(!index.contains_key(id), "refused {id} is indexed");
+    }
+    assert!(
+        receiver_temp_files(&rx).is_empty(),
+        "temp files left behind"
+    );
+    assert_ok(
+        &rx.cli(["episodes", "verify"]),
+        "episodes verify under the fault",
+    );
+
+    // The fault clears.
+    rx.restart();
+    for (id, sha, body) in &refused {
+        let r = put_episode(rx.addr, &token, id, COMMIT_A, sha, body);
+        assert_eq!(r.status, 201, "{id}: {}", r.text());
+    }
+    assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
+}
+
 fn journal_mode(db: &Path) -> Option<String> {
     if !have("sqlite3") {
         return None;

@@ -1,0 +1,347 @@
+//! The commit stage: verified uploads become durable, placed and indexed,
+//! a batch at a time.
+//!
+//! "201 means durable" used to cost, per upload, an fsync of its file, an
+//! fsync of its directory and a synced commit of the index. With many
+//! devices uploading small episodes at once, those flushes were the
+//! receiver's limit. Now one task takes every verified upload waiting (up
+//! to [`MAX_BATCH`]) and, for the whole batch:
+//!
+//! 1. makes every temporary file durable (uploads of at least
+//!    [`SYNC_ALONE`](super::objects::SYNC_ALONE) were already fsynced by
+//!    their writer): under load, with one `syncfs` for the whole batch and
+//!    then a read of each file's own writeback error, so a failed page
+//!    fails its own upload only; a batch of fewer than
+//!    [`SYNCFS_MIN`](super::objects::SYNCFS_MIN) files is fsynced file by
+//!    file, so a quiet receiver never waits for other programs' writes;
+//! 2. renames each file to its content-addressed name;
+//! 3. makes those renames durable: an fsync of each changed directory, or
+//!    one more `syncfs` when there are many;
+//! 4. inserts every row in one index transaction (one synced commit); a
+//!    failed batch is retried row by row, so each upload gets its own
+//!    answer and one bad row cannot fail its neighbours;
+//! 5. deletes an object that no row references (a lost race for its id
+//!    with other bytes, a failed insert), and answers each upload.
+//!
+//! Each upload is still answered only after its object and its row are
+//! durable; only the flushes are shared. Because one task does every
+//! rename, insert and delete, an object is never deleted while another
+//! upload of the same bytes is between its rename and its insert.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::objects::{blocking, ObjectStore, StoreError, Written};
+use super::{Index, IndexError, Inserted, NewEpisode};
+
+/// Uploads in one batch at most.
+pub const MAX_BATCH: usize = 256;
+
+/// Why an upload could not be committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+type Answer = Result<Inserted, CommitError>;
+
+struct Job {
+    written: Written,
+    row: NewEpisode,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// Handle of the commit task; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("row", &self.row).finish()
+    }
+}
+
+impl Committer {
+    /// Starts the commit task. It ends when every handle is dropped.
+    pub fn spawn(index: Arc<dyn Index>, objects: ObjectStore) -> Committer {
+        let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut jobs = vec![first];
+                while jobs.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
+                }
+                commit_batch(&*index, &objects, jobs).await;
+            }
+        });
+        Committer { tx }
+    }
+
+    /// Commits one verified upload with its index row; resolves once its
+    /// batch is durable and indexed (or failed). `Inserted::Exists` with
+    /// other bytes means a lost race for the id: the object was discarded.
+    pub async fn commit(&self, written: Written, row: NewEpisode) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let stopped =
+            || CommitError::Index(IndexError::Setup("the commit task has stopped".to_owned()));
+        self.tx
+            .send(Job {
+                written,
+                row,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn commit_batch(index: &dyn Index, objects: &ObjectStore, jobs: Vec<Job>) {
+    let (written, rest): (Vec<Written>, Vec<(NewEpisode, oneshot::Sender<Answer>)>) = jobs
+        .into_iter()
+        .map(|j| (j.written, (j.row, j.reply)))
+        .unzip();
+
+    // 1–3 on the blocking pool: sync, place, sync. A failed upload's
+    // temporary file is deleted when its `Written` is dropped.
+    let store = objects.clone();
+    let placed = blocking(move || Ok(make_durable(&store, written))).await;
+    let placed: Vec<Result<(), StoreError>> = match placed {
+        Ok(p) => p,
+        Err(e) => rest.iter().map(|_| Err(e.again())).collect(),
+    };
+
+    // 4: one transaction for every row whose object is in place.
+    let rows: Vec<NewEpisode> = rest
+        .iter()
+        .zip(&placed)
+        .filter(|(_, p)| p.is_ok())
+        .map(|((row, _), _)| row.clone())
+        .collect();
+    let mut inserted = insert(index, &rows).await.into_iter();
+
+    // 5: answers, and objects nobody references.
+    for ((row, reply), placed) in rest.into_iter().zip(placed) {
+        let answer = match placed {
+            Err(e) => Err(CommitError::Store(e)),
+            Ok(()) => match inserted.next() {
+                Some(Ok(Inserted::Created)) => Ok(Inserted::Created),
+                Some(Ok(Inserted::Exists(info))) if info.sha256 == row.sha256 => {
+                    Ok(Inserted::Exists(info))
+                }
+                Some(Ok(Inserted::Exists(info))) => {
+                    discard_if_unreferenced(index, objects, &row.sha256).await;
+                    Ok(Inserted::Exists(info))
+                }
+                Some(Err(e)) => {
+                    discard_if_unreferenced(index, objects, &row.sha256).await;
+                    Err(CommitError::Index(e))
+                }
+                None => Err(CommitError::Index(IndexError::Setup(
+                    "the index returned fewer results than rows".to_owned(),
+                ))),
+            },
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// Steps 1–3 (blocking): one result per upload, in order.
+fn make_durable(store: &ObjectStore, written: Vec<Written>) -> Vec<Result<(), StoreError>> {
+    let synced = store.sync_batch(&written.iter().collect::<Vec<_>>());
+    let placed: Vec<Result<Vec<PathBuf>, StoreError>> = written
+        .into_iter()
+        .zip(synced)
+        .map(|(w, synced)| synced.and_then(|()| store.place(w)))
+        .collect();
+    let dirs: BTreeSet<PathBuf> = placed.iter().flatten().flatten().cloned().collect();
+    let failed = store.sync_dirs(&dirs);
+    placed
+        .into_iter()
+        .map(|p| {
+            let dirs = p?;
+            // An object whose name may not survive a power cut is not
+            // acknowledged; the caller removes objects no row references.
+            match failed.iter().find(|(d, _)| dirs.contains(d)) {
+                Some((_, e)) => Err(e.again()),
+                None => Ok(()),
+            }
+        })
+        .collect()
+}
+
+/// All rows in one transaction; when that fails, each row on its own, for
+/// its own answer.
+async fn insert(index: &dyn Index, rows: &[NewEpisode]) -> Vec<Result<Inserted, IndexError>> {
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    match index.insert_episodes(rows).await {
+        Ok(results) if results.len() == rows.len() => results.into_iter().map(Ok).collect(),
+        outcome => {
+            if let Err(e) = &outcome {
+                tracing::warn!(rows = rows.len(), error = %e, "a batch of index rows failed; retrying them one by one");
+            }
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let r = index
+                    .insert_episodes(std::slice::from_ref(row))
+                    .await
+                    .and_then(|mut v| {
+                        v.pop()
+                            .ok_or_else(|| IndexError::Setup("empty batch result".into()))
+                    });
+                out.push(r);
+            }
+            out
+        }
+    }
+}
+
+/// Deletes an object when no index row references it. Only the commit task
+/// renames objects into place, so no other upload of the same bytes is
+/// between its rename and its insert.
+async fn discard_if_unreferenced(index: &dyn Index, objects: &ObjectStore, sha256: &str) {
+    let Ok(sha) = ferry_proto::Sha256::parse(sha256) else {
+        return;
+    };
+    match index.sha_referenced(sha256).await {
+        Ok(false) => {
+            if let Err(e) = objects.remove(&sha).await {
+                tracing::warn!(error = %e, "cannot remove an unreferenced object");
+            }
+        }
+        Ok(true) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, %sha256, "cannot tell whether an object is referenced; keeping it")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::objects::Chunk;
+    use crate::store::sqlite::SqliteIndex;
+    use bytes::Bytes;
+
+    async fn written(store: &ObjectStore, body: &[u8]) -> Written {
+        let (tx, handle) = store.begin_upload();
+        tx.send(Chunk::Data(Bytes::copy_from_slice(body)))
+            .await
+            .unwrap();
+        tx.send(Chunk::Finish).await.unwrap();
+        drop(tx);
+        handle.await.unwrap().unwrap().unwrap()
+    }
+
+    fn row(id: &str, w: &Written) -> NewEpisode {
+        NewEpisode {
+            episode_id: id.into(),
+            sha256: w.sha256.to_string(),
+            size: w.size,
+            commit: "c".repeat(40),
+            device: "d1".into(),
+            stored_at: 1,
+        }
+    }
+
+    async fn setup(dir: &std::path::Path) -> (Arc<dyn Index>, ObjectStore) {
+        let index: Arc<dyn Index> =
+            Arc::new(SqliteIndex::open(&dir.join("i.sqlite")).await.unwrap());
+        index.add_device("d1", &[1; 32], 0).await.unwrap();
+        let store = ObjectStore::new(dir.join("objects"), dir.join("tmp"));
+        store.prepare().await.unwrap();
+        (index, store)
+    }
+
+    fn temp_files(store: &ObjectStore) -> usize {
+        std::fs::read_dir(store.tmp_dir()).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn concurrent_uploads_are_placed_indexed_and_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, store) = setup(dir.path()).await;
+        let committer = Committer::spawn(index.clone(), store.clone());
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let w = written(&store, format!("body {i}").as_bytes()).await;
+            let (c, r) = (committer.clone(), row(&format!("e{i}"), &w));
+            tasks.push(tokio::spawn(async move {
+                (r.sha256.clone(), c.commit(w, r).await)
+            }));
+        }
+        for t in tasks {
+            let (sha, answer) = t.await.unwrap();
+            assert_eq!(answer.unwrap(), Inserted::Created);
+            let sha = ferry_proto::Sha256::parse(&sha).unwrap();
+            assert!(store.stat(&sha).await.unwrap().is_some(), "object in place");
+        }
+        assert_eq!(index.totals().await.unwrap().episodes, 100);
+        assert_eq!(temp_files(&store), 0, "every temporary file was renamed");
+    }
+
+    #[tokio::test]
+    async fn same_id_other_bytes_in_one_batch_keeps_one_and_discards_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, store) = setup(dir.path()).await;
+        let committer = Committer::spawn(index.clone(), store.clone());
+        let (a, b) = (
+            written(&store, b"aaaa").await,
+            written(&store, b"bbbb").await,
+        );
+        let (ra, rb) = (row("same", &a), row("same", &b));
+        let (sha_a, sha_b) = (a.sha256.clone(), b.sha256.clone());
+        let (x, y) = tokio::join!(committer.commit(a, ra), committer.commit(b, rb));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        let (winner, loser) = match (&x, &y) {
+            (Inserted::Created, Inserted::Exists(info)) => {
+                assert_eq!(info.sha256, sha_a.as_str());
+                (sha_a, sha_b)
+            }
+            (Inserted::Exists(info), Inserted::Created) => {
+                assert_eq!(info.sha256, sha_b.as_str());
+                (sha_b, sha_a)
+            }
+            other => panic!("expected one created and one existing: {other:?}"),
+        };
+        assert!(store.stat(&winner).await.unwrap().is_some());
+        assert!(
+            store.stat(&loser).await.unwrap().is_none(),
+            "the loser's object is discarded"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_index_failure_answers_an_error_and_keeps_what_may_be_referenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = SqliteIndex::open(&dir.path().join("i.sqlite"))
+            .await
+            .unwrap();
+        let store = ObjectStore::new(dir.path().join("objects"), dir.path().join("tmp"));
+        store.prepare().await.unwrap();
+        sqlite.pool().close().await;
+        let committer = Committer::spawn(Arc::new(sqlite), store.clone());
+        let w = written(&store, b"orphan").await;
+        let (r, sha) = (row("e", &w), w.sha256.clone());
+        assert!(matches!(
+            committer.commit(w, r).await,
+            Err(CommitError::Index(_))
+        ));
+        // With the index gone, "is it referenced?" cannot be answered, so
+        // the object is kept (never delete what might be referenced).
+        assert!(store.stat(&sha).await.unwrap().is_some());
+    }
+}
