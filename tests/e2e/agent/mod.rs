@@ -122,11 +122,16 @@ impl Daemon {
         Daemon::start_cmd(spool.agent("run"), env)
     }
 
+    /// Starts `cmd` in a process group of its own, so that dropping the
+    /// daemon also ends an agent started under a wrapper such as strace
+    /// (killing strace alone leaves its tracee running).
     pub fn start_cmd(mut cmd: std::process::Command, env: &[(&str, &str)]) -> Daemon {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("agent.log");
         let f = std::fs::File::create(&log).unwrap();
         let child = cmd
+            .process_group(0)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(f)
@@ -175,6 +180,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        ferry_tests::signal_group(self.child.id(), libc::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
