@@ -85,6 +85,31 @@ macro_rules! recover_connection {
 }
 pub(crate) use recover_connection;
 
+/// Runs a write on one pooled connection (`$conn`: `&mut PoolConnection`);
+/// when it fails, the connection is recovered or closed by
+/// [`recover_connection!`] before it goes back to the pool. `$body`
+/// evaluates to `Result<T, sqlx::Error>`; the macro to
+/// `Result<T, IndexError>`. Every write of the index goes through this (or
+/// calls `recover_connection!` itself).
+macro_rules! write_on_conn {
+    ($pool:ty, $src:expr, |$conn:ident| $body:expr) => {{
+        let classify = $crate::store::sql::classify;
+        let mut held = $src.acquire().await.map_err(classify)?;
+        let result = {
+            let $conn = &mut held;
+            $body
+        };
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                $crate::store::sql::recover_connection!($pool, held);
+                Err(classify(e))
+            }
+        }
+    }};
+}
+pub(crate) use write_on_conn;
+
 pub(crate) type EpisodeRow = (String, String, i64, String, String, i64);
 pub(crate) const EPISODE_COLUMNS: &str = "episode_id, sha256, size, commit_id, device, stored_at";
 
@@ -285,16 +310,13 @@ macro_rules! impl_sql_index {
 
             fn touch_device<'a>(&'a self, name: &'a str, now: i64) -> $crate::store::BoxFut<'a, ()> {
                 Box::pin(async move {
-                    let mut conn = self.pool.acquire().await.map_err($crate::store::sql::classify)?;
-                    let done = sqlx::query("UPDATE devices SET last_seen_at = $1 WHERE name = $2")
-                        .bind(now)
-                        .bind(name)
-                        .execute(&mut *conn)
-                        .await;
-                    if let Err(e) = done {
-                        $crate::store::sql::recover_connection!($pool, conn);
-                        return Err($crate::store::sql::classify(e));
-                    }
+                    $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                        sqlx::query("UPDATE devices SET last_seen_at = $1 WHERE name = $2")
+                            .bind(now)
+                            .bind(name)
+                            .execute(&mut **conn)
+                            .await
+                    })?;
                     Ok(())
                 })
             }
@@ -306,17 +328,18 @@ macro_rules! impl_sql_index {
                 now: i64,
             ) -> $crate::store::BoxFut<'a, $crate::store::AddDevice> {
                 Box::pin(async move {
-                    let done = sqlx::query(
-                        "INSERT INTO devices (name, token_hash, revoked, created_at) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(name)
-                    .bind(token_hash)
-                    .bind(false)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::store::sql::classify)?;
+                    let done = $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                        sqlx::query(
+                            "INSERT INTO devices (name, token_hash, revoked, created_at) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT DO NOTHING",
+                        )
+                        .bind(name)
+                        .bind(token_hash)
+                        .bind(false)
+                        .bind(now)
+                        .execute(&mut **conn)
+                        .await
+                    })?;
                     Ok(if done.rows_affected() == 1 {
                         $crate::store::AddDevice::Added
                     } else {
@@ -327,12 +350,13 @@ macro_rules! impl_sql_index {
 
             fn revoke_device<'a>(&'a self, name: &'a str) -> $crate::store::BoxFut<'a, bool> {
                 Box::pin(async move {
-                    let done = sqlx::query("UPDATE devices SET revoked = $1 WHERE name = $2")
-                        .bind(true)
-                        .bind(name)
-                        .execute(&self.pool)
-                        .await
-                        .map_err($crate::store::sql::classify)?;
+                    let done = $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                        sqlx::query("UPDATE devices SET revoked = $1 WHERE name = $2")
+                            .bind(true)
+                            .bind(name)
+                            .execute(&mut **conn)
+                            .await
+                    })?;
                     Ok(done.rows_affected() > 0)
                 })
             }
@@ -355,41 +379,44 @@ macro_rules! impl_sql_index {
                 now: i64,
             ) -> $crate::store::BoxFut<'a, ()> {
                 Box::pin(async move {
-                    let classify = $crate::store::sql::classify;
-                    let mut tx = self.pool.begin().await.map_err(classify)?;
-                    if head {
-                        sqlx::query("UPDATE commits SET head = $1 WHERE head = $2 AND commit_id <> $3")
-                            .bind(false)
-                            .bind(true)
+                    $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                        async {
+                            use sqlx::Connection as _;
+                            let mut tx = (&mut **conn).begin().await?;
+                            if head {
+                                sqlx::query("UPDATE commits SET head = $1 WHERE head = $2 AND commit_id <> $3")
+                                    .bind(false)
+                                    .bind(true)
+                                    .bind(commit)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                            sqlx::query(
+                                "INSERT INTO commits (commit_id, head, note, allowed_at) VALUES ($1, $2, $3, $4) \
+                                 ON CONFLICT (commit_id) DO UPDATE SET head = (commits.head OR excluded.head), \
+                                 note = COALESCE(excluded.note, commits.note)",
+                            )
                             .bind(commit)
+                            .bind(head)
+                            .bind(note)
+                            .bind(now)
                             .execute(&mut *tx)
-                            .await
-                            .map_err(classify)?;
-                    }
-                    sqlx::query(
-                        "INSERT INTO commits (commit_id, head, note, allowed_at) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (commit_id) DO UPDATE SET head = (commits.head OR excluded.head), \
-                         note = COALESCE(excluded.note, commits.note)",
-                    )
-                    .bind(commit)
-                    .bind(head)
-                    .bind(note)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                    tx.commit().await.map_err(classify)?;
-                    Ok(())
+                            .await?;
+                            tx.commit().await
+                        }
+                        .await
+                    })
                 })
             }
 
             fn revoke_commit<'a>(&'a self, commit: &'a str) -> $crate::store::BoxFut<'a, bool> {
                 Box::pin(async move {
-                    let done = sqlx::query("DELETE FROM commits WHERE commit_id = $1")
-                        .bind(commit)
-                        .execute(&self.pool)
-                        .await
-                        .map_err($crate::store::sql::classify)?;
+                    let done = $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                        sqlx::query("DELETE FROM commits WHERE commit_id = $1")
+                            .bind(commit)
+                            .execute(&mut **conn)
+                            .await
+                    })?;
                     Ok(done.rows_affected() > 0)
                 })
             }

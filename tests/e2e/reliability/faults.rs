@@ -7,7 +7,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use ferry_tests::{assert_ok, have, put_episode, sha256_hex, skip, Receiver, Spool, COMMIT_A};
+use ferry_tests::{
+    assert_ok, have, put_episode, sha256_hex, skip, Receiver, Spool, COMMIT_A, COMMIT_B,
+};
 
 use super::{assert_delivered, receiver_temp_files, small_episode, stored};
 
@@ -385,6 +387,48 @@ fn incident3_transient_eio_never_downgrades_wal() {
     // A second process (the CLI) agrees with the server about the database.
     let list = rx.cli_ok(["episodes", "list", "--json"]);
     assert!(list.contains("wal-commit"), "{list}");
+    rx.kill9();
+
+    // 3. The same fault under the admin API's writes: refused with a JSON
+    // reason until it clears, and a failed write never leaves its
+    // connection holding the write lock (the CLI, another process, can
+    // still write while the server runs).
+    rx.try_spawn("127.0.0.1:0", &wrapper)
+        .expect("receiver under strace");
+    let admin = format!("Bearer {}", rx.admin_token);
+    let a = [
+        ("Authorization", admin.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let r = rx.request(
+            "POST",
+            "/v1/admin/commits",
+            &a,
+            format!("{{\"commit\":\"{COMMIT_B}\"}}").as_bytes(),
+        );
+        statuses.push(r.status);
+        if r.status == 201 {
+            break;
+        }
+        assert!(r.status >= 500, "{}: {}", r.status, r.text());
+        assert!(r.json()["status"].is_string(), "{}", r.text());
+    }
+    assert_eq!(statuses.last(), Some(&201), "never allowed: {statuses:?}");
+    assert!(
+        statuses[0] >= 500,
+        "the injected EIO on the WAL sync was never hit: {statuses:?}"
+    );
+    assert_ok(
+        &rx.cli(["commits", "allow", &"c".repeat(40)]),
+        "a CLI write while the server runs",
+    );
+    let list = rx.cli_ok(["commits", "list", "--json"]);
+    assert!(
+        list.contains(COMMIT_B) && list.contains(&"c".repeat(40)),
+        "{list}"
+    );
     rx.kill9();
     if let Some(mode) = journal_mode(&db) {
         assert_eq!(mode, "wal", "journal mode after EIO on fdatasync");
