@@ -203,16 +203,13 @@ impl ObjectStore {
     pub fn sync_batch(&self, batch: &[&Written]) -> Vec<Result<(), StoreError>> {
         let unsynced = batch.iter().filter(|w| !w.synced).count();
         if unsynced < SYNCFS_MIN {
-            return batch
-                .iter()
-                .map(|w| match w.synced {
-                    true => Ok(()),
-                    false => w
-                        .file
-                        .sync_all()
-                        .map_err(|e| StoreError::new("fsync", w.temp.path(), e)),
-                })
-                .collect();
+            return in_parallel(batch, |w| match w.synced {
+                true => Ok(()),
+                false => w
+                    .file
+                    .sync_all()
+                    .map_err(|e| StoreError::new("fsync", w.temp.path(), e)),
+            });
         }
         if let Err(e) = self.syncfs("sync file system of") {
             return batch.iter().map(|_| Err(e.again())).collect();
@@ -254,8 +251,10 @@ impl ObjectStore {
                 Err(e) => dirs.iter().map(|d| (d.clone(), e.again())).collect(),
             };
         }
+        let dirs: Vec<&PathBuf> = dirs.iter().collect();
         dirs.iter()
-            .filter_map(|d| fsync_dir(d).err().map(|e| (d.clone(), e)))
+            .zip(in_parallel(&dirs, |d| fsync_dir(d)))
+            .filter_map(|(d, r)| r.err().map(|e| ((*d).clone(), e)))
             .collect()
     }
 
@@ -407,6 +406,23 @@ fn write_body(
     }
     let sha256 = Sha256::from_bytes(&hasher.finalize().into());
     Ok(Some((file.into_inner(), synced, sha256, size)))
+}
+
+/// `f` on every item at once, one thread each (a few items: the fsyncs of
+/// a small batch wait for the disk together, as they would from separate
+/// uploads); results in order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = items.iter().map(|i| s.spawn(move || f(i))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// Waits for a file's writeback and reads its own writeback error state:
@@ -584,6 +600,26 @@ mod tests {
         // TempFile's drop deletes on the blocking pool.
         tokio::task::spawn_blocking(|| ()).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    #[test]
+    fn a_few_directories_are_fsynced_each_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::create_dir(&a).unwrap();
+        fs::create_dir(&b).unwrap();
+        let missing = dir.path().join("missing");
+        let dirs: BTreeSet<PathBuf> = [a, missing.clone(), b].into_iter().collect();
+        let failed = s.sync_dirs(&dirs);
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].0, missing);
+        assert_eq!(failed[0].1.errno(), Some(libc::ENOENT));
+        assert!(
+            failed[0].1.to_string().contains("missing"),
+            "{}",
+            failed[0].1
+        );
     }
 
     #[tokio::test]
