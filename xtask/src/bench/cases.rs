@@ -573,7 +573,13 @@ fn hammer(
 }
 
 fn small(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<()> {
-    let clients = 64;
+    // FERRY_BENCH_DEVICES: another number of concurrent devices, for
+    // experiments (the targets are stated at 64).
+    let clients = std::env::var("FERRY_BENCH_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(64);
     let per_client = corpus.small_count / clients;
     let n = clients * per_client;
     report.section(

@@ -44,6 +44,9 @@ http {{
   client_max_body_size 0;
   client_body_buffer_size 128k;
   sendfile on;
+  # One keep-alive connection per device for the whole run (nginx's default
+  # closes it after 1,000 requests).
+  keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
     location /dav/ {{
