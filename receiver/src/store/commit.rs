@@ -28,7 +28,6 @@
 //! rename, insert and delete, an object is never deleted while another
 //! upload of the same bytes is between its rename and its insert.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -82,7 +81,14 @@ impl Committer {
                         Err(_) => break,
                     }
                 }
-                commit_batch(&*index, &objects, jobs).await;
+                // A panic costs its batch (those uploads get an error), not
+                // the task and every later upload.
+                let batch = std::panic::AssertUnwindSafe(commit_batch(&*index, &objects, jobs));
+                if futures_util::FutureExt::catch_unwind(batch).await.is_err() {
+                    tracing::error!(
+                        "a commit batch panicked; its uploads were answered with an error"
+                    );
+                }
             }
         });
         Committer { tx }
@@ -107,6 +113,17 @@ impl Committer {
     }
 }
 
+/// What steps 1–3 did with one upload.
+enum Durable {
+    /// In place under its final name, and that name is durable.
+    Placed,
+    /// Not in place (its temporary file is deleted).
+    Failed(StoreError),
+    /// Renamed into place, but its name could not be made durable: not
+    /// acknowledged, and removed when no row references it.
+    Unsynced(StoreError),
+}
+
 async fn commit_batch(index: &dyn Index, objects: &ObjectStore, jobs: Vec<Job>) {
     let (written, rest): (Vec<Written>, Vec<(NewEpisode, oneshot::Sender<Answer>)>) = jobs
         .into_iter()
@@ -117,78 +134,101 @@ async fn commit_batch(index: &dyn Index, objects: &ObjectStore, jobs: Vec<Job>) 
     // temporary file is deleted when its `Written` is dropped.
     let store = objects.clone();
     let placed = blocking(move || Ok(make_durable(&store, written))).await;
-    let placed: Vec<Result<(), StoreError>> = match placed {
+    let placed: Vec<Durable> = match placed {
         Ok(p) => p,
-        Err(e) => rest.iter().map(|_| Err(e.again())).collect(),
+        Err(e) => rest.iter().map(|_| Durable::Failed(e.again())).collect(),
     };
 
     // 4: one transaction for every row whose object is in place.
     let rows: Vec<NewEpisode> = rest
         .iter()
         .zip(&placed)
-        .filter(|(_, p)| p.is_ok())
+        .filter(|(_, p)| matches!(p, Durable::Placed))
         .map(|((row, _), _)| row.clone())
         .collect();
-    let mut inserted = insert(index, &rows).await.into_iter();
+    let (inserted, index_down) = insert(index, &rows).await;
+    let mut inserted = inserted.into_iter();
 
-    // 5: answers, and objects nobody references.
+    // 5: answers, and objects nobody references (not while the index is
+    // unreachable: an unreferenced object costs only space, and a retry of
+    // the same upload reuses its name).
     for ((row, reply), placed) in rest.into_iter().zip(placed) {
-        let answer = match placed {
-            Err(e) => Err(CommitError::Store(e)),
-            Ok(()) => match inserted.next() {
-                Some(Ok(Inserted::Created)) => Ok(Inserted::Created),
-                Some(Ok(Inserted::Exists(info))) if info.sha256 == row.sha256 => {
-                    Ok(Inserted::Exists(info))
-                }
+        let (answer, discard) = match placed {
+            Durable::Failed(e) => (Err(CommitError::Store(e)), false),
+            Durable::Unsynced(e) => (Err(CommitError::Store(e)), true),
+            Durable::Placed => match inserted.next() {
+                Some(Ok(Inserted::Created)) => (Ok(Inserted::Created), false),
                 Some(Ok(Inserted::Exists(info))) => {
-                    discard_if_unreferenced(index, objects, &row.sha256).await;
-                    Ok(Inserted::Exists(info))
+                    let ours = info.sha256 == row.sha256;
+                    (Ok(Inserted::Exists(info)), !ours)
                 }
-                Some(Err(e)) => {
-                    discard_if_unreferenced(index, objects, &row.sha256).await;
-                    Err(CommitError::Index(e))
-                }
-                None => Err(CommitError::Index(IndexError::Setup(
-                    "the index returned fewer results than rows".to_owned(),
-                ))),
+                Some(Err(e)) => (Err(CommitError::Index(e)), true),
+                None => (
+                    Err(CommitError::Index(IndexError::Setup(
+                        "the index returned fewer results than rows".to_owned(),
+                    ))),
+                    false,
+                ),
             },
         };
+        if discard && !index_down {
+            discard_if_unreferenced(index, objects, &row.sha256).await;
+        }
         let _ = reply.send(answer);
     }
 }
 
 /// Steps 1–3 (blocking): one result per upload, in order.
-fn make_durable(store: &ObjectStore, written: Vec<Written>) -> Vec<Result<(), StoreError>> {
+fn make_durable(store: &ObjectStore, written: Vec<Written>) -> Vec<Durable> {
     let synced = store.sync_batch(&written.iter().collect::<Vec<_>>());
-    let placed: Vec<Result<Vec<PathBuf>, StoreError>> = written
+    let placed: Vec<Result<PathBuf, StoreError>> = written
         .into_iter()
         .zip(synced)
         .map(|(w, synced)| synced.and_then(|()| store.place(w)))
         .collect();
-    let dirs: BTreeSet<PathBuf> = placed.iter().flatten().flatten().cloned().collect();
+    let dirs = store.dirs_to_sync(placed.iter().flatten().cloned());
     let failed = store.sync_dirs(&dirs);
     placed
         .into_iter()
-        .map(|p| {
-            let dirs = p?;
-            // An object whose name may not survive a power cut is not
-            // acknowledged; the caller removes objects no row references.
-            match failed.iter().find(|(d, _)| dirs.contains(d)) {
-                Some((_, e)) => Err(e.again()),
-                None => Ok(()),
-            }
+        .map(|p| match p {
+            Err(e) => Durable::Failed(e),
+            // An object whose name may not survive a power cut (its shard
+            // directory or one above it was not synced) is not
+            // acknowledged.
+            Ok(shard) => match failed.iter().find(|(d, _)| shard.starts_with(d)) {
+                Some((_, e)) => Durable::Unsynced(e.again()),
+                None => Durable::Placed,
+            },
         })
         .collect()
 }
 
-/// All rows in one transaction; when that fails, each row on its own, for
-/// its own answer.
-async fn insert(index: &dyn Index, rows: &[NewEpisode]) -> Vec<Result<Inserted, IndexError>> {
+/// Whether an index error is about the rows (worth retrying them one by
+/// one, for each its own answer) rather than about reaching the database.
+fn about_the_rows(e: &IndexError) -> bool {
+    matches!(e, IndexError::Db(sqlx::Error::Database(_)))
+}
+
+/// All rows in one transaction; when that fails because of the rows, each
+/// row on its own, for its own answer. When the database cannot be reached
+/// (or is full), every row gets that answer at once: retrying them one by
+/// one would wait for each in turn while every upload waits behind them.
+/// The flag says so.
+async fn insert(
+    index: &dyn Index,
+    rows: &[NewEpisode],
+) -> (Vec<Result<Inserted, IndexError>>, bool) {
     if rows.is_empty() {
-        return Vec::new();
+        return (Vec::new(), false);
     }
     match index.insert_episodes(rows).await {
-        Ok(results) if results.len() == rows.len() => results.into_iter().map(Ok).collect(),
+        Ok(results) if results.len() == rows.len() => {
+            (results.into_iter().map(Ok).collect(), false)
+        }
+        Err(e) if !about_the_rows(&e) => {
+            tracing::warn!(rows = rows.len(), error = %e, "a batch of index rows failed");
+            (rows.iter().map(|_| Err(e.again())).collect(), true)
+        }
         outcome => {
             if let Err(e) = &outcome {
                 tracing::warn!(rows = rows.len(), error = %e, "a batch of index rows failed; retrying them one by one");
@@ -204,7 +244,7 @@ async fn insert(index: &dyn Index, rows: &[NewEpisode]) -> Vec<Result<Inserted, 
                     });
                 out.push(r);
             }
-            out
+            (out, false)
         }
     }
 }

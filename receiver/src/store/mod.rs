@@ -39,6 +39,18 @@ pub enum IndexError {
     Setup(String),
 }
 
+impl IndexError {
+    /// The same failure again, for another row of the batch it failed: the
+    /// same kind (so the same answer), with the message.
+    pub fn again(&self) -> IndexError {
+        match self {
+            IndexError::Full(e) => IndexError::Full(sqlx::Error::Protocol(e.to_string())),
+            IndexError::Db(e) => IndexError::Db(sqlx::Error::Protocol(e.to_string())),
+            IndexError::Setup(s) => IndexError::Setup(s.clone()),
+        }
+    }
+}
+
 /// A device as authentication sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceAuth {

@@ -105,6 +105,10 @@ pub async fn blocking<T: Send + 'static>(
 pub struct ObjectStore {
     root: PathBuf,
     tmp: PathBuf,
+    /// Directories whose new entries (a shard directory created in them)
+    /// are not known to be durable yet: synced with the next batch, and
+    /// kept here until a sync of them succeeds.
+    unsynced_dirs: std::sync::Arc<std::sync::Mutex<BTreeSet<PathBuf>>>,
 }
 
 /// What the writer thread hands back once an upload body is complete under
@@ -123,7 +127,15 @@ pub struct Written {
 
 impl ObjectStore {
     pub fn new(root: PathBuf, tmp: PathBuf) -> Self {
-        Self { root, tmp }
+        Self {
+            root,
+            tmp,
+            unsynced_dirs: Default::default(),
+        }
+    }
+
+    fn unsynced_dirs(&self) -> std::sync::MutexGuard<'_, BTreeSet<PathBuf>> {
+        self.unsynced_dirs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn root(&self) -> &Path {
@@ -193,69 +205,119 @@ impl ObjectStore {
     /// Makes a batch of written uploads durable under their temporary
     /// names (blocking); one result per upload, in order.
     ///
-    /// A few files are fsynced one by one. From [`SYNCFS_MIN`] files up, one
-    /// `syncfs` of the store's file system flushes the data and metadata of
-    /// all of them instead. `syncfs` reports a file system's writeback
-    /// errors once, to whichever caller asks first, so each file's own error
-    /// state is then read too (`sync_file_range` with the WAIT flags, which
-    /// reads and clears the file's errors just like fsync): a failed page
-    /// fails its own upload. A failed `syncfs` fails every upload it was for.
+    /// A few files are fsynced one by one. From [`SYNCFS_MIN`] files up,
+    /// one `syncfs` of the store's file system flushes the data and
+    /// metadata of all of them instead. `syncfs` reports a file system's
+    /// writeback errors once, to whichever caller asks first, so each file's
+    /// own error state is then read too (`sync_file_range` with the WAIT
+    /// flags, which reads and clears the file's errors just like fsync): a
+    /// failed page fails its own upload. When `syncfs` itself fails (an
+    /// error anywhere on the file system, maybe not ours), each file is
+    /// fsynced instead, which tells whose data was lost.
     pub fn sync_batch(&self, batch: &[&Written]) -> Vec<Result<(), StoreError>> {
+        let fsync_each = || {
+            batch
+                .iter()
+                .map(|w| match w.synced {
+                    true => Ok(()),
+                    false => w
+                        .file
+                        .sync_all()
+                        .map_err(|e| StoreError::new("fsync", w.temp.path(), e)),
+                })
+                .collect()
+        };
         let unsynced = batch.iter().filter(|w| !w.synced).count();
         if unsynced < SYNCFS_MIN {
-            return in_parallel(batch, |w| match w.synced {
-                true => Ok(()),
-                false => w
-                    .file
-                    .sync_all()
-                    .map_err(|e| StoreError::new("fsync", w.temp.path(), e)),
-            });
+            return fsync_each();
         }
         if let Err(e) = self.syncfs("sync file system of") {
-            return batch.iter().map(|_| Err(e.again())).collect();
+            tracing::warn!(error = %e, files = unsynced, "syncfs failed; fsyncing each file of the batch instead");
+            return fsync_each();
         }
         batch
             .iter()
-            .map(|w| {
-                wait_written(&w.file).map_err(|e| StoreError::new("write back", w.temp.path(), e))
+            .map(|w| match w.synced {
+                true => Ok(()),
+                false => wait_written(&w.file)
+                    .map_err(|e| StoreError::new("write back", w.temp.path(), e)),
             })
             .collect()
     }
 
     /// Moves a durable temporary file to its content-addressed name
-    /// (blocking): create the shard directories, rename. Returns the
-    /// directories whose entries changed; [`ObjectStore::sync_dirs`] makes
-    /// them durable once for the whole batch.
-    pub fn place(&self, written: Written) -> Result<Vec<PathBuf>, StoreError> {
+    /// (blocking): create the shard directories, rename. Returns the shard
+    /// directory, whose new entry [`ObjectStore::dirs_to_sync`] and
+    /// [`ObjectStore::sync_dirs`] make durable once for the whole batch,
+    /// with the parents of any directory created.
+    pub fn place(&self, written: Written) -> Result<PathBuf, StoreError> {
         let Written {
             mut temp, sha256, ..
         } = written;
         let dest = self.path_of(&sha256);
         let shard = dest.parent().expect("object path has a parent");
-        let mut changed = Vec::new();
-        ensure_dir(&self.root, shard, &mut changed)?;
+        self.ensure_dir(shard)?;
         fs::rename(temp.path(), &dest)
             .map_err(|e| StoreError::new("rename into place", &dest, e))?;
         temp.keep();
-        changed.push(shard.to_owned());
-        Ok(changed)
+        Ok(shard.to_owned())
     }
 
-    /// Makes the changed directories of a batch durable (blocking): an
-    /// fsync of each, or one `syncfs` from [`SYNCFS_MIN`] directories up.
-    /// Returns the directories that could not be synced, with why.
+    /// Creates `dir` and any missing parents below the root; the parent of
+    /// every directory created is recorded as unsynced at once, so that it
+    /// is synced by this batch or, if that fails or this upload fails
+    /// later, by a following one.
+    fn ensure_dir(&self, dir: &Path) -> Result<(), StoreError> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent() {
+            if parent != self.root && parent.starts_with(&self.root) {
+                self.ensure_dir(parent)?;
+            }
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => {
+                let parent = dir.parent().unwrap_or(&self.root).to_owned();
+                self.unsynced_dirs().insert(parent);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(StoreError::new("create directory", dir, e)),
+        }
+    }
+
+    /// The directories a batch must sync: the shards it renamed into and
+    /// every directory still recorded as unsynced (taken; put back by
+    /// [`ObjectStore::sync_dirs`] when their sync fails).
+    pub fn dirs_to_sync(&self, shards: impl IntoIterator<Item = PathBuf>) -> BTreeSet<PathBuf> {
+        let mut dirs = std::mem::take(&mut *self.unsynced_dirs());
+        dirs.extend(shards);
+        dirs
+    }
+
+    /// Makes directories durable (blocking): an fsync of each, or one
+    /// `syncfs` from [`SYNCFS_MIN`] directories up (and an fsync of each
+    /// when it fails). Returns the directories that could not be synced,
+    /// with why.
     pub fn sync_dirs(&self, dirs: &BTreeSet<PathBuf>) -> Vec<(PathBuf, StoreError)> {
         if dirs.len() >= SYNCFS_MIN {
-            return match self.syncfs("sync new objects in") {
-                Ok(()) => Vec::new(),
-                Err(e) => dirs.iter().map(|d| (d.clone(), e.again())).collect(),
-            };
+            match self.syncfs("sync new objects in") {
+                Ok(()) => return Vec::new(),
+                Err(e) => {
+                    tracing::warn!(error = %e, dirs = dirs.len(), "syncfs failed; fsyncing each directory instead");
+                }
+            }
         }
-        let dirs: Vec<&PathBuf> = dirs.iter().collect();
-        dirs.iter()
-            .zip(in_parallel(&dirs, |d| fsync_dir(d)))
-            .filter_map(|(d, r)| r.err().map(|e| ((*d).clone(), e)))
-            .collect()
+        let failed: Vec<(PathBuf, StoreError)> = dirs
+            .iter()
+            .filter_map(|d| fsync_dir(d).err().map(|e| (d.clone(), e)))
+            .collect();
+        // A directory that could not be synced is synced again with the
+        // next batch (a shard created in it may not survive a power cut).
+        self.unsynced_dirs()
+            .extend(failed.iter().map(|(d, _)| d.clone()));
+        failed
     }
 
     /// `syncfs` of the file system holding the store (blocking).
@@ -408,23 +470,6 @@ fn write_body(
     Ok(Some((file.into_inner(), synced, sha256, size)))
 }
 
-/// `f` on every item at once, one thread each (a few items: the fsyncs of
-/// a small batch wait for the disk together, as they would from separate
-/// uploads); results in order.
-fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    if items.len() <= 1 {
-        return items.iter().map(&f).collect();
-    }
-    std::thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = items.iter().map(|i| s.spawn(move || f(i))).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
-}
-
 /// Waits for a file's writeback and reads its own writeback error state:
 /// `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` over the whole file.
 fn wait_written(file: &File) -> io::Result<()> {
@@ -437,28 +482,6 @@ fn wait_written(file: &File) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Creates `dir` and any missing parents below `root`, adding the parent of
-/// every directory it creates to `changed`: those entries are made durable
-/// by the batch's [`ObjectStore::sync_dirs`], with the renames.
-fn ensure_dir(root: &Path, dir: &Path, changed: &mut Vec<PathBuf>) -> Result<(), StoreError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        if parent != root && parent.starts_with(root) {
-            ensure_dir(root, parent, changed)?;
-        }
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => {
-            changed.push(dir.parent().unwrap_or(root).to_owned());
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::new("create directory", dir, e)),
-    }
 }
 
 /// fsync of a directory, so renames and creations in it are durable.
@@ -602,8 +625,46 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
+    #[tokio::test]
+    async fn a_large_batch_is_synced_with_syncfs_and_placed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.prepare().await.unwrap();
+        let mut batch = Vec::new();
+        for i in 0..SYNCFS_MIN + 2 {
+            batch.push(
+                write(&s, &[format!("body {i}").as_bytes()], true)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert!(batch.iter().all(|w| !w.synced));
+        let s2 = s.clone();
+        let placed = tokio::task::spawn_blocking(move || {
+            let synced = s2.sync_batch(&batch.iter().collect::<Vec<_>>());
+            assert!(synced.iter().all(Result::is_ok), "{synced:?}");
+            let mut shards = Vec::new();
+            let mut shas = Vec::new();
+            for w in batch {
+                shas.push(w.sha256.clone());
+                shards.push(s2.place(w).unwrap());
+            }
+            let dirs = s2.dirs_to_sync(shards);
+            assert!(dirs.len() >= SYNCFS_MIN, "enough directories for syncfs");
+            assert!(s2.sync_dirs(&dirs).is_empty());
+            shas
+        })
+        .await
+        .unwrap();
+        for sha in placed {
+            assert!(s.stat(&sha).await.unwrap().is_some());
+        }
+        settle().await;
+        assert_eq!(temp_files(&s), 0);
+    }
+
     #[test]
-    fn a_few_directories_are_fsynced_each_and_fail_alone() {
+    fn a_few_directories_are_fsynced_each_and_fail_alone_until_synced() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
@@ -613,13 +674,15 @@ mod tests {
         let dirs: BTreeSet<PathBuf> = [a, missing.clone(), b].into_iter().collect();
         let failed = s.sync_dirs(&dirs);
         assert_eq!(failed.len(), 1, "{failed:?}");
-        assert_eq!(failed[0].0, missing);
+        assert_eq!(failed[0].0, missing.clone());
         assert_eq!(failed[0].1.errno(), Some(libc::ENOENT));
         assert!(
             failed[0].1.to_string().contains("missing"),
             "{}",
             failed[0].1
         );
+        // The one that failed is synced again with the next batch.
+        assert_eq!(s.dirs_to_sync([]), [missing].into_iter().collect());
     }
 
     #[tokio::test]
@@ -638,8 +701,13 @@ mod tests {
         tokio::task::spawn_blocking(move || {
             let synced = s2.sync_batch(&[&w]);
             assert!(synced.iter().all(Result::is_ok));
-            let dirs = s2.place(w).unwrap();
-            assert!(s2.sync_dirs(&dirs.into_iter().collect()).is_empty());
+            let shard = s2.place(w).unwrap();
+            let dirs = s2.dirs_to_sync([shard]);
+            assert!(
+                dirs.contains(s2.root()),
+                "the new shard's entry in the root is synced"
+            );
+            assert!(s2.sync_dirs(&dirs).is_empty());
         })
         .await
         .unwrap();
