@@ -166,6 +166,10 @@ macro_rules! impl_sql_index {
                 pool: $pool,
                 rows: &[$crate::store::NewEpisode],
             ) -> Result<Vec<$crate::store::Inserted>, $crate::store::IndexError> {
+                if rows.is_empty() {
+                    // A multi-row INSERT needs at least one row.
+                    return Ok(Vec::new());
+                }
                 let classify = $crate::store::sql::classify;
                 let mut conn = pool.acquire().await.map_err(classify)?;
                 let result = Self::insert_batch_on(&mut conn, rows).await;

@@ -338,6 +338,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert!(idx.insert_episodes(&[]).await.unwrap().is_empty());
         assert!(idx.sha_referenced(&e.sha256).await.unwrap());
         assert!(!idx.sha_referenced(&again.sha256).await.unwrap());
         let devices = idx.list_devices().await.unwrap();
