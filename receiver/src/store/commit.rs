@@ -11,15 +11,19 @@
 //!    [`SYNC_ALONE`](super::objects::SYNC_ALONE) were already fsynced by
 //!    their writer): under load, with one `syncfs` for the whole batch and
 //!    then a read of each file's own writeback error, so a failed page
-//!    fails its own upload only; a batch of fewer than
+//!    fails its own upload only (a failed `syncfs` falls back to an fsync
+//!    of each file); a batch of fewer than
 //!    [`SYNCFS_MIN`](super::objects::SYNCFS_MIN) files is fsynced file by
 //!    file, so a quiet receiver never waits for other programs' writes;
 //! 2. renames each file to its content-addressed name;
 //! 3. makes those renames durable: an fsync of each changed directory, or
-//!    one more `syncfs` when there are many;
+//!    one more `syncfs` when there are many; a directory whose new entry
+//!    could not be synced is synced again with every batch until it is;
 //! 4. inserts every row in one index transaction (one synced commit); a
-//!    failed batch is retried row by row, so each upload gets its own
-//!    answer and one bad row cannot fail its neighbours;
+//!    batch that fails because of its rows is retried row by row, so each
+//!    upload gets its own answer and one bad row cannot fail its
+//!    neighbours, while a batch that fails because the index cannot be
+//!    reached answers every upload with that at once;
 //! 5. deletes an object that no row references (a lost race for its id
 //!    with other bytes, a failed insert), and answers each upload.
 //!
