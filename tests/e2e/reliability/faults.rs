@@ -21,20 +21,20 @@ fn strace(args: &[&str]) -> Command {
 
 /// `strace -f -qq -o /dev/null -P PATH -e INJECT`, to prefix a command.
 fn strace_wrapper(path: &str, inject: &str) -> Vec<String> {
-    [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-P",
-        path,
-        "-e",
-        inject,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    strace_wrapper_to("/dev/null", path, &[inject])
+}
+
+/// `strace -f -qq -o OUT -P PATH -e EXPR...`, to prefix a command.
+fn strace_wrapper_to(out: &str, path: &str, exprs: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["strace", "-f", "-qq", "-o", out, "-P", path]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for e in exprs {
+        v.push("-e".into());
+        v.push(e.to_string());
+    }
+    v
 }
 
 fn reason(spool: &Spool, id: &str) -> serde_json::Value {
@@ -225,22 +225,11 @@ fn receiver_syncfs_eio_under_load_falls_back_to_fsync_per_file() {
     let root = std::fs::canonicalize(data.path()).unwrap();
     let tmp = root.join("tmp");
     let trace = root.join("syncfs.trace");
-    let wrapper: Vec<String> = [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
+    let wrapper = strace_wrapper_to(
         trace.to_str().unwrap(),
-        "-P",
         tmp.to_str().unwrap(),
-        "-e",
-        "trace=syncfs",
-        "-e",
-        "inject=syncfs:error=EIO",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        &["trace=syncfs", "inject=syncfs:error=EIO"],
+    );
     rx.try_spawn("127.0.0.1:0", &wrapper)
         .expect("receiver under strace");
 
