@@ -85,6 +85,12 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Where the receiver keeps the object with this digest:
+/// `<data_dir>/objects/<aa>/<sha256>` (content-addressed, 256 shards).
+pub fn object_path(data_dir: &Path, sha: &str) -> PathBuf {
+    data_dir.join("objects").join(&sha[..2]).join(sha)
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }

@@ -1,7 +1,8 @@
 //! The local content-addressed object store.
 //!
-//! An object lives at `<root>/<aa>/<bb>/<sha256>` (`aa`, `bb`: the first two
-//! byte pairs of its digest). Uploads are written to `<tmp>/<random>.part`
+//! An object lives at `<root>/<aa>/<sha256>` (`aa`: the first byte of its
+//! digest, in hex). The 256 shard directories are made when the store is
+//! prepared, so storing an object creates no directory. Uploads are written to `<tmp>/<random>.part`
 //! by a blocking writer thread that hashes as it writes. A verified upload
 //! is made durable under its temporary name, then renamed into place, and
 //! the rename made durable: so an object under its final name is always
@@ -35,6 +36,12 @@ pub const SYNC_ALONE: u64 = 1 << 20;
 /// `syncfs` replaces their fsyncs. Below it, per-file fsyncs wait only for
 /// their own data, whatever else is written to the same file system.
 pub const SYNCFS_MIN: usize = 8;
+
+/// Marks a store in the current layout (one level of 256 shards). A store
+/// without it is migrated by [`ObjectStore::prepare`] from the first
+/// layout, `<root>/<aa>/<bb>/<sha256>`, which made a directory for nearly
+/// every new object until the store held millions.
+pub const LAYOUT_MARK: &str = ".layout-v2";
 
 /// Whether an errno means "no space" (ENOSPC, EDQUOT): answer 507.
 pub fn is_out_of_space(errno: i32) -> bool {
@@ -84,6 +91,62 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         self.errno().is_some_and(is_storage_unavailable)
     }
+}
+
+/// Brings the store at `root` to the current layout (blocking): moves
+/// every object of the first layout (`<aa>/<bb>/<sha256>`) up into its
+/// `<aa>` shard, makes the missing shards, and writes [`LAYOUT_MARK`], each
+/// step made durable before the next. Safe to repeat after a crash at any
+/// point: a move is a rename of a content-addressed name.
+fn lay_out(root: &Path) -> Result<(), StoreError> {
+    let mark = root.join(LAYOUT_MARK);
+    if mark.exists() {
+        return Ok(());
+    }
+    let mut moved = 0u64;
+    for byte in 0..=255u8 {
+        let shard = root.join(format!("{byte:02x}"));
+        if !shard.is_dir() {
+            fs::create_dir(&shard).map_err(|e| StoreError::new("create directory", &shard, e))?;
+            continue;
+        }
+        for entry in
+            fs::read_dir(&shard).map_err(|e| StoreError::new("read directory", &shard, e))?
+        {
+            let entry = entry.map_err(|e| StoreError::new("read directory", &shard, e))?;
+            let old = entry.path();
+            if !entry
+                .file_type()
+                .map_err(|e| StoreError::new("stat", &old, e))?
+                .is_dir()
+            {
+                continue;
+            }
+            for object in
+                fs::read_dir(&old).map_err(|e| StoreError::new("read directory", &old, e))?
+            {
+                let object = object.map_err(|e| StoreError::new("read directory", &old, e))?;
+                let to = shard.join(object.file_name());
+                fs::rename(object.path(), &to)
+                    .map_err(|e| StoreError::new("move object into its shard", &to, e))?;
+                moved += 1;
+            }
+            // The moves must be durable before the old directory goes.
+            fsync_dir(&shard)?;
+            fsync_dir(&old)?;
+            fs::remove_dir(&old).map_err(|e| StoreError::new("remove directory", &old, e))?;
+        }
+        fsync_dir(&shard)?;
+    }
+    fsync_dir(root)?;
+    let f = File::create(&mark).map_err(|e| StoreError::new("create", &mark, e))?;
+    f.sync_all()
+        .map_err(|e| StoreError::new("fsync", &mark, e))?;
+    fsync_dir(root)?;
+    if moved > 0 {
+        tracing::info!(moved, root = %root.display(), "object store migrated to one level of 256 shards");
+    }
+    Ok(())
 }
 
 /// Runs blocking filesystem work on the blocking pool.
@@ -146,14 +209,16 @@ impl ObjectStore {
         &self.tmp
     }
 
-    /// `<root>/<aa>/<bb>/<sha256>`.
+    /// `<root>/<aa>/<sha256>`.
     pub fn path_of(&self, sha256: &Sha256) -> PathBuf {
         let s = sha256.as_str();
-        self.root.join(&s[0..2]).join(&s[2..4]).join(s)
+        self.root.join(&s[0..2]).join(s)
     }
 
-    /// Creates the root and temp directories. Temporary files are renamed
-    /// into the root, so both must be on one file system: checked here.
+    /// Creates the root and temp directories, and in a new store the 256
+    /// shard directories (an older store is migrated first, see
+    /// [`LAYOUT_MARK`]). Temporary files are renamed into the root, so both
+    /// must be on one file system: checked here.
     pub async fn prepare(&self) -> Result<(), StoreError> {
         let (root, tmp) = (self.root.clone(), self.tmp.clone());
         blocking(move || {
@@ -182,7 +247,7 @@ impl ObjectStore {
                     io::Error::from_raw_os_error(libc::EXDEV),
                 ));
             }
-            Ok(())
+            lay_out(&root)
         })
         .await
     }
@@ -590,8 +655,34 @@ mod tests {
         let sha = Sha256::parse(&format!("abcd{}", "0".repeat(60))).unwrap();
         assert_eq!(
             s.path_of(&sha),
-            PathBuf::from(format!("/d/objects/ab/cd/abcd{}", "0".repeat(60)))
+            PathBuf::from(format!("/d/objects/ab/abcd{}", "0".repeat(60)))
         );
+    }
+
+    #[tokio::test]
+    async fn prepare_makes_every_shard_and_migrates_the_first_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        // A store of the first layout: <aa>/<bb>/<sha256>.
+        let sha = format!("abcd{}", "1".repeat(60));
+        let old = dir.path().join("objects/ab/cd");
+        fs::create_dir_all(&old).unwrap();
+        fs::write(old.join(&sha), b"old object").unwrap();
+        s.prepare().await.unwrap();
+        let moved = s.path_of(&Sha256::parse(&sha).unwrap());
+        assert_eq!(moved, dir.path().join("objects/ab").join(&sha));
+        assert_eq!(fs::read(&moved).unwrap(), b"old object");
+        assert!(!old.exists(), "the old second-level directory is removed");
+        let shards = fs::read_dir(dir.path().join("objects"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+            .count();
+        assert_eq!(shards, 256);
+        assert!(dir.path().join("objects").join(LAYOUT_MARK).exists());
+        // Marked: a second start does not scan the shards again.
+        fs::create_dir(dir.path().join("objects/ab/ef")).unwrap();
+        s.prepare().await.unwrap();
+        assert!(dir.path().join("objects/ab/ef").exists());
     }
 
     #[test]
@@ -698,6 +789,9 @@ mod tests {
         let sha = w.sha256.clone();
         let s2 = s.clone();
         let dest = s.path_of(&sha);
+        // A shard that went missing is made again, and its entry in the
+        // root synced with the object.
+        fs::remove_dir(dest.parent().unwrap()).unwrap();
         tokio::task::spawn_blocking(move || {
             let synced = s2.sync_batch(&[&w]);
             assert!(synced.iter().all(Result::is_ok));

@@ -160,11 +160,7 @@ fn episodes_list_and_verify_name_every_damaged_object() {
     let index = stored(&rx);
     let path_of = |id: &str| {
         let sha = &index[id];
-        rx.data_dir
-            .join("objects")
-            .join(&sha[..2])
-            .join(&sha[2..4])
-            .join(sha)
+        ferry_tests::object_path(&rx.data_dir, sha)
     };
     // One flipped byte, one missing object.
     let p0 = path_of("v-0");

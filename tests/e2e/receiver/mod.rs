@@ -220,7 +220,8 @@ pub fn object_files(rx: &Receiver) -> Vec<std::path::PathBuf> {
                 let p = e.path();
                 if p.is_dir() {
                     walk(&p, out);
-                } else {
+                } else if !e.file_name().to_string_lossy().starts_with('.') {
+                    // (`.layout-v2` marks the store's layout.)
                     out.push(p);
                 }
             }

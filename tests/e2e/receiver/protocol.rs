@@ -27,7 +27,7 @@ fn row_201_stored_then_200_already_present() {
     let objects = object_files(&rx);
     assert_eq!(objects.len(), 1, "{objects:?}");
     assert!(
-        objects[0].ends_with(format!("{}/{}/{sha}", &sha[..2], &sha[2..4])),
+        objects[0] == ferry_tests::object_path(&rx.data_dir, &sha),
         "{objects:?}"
     );
     assert_eq!(std::fs::read(&objects[0]).unwrap(), body);

@@ -55,12 +55,7 @@ fn concurrent_puts_of_one_id_store_it_exactly_once() {
             }
         }
         let winner_body = if sha256_hex(&a) == winner_sha { &a } else { &b };
-        let path = rx
-            .data_dir
-            .join("objects")
-            .join(&winner_sha[..2])
-            .join(&winner_sha[2..4])
-            .join(&winner_sha);
+        let path = ferry_tests::object_path(&rx.data_dir, &winner_sha);
         assert_eq!(
             &std::fs::read(&path).unwrap(),
             winner_body.as_ref(),

@@ -364,9 +364,10 @@ fn receiver_killed_at_every_rename_and_fsync_recovers() {
             let id = format!("rcp-{seq:03}");
             let body = ferry_tests::sample_archive(&id, seq);
             let sha = sha256_hex(&body);
-            let shard = root.join("objects").join(&sha[..2]).join(&sha[2..4]);
+            let object = ferry_tests::object_path(&root, &sha);
+            let shard = object.parent().unwrap();
             let scopes: [(&str, Option<String>); 8] = [
-                (RENAMES, Some(shard.join(&sha).display().to_string())),
+                (RENAMES, Some(object.display().to_string())),
                 (SYNCS, Some(shard.display().to_string())),
                 (
                     SYNCS,

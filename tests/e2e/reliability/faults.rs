@@ -165,8 +165,8 @@ fn receiver_fsync_eio_is_not_acknowledged_and_costs_one_upload() {
     rx.kill9();
     let body = ferry_tests::sample_archive("fs-1", 1);
     let sha = sha256_hex(&body);
-    // Objects are content-addressed: objects/<aa>/<bb>/<sha256>.
-    let shard = data.path().join("objects").join(&sha[..2]).join(&sha[2..4]);
+    let object = ferry_tests::object_path(data.path(), &sha);
+    let shard = object.parent().unwrap();
     let wrapper = strace_wrapper(shard.to_str().unwrap(), "inject=fsync,fdatasync:error=EIO");
     rx.try_spawn("127.0.0.1:0", &wrapper)
         .expect("receiver under strace");
@@ -185,7 +185,7 @@ fn receiver_fsync_eio_is_not_acknowledged_and_costs_one_upload() {
     // Another episode (another shard directory) is stored meanwhile.
     let other = ferry_tests::sample_archive("fs-other", 77);
     let other_sha = sha256_hex(&other);
-    assert_ne!(&other_sha[..4], &sha[..4], "pick another seed: same shard");
+    assert_ne!(&other_sha[..2], &sha[..2], "pick another seed: same shard");
     let r = put_episode(rx.addr, &token, "fs-other", COMMIT_A, &other_sha, &other);
     assert_eq!(r.status, 201, "{}", r.text());
     assert!(

@@ -23,7 +23,8 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
         for e in rd.flatten() {
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 out.extend(walk(&e.path()));
-            } else {
+            } else if !e.file_name().to_string_lossy().starts_with('.') {
+                // (`.layout-v2` marks the store's layout.)
                 out.push(e.path().display().to_string());
             }
         }

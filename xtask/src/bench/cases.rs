@@ -154,7 +154,7 @@ pub struct Bench {
 impl Bench {
     fn start(env: &Env, name: &str, extra_env: &[(&str, &str)]) -> Result<Bench> {
         let data_dir = env.work.join(format!("receiver-{name}"));
-        let _ = std::fs::remove_dir_all(&data_dir);
+        super::clear_dir(&data_dir);
         std::fs::create_dir_all(&data_dir)?;
         let mut b = Bench {
             child: Command::new("true").spawn()?,
@@ -371,12 +371,7 @@ fn ingest(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Resul
     // previous rep stored (outside the timing), so that each rep stores a new
     // object as every episode in the field does, instead of replacing an
     // identical 145 MB file (whose unlink alone costs ~80 ms on ext4).
-    let object = rx
-        .data_dir
-        .join("objects")
-        .join(&sha[0..2])
-        .join(&sha[2..4])
-        .join(&sha);
+    let object = rx.data_dir.join("objects").join(&sha[0..2]).join(&sha);
     for rep in 0..opts.reps {
         let _ = std::fs::remove_file(&object);
         sync_all();
@@ -718,7 +713,7 @@ fn durable_floor(
     clients: usize,
     per_client: usize,
 ) -> Result<(Duration, Vec<Duration>)> {
-    let _ = std::fs::remove_dir_all(dir);
+    super::clear_dir(dir);
     for d in 0..256 {
         std::fs::create_dir_all(dir.join(format!("{d:02x}")))?;
     }
@@ -752,7 +747,7 @@ fn durable_floor(
         all.extend(h.join().map_err(|_| anyhow::anyhow!("writer panicked"))??);
     }
     let wall = start.elapsed();
-    let _ = std::fs::remove_dir_all(dir);
+    // Left for the next run's `clear_dir`, which waits out the deletions.
     Ok((wall, all))
 }
 

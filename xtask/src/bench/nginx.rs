@@ -26,7 +26,7 @@ pub fn available() -> bool {
 impl Nginx {
     pub fn start(work: &Path) -> Result<Nginx> {
         let dir = work.join("nginx");
-        let _ = std::fs::remove_dir_all(&dir);
+        super::clear_dir(&dir);
         for d in ["store", "tmp", "logs"] {
             std::fs::create_dir_all(dir.join(d))?;
         }
