@@ -36,6 +36,7 @@ pub struct Metrics {
     pub episodes_stored: Counter,
     pub commit_rejected: Family<CommitLabels, Counter>,
     pub uploads_in_flight: Gauge,
+    pub commit: crate::store::commit::CommitStats,
     rejected_seen: Mutex<HashSet<String>>,
 }
 
@@ -85,8 +86,25 @@ impl Metrics {
             "Uploads holding an upload slot",
             uploads_in_flight.clone(),
         );
+        let commit = crate::store::commit::CommitStats::default();
+        registry.register(
+            "commit_batch_size",
+            "Verified uploads made durable and indexed together, per batch",
+            commit.batch_size.clone(),
+        );
+        registry.register(
+            "commit_durable_seconds",
+            "Per batch: making its files and their names durable",
+            commit.durable_seconds.clone(),
+        );
+        registry.register(
+            "commit_index_seconds",
+            "Per batch: its index transaction",
+            commit.index_seconds.clone(),
+        );
         Self {
             registry,
+            commit,
             requests,
             bytes_received,
             upload_seconds,

@@ -61,13 +61,14 @@ impl AppState {
         objects: ObjectStore,
         admin_token: Option<String>,
     ) -> Self {
+        let metrics = Arc::new(Metrics::new());
         Self {
             upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
-            committer: Committer::spawn(index.clone(), objects.clone()),
+            committer: Committer::spawn(index.clone(), objects.clone(), metrics.commit.clone()),
             config,
             index,
             objects,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             admin_token,
             touched: Mutex::new(HashMap::new()),
         }
@@ -99,6 +100,13 @@ impl AppState {
 /// Authenticates a device from `Authorization: Bearer <token>`: 401 without
 /// a token or with an unknown one, 403 when the device is revoked.
 pub async fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<String, AppError> {
+    let hash = token_hash(headers)?;
+    let device = state.index.device_by_token_hash(&hash).await?;
+    admit(state, device, &hash)
+}
+
+/// The hash of the bearer token, or 401 when there is none.
+pub fn token_hash(headers: &HeaderMap) -> Result<[u8; 32], AppError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -108,13 +116,24 @@ pub async fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<St
                 "an `Authorization: Bearer <device token>` header is required",
             )
         })?;
-    let hash = tokens::hash(token);
-    let device = state
-        .index
-        .device_by_token_hash(&hash)
-        .await?
-        .filter(|d| tokens::hashes_equal(&d.token_hash, &hash))
-        .ok_or_else(|| AppError::unauthenticated("unknown device token"))?;
+    Ok(tokens::hash(token))
+}
+
+/// 401 for a token no device has.
+pub fn unknown_token() -> AppError {
+    AppError::unauthenticated("unknown device token")
+}
+
+/// The device name for the device the index found for a token hash: 401
+/// when none, 403 when it is revoked.
+pub fn admit(
+    state: &SharedState,
+    device: Option<crate::store::DeviceAuth>,
+    hash: &[u8; 32],
+) -> Result<String, AppError> {
+    let device = device
+        .filter(|d| tokens::hashes_equal(&d.token_hash, hash))
+        .ok_or_else(unknown_token)?;
     if device.revoked {
         return Err(AppError(Reply::Forbidden {
             detail: format!(

@@ -17,10 +17,10 @@ use axum::response::{IntoResponse, Response};
 use ferry_proto::{headers, BadRequest, Commit, EpisodeId, Reply, Sha256};
 use http_body_util::BodyExt;
 
-use super::{authenticate, reply, AppError, SharedState};
+use super::{admit, authenticate, reply, token_hash, unknown_token, AppError, SharedState};
 use crate::config::render_remediation;
 use crate::store::objects::Chunk;
-use crate::store::{unix_now, Inserted, NewEpisode};
+use crate::store::{unix_now, CommitStatus, Inserted, NewEpisode, Preflight};
 
 /// Seconds a client is asked to wait when every upload slot is taken.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -81,21 +81,26 @@ pub async fn empty_id() -> AppError {
     AppError::bad_request(BadRequest::BadEpisodeId, "the episode id is empty")
 }
 
-/// Everything the headers say, validated.
+/// Everything the headers say, validated, and what the index said of them.
 struct Upload {
     id: EpisodeId,
     commit: Commit,
     sha256: Sha256,
     length: u64,
     device: String,
+    commit_status: CommitStatus,
+    existing: Option<ferry_proto::admin::EpisodeInfo>,
 }
 
+/// The headers, in the order of the module doc. The index is read once
+/// (see [`Preflight`]), with the id and commit as far as they parse; their
+/// errors are answered after authentication's.
 async fn check_headers(
     state: &SharedState,
     parts: &mut axum::http::request::Parts,
 ) -> Result<Upload, AppError> {
-    let device = authenticate(state, &parts.headers).await?;
-    let id = episode_id(state, parts).await?;
+    let hash = token_hash(&parts.headers)?;
+    let id = episode_id(state, parts).await;
     let h = &parts.headers;
     let commit = required(
         h,
@@ -103,7 +108,26 @@ async fn check_headers(
         BadRequest::MissingCommit,
         BadRequest::MalformedCommit,
         Commit::parse,
-    )?;
+    );
+    let preflight = state
+        .index
+        .preflight(
+            &hash,
+            commit.as_ref().map_or("", |c| c.as_str()),
+            id.as_ref().map_or("", |i| i.as_str()),
+        )
+        .await?;
+    let Some(Preflight {
+        device,
+        commit: commit_status,
+        episode: existing,
+    }) = preflight
+    else {
+        return Err(unknown_token());
+    };
+    let device = admit(state, Some(device), &hash)?;
+    let id = id?;
+    let commit = commit?;
     let sha256 = required(
         h,
         headers::SHA256,
@@ -149,12 +173,17 @@ async fn check_headers(
         sha256,
         length,
         device,
+        commit_status,
+        existing,
     })
 }
 
 /// The allow-list check: 412 with the rendered remediation.
-async fn check_commit(state: &SharedState, commit: &Commit) -> Result<(), AppError> {
-    let status = state.index.commit_status(commit.as_str()).await?;
+fn check_commit(
+    state: &SharedState,
+    commit: &Commit,
+    status: &CommitStatus,
+) -> Result<(), AppError> {
     if status.allowed {
         return Ok(());
     }
@@ -166,7 +195,7 @@ async fn check_commit(state: &SharedState, commit: &Commit) -> Result<(), AppErr
             commit.as_str(),
             status.head_commit.as_deref(),
         ),
-        head_commit: status.head_commit,
+        head_commit: status.head_commit.clone(),
     }))
 }
 
@@ -205,9 +234,9 @@ pub async fn put_episode(State(state): State<SharedState>, req: Request) -> Resp
 async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
     let (mut parts, body) = req.into_parts();
     let up = check_headers(state, &mut parts).await?;
-    check_commit(state, &up.commit).await?;
+    check_commit(state, &up.commit, &up.commit_status)?;
 
-    if let Some(existing) = state.index.episode(up.id.as_str()).await? {
+    if let Some(existing) = up.existing.clone() {
         if existing.sha256 != up.sha256.as_str() {
             return Ok(conflict(&up.id, existing.sha256, &up.sha256));
         }

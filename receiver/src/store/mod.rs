@@ -94,6 +94,16 @@ pub struct CommitStatus {
     pub head_commit: Option<String>,
 }
 
+/// What a PUT needs from the index before it reads a body, read in one
+/// round trip (none at all for an unknown token): the device the token
+/// belongs to, the commit's standing and any stored episode of the id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preflight {
+    pub device: DeviceAuth,
+    pub commit: CommitStatus,
+    pub episode: Option<EpisodeInfo>,
+}
+
 /// Totals for the status page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -138,6 +148,14 @@ pub trait Index: Send + Sync + 'static {
     fn commit_status<'a>(&'a self, commit: &'a str) -> BoxFut<'a, CommitStatus>;
 
     fn episode<'a>(&'a self, id: &'a str) -> BoxFut<'a, Option<EpisodeInfo>>;
+    /// [`Preflight`] for a PUT: the three reads above in one query; `None`
+    /// for an unknown token.
+    fn preflight<'a>(
+        &'a self,
+        token_hash: &'a [u8],
+        commit: &'a str,
+        episode_id: &'a str,
+    ) -> BoxFut<'a, Option<Preflight>>;
     /// Inserts the rows of stored episodes in one transaction (one synced
     /// commit), one result per row, in order; the unique key decides races,
     /// within the batch too. Also records the devices' last upload.

@@ -124,6 +124,53 @@ pub(crate) fn episode_info(r: EpisodeRow) -> EpisodeInfo {
     }
 }
 
+/// One round trip for everything a PUT reads before its body: no row for an
+/// unknown token; otherwise the device, whether the commit is allowed, the
+/// head commit, and the episode's row when the id is stored (all NULL when
+/// not). Plain SQL that SQLite and PostgreSQL both run.
+pub(crate) const PREFLIGHT: &str = "SELECT d.name, d.token_hash, d.revoked, \
+     EXISTS (SELECT 1 FROM commits WHERE commit_id = $2), \
+     (SELECT commit_id FROM commits WHERE head = $3 LIMIT 1), \
+     e.episode_id, e.sha256, e.size, e.commit_id, e.device, e.stored_at \
+     FROM devices d LEFT JOIN episodes e ON e.episode_id = $4 \
+     WHERE d.token_hash = $1";
+
+pub(crate) type PreflightRow = (
+    String,
+    Vec<u8>,
+    bool,
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
+
+pub(crate) fn preflight(row: PreflightRow) -> super::Preflight {
+    let (name, token_hash, revoked, allowed, head_commit, id, sha, size, commit, device, at) = row;
+    let episode = match (id, sha, size, commit, device, at) {
+        (Some(id), Some(sha), Some(size), Some(commit), Some(device), Some(at)) => {
+            Some(episode_info((id, sha, size, commit, device, at)))
+        }
+        _ => None,
+    };
+    super::Preflight {
+        device: super::DeviceAuth {
+            name,
+            token_hash,
+            revoked,
+        },
+        commit: super::CommitStatus {
+            allowed,
+            head_commit,
+        },
+        episode,
+    }
+}
+
 pub(crate) type DeviceRow = (String, bool, i64, Option<i64>, Option<i64>, i64, i64);
 pub(crate) const LIST_DEVICES: &str =
     "SELECT d.name, d.revoked, d.created_at, d.last_seen_at, d.last_upload_at, \
@@ -179,24 +226,26 @@ macro_rules! impl_sql_index {
                 result
             }
 
-            /// The batch in three statements, whatever its size: one
-            /// multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING` (the
-            /// unique key decides, within the batch too: a later row with
-            /// an id already in the batch is not sent and answers as
-            /// existing), one `SELECT` of the rows that were already there,
-            /// and one `UPDATE` of the uploading devices. Every statement is
-            /// a round trip to the database, so per-row statements would
-            /// make a batch of 200 rows cost 400 round trips.
+            /// The batch in one statement, whatever its size, and a second
+            /// only when some ids were already stored: one multi-row
+            /// `INSERT … ON CONFLICT DO NOTHING RETURNING`, atomic on its
+            /// own (the unique key decides, within the batch too: a later
+            /// row with an id already in the batch is not sent and answers
+            /// as existing; the trigger `episodes_record_upload` records
+            /// each device's last upload in the same statement), then one
+            /// `SELECT` of the rows that were already there. Every
+            /// statement is a round trip to the database, so per-row
+            /// statements would make a batch of 200 rows cost 400 round
+            /// trips, and even `BEGIN`/`COMMIT` around three statements
+            /// doubled the index's share of a batch under load.
             async fn insert_batch_on(
                 conn: &mut sqlx::pool::PoolConnection<<$pool as $crate::store::sql::HasDb>::Db>,
                 rows: &[$crate::store::NewEpisode],
             ) -> Result<Vec<$crate::store::Inserted>, $crate::store::IndexError> {
-                use sqlx::Connection as _;
                 type Db = <$pool as $crate::store::sql::HasDb>::Db;
                 let classify = $crate::store::sql::classify;
                 let mut seen = std::collections::HashSet::new();
                 let first: Vec<bool> = rows.iter().map(|e| seen.insert(e.episode_id.as_str())).collect();
-                let mut tx = (&mut **conn).begin().await.map_err(classify)?;
 
                 let mut q = sqlx::QueryBuilder::<Db>::new(
                     "INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) ",
@@ -215,7 +264,7 @@ macro_rules! impl_sql_index {
                 q.push(" ON CONFLICT (episode_id) DO NOTHING RETURNING episode_id");
                 let created: std::collections::HashSet<String> = q
                     .build_query_scalar::<String>()
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&mut **conn)
                     .await
                     .map_err(classify)?
                     .into_iter()
@@ -239,28 +288,12 @@ macro_rules! impl_sql_index {
                     q.push(")");
                     let found: Vec<$crate::store::sql::EpisodeRow> = q
                         .build_query_as()
-                        .fetch_all(&mut *tx)
+                        .fetch_all(&mut **conn)
                         .await
                         .map_err(classify)?;
                     for r in found {
                         existing.insert(r.0.clone(), $crate::store::sql::episode_info(r));
                     }
-                }
-
-                let uploaders: std::collections::BTreeSet<&str> = (0..rows.len())
-                    .filter(|&i| is_created(i))
-                    .map(|i| rows[i].device.as_str())
-                    .collect();
-                if !uploaders.is_empty() {
-                    let now = rows.iter().map(|e| e.stored_at).max().unwrap_or(0);
-                    let mut q = sqlx::QueryBuilder::<Db>::new("UPDATE devices SET last_upload_at = ");
-                    q.push_bind(now).push(", last_seen_at = ").push_bind(now).push(" WHERE name IN (");
-                    let mut list = q.separated(", ");
-                    for d in &uploaders {
-                        list.push_bind(*d);
-                    }
-                    q.push(")");
-                    q.build().execute(&mut *tx).await.map_err(classify)?;
                 }
 
                 let mut out = Vec::with_capacity(rows.len());
@@ -276,7 +309,6 @@ macro_rules! impl_sql_index {
                         )));
                     }
                 }
-                tx.commit().await.map_err(classify)?;
                 Ok(out)
             }
 
@@ -466,6 +498,26 @@ macro_rules! impl_sql_index {
                         .await
                         .map_err($crate::store::sql::classify)?;
                     Ok(row.map($crate::store::sql::episode_info))
+                })
+            }
+
+            fn preflight<'a>(
+                &'a self,
+                token_hash: &'a [u8],
+                commit: &'a str,
+                episode_id: &'a str,
+            ) -> $crate::store::BoxFut<'a, Option<$crate::store::Preflight>> {
+                Box::pin(async move {
+                    let row: Option<$crate::store::sql::PreflightRow> =
+                        sqlx::query_as($crate::store::sql::PREFLIGHT)
+                            .bind(token_hash)
+                            .bind(commit)
+                            .bind(true)
+                            .bind(episode_id)
+                            .fetch_optional(&self.pool)
+                            .await
+                            .map_err($crate::store::sql::classify)?;
+                    Ok(row.map($crate::store::sql::preflight))
                 })
             }
 

@@ -343,8 +343,28 @@ mod tests {
         assert!(!idx.sha_referenced(&again.sha256).await.unwrap());
         let devices = idx.list_devices().await.unwrap();
         assert_eq!((devices[0].episodes, devices[0].bytes), (2, 10));
-        assert!(devices[0].last_upload_at.is_some());
+        // Recorded by the INSERT's trigger.
+        assert_eq!(
+            devices[0].last_upload_at,
+            Some(crate::store::format_time(100))
+        );
         let t = idx.totals().await.unwrap();
         assert_eq!((t.episodes, t.bytes, t.devices, t.commits), (2, 10, 1, 1));
+
+        // The PUT's one read: nothing for an unknown token; for a known one
+        // the device, the commit's standing with the head, and the episode.
+        assert_eq!(idx.preflight(&[9; 32], &a, "ep1").await.unwrap(), None);
+        let p = idx.preflight(&[1; 32], &a, "ep1").await.unwrap().unwrap();
+        assert_eq!((p.device.name.as_str(), p.device.revoked), ("d1", true));
+        assert_eq!(p.device.token_hash, vec![1; 32]);
+        assert!(p.commit.allowed && p.commit.head_commit.is_none());
+        assert_eq!(p.episode, idx.episode("ep1").await.unwrap());
+        assert_eq!(p.episode.unwrap().sha256, e.sha256);
+        let p = idx.preflight(&[1; 32], &b, "nope").await.unwrap().unwrap();
+        assert!(!p.commit.allowed && p.episode.is_none());
+        idx.allow_commit(&b, true, None, 5).await.unwrap();
+        let p = idx.preflight(&[1; 32], "", "").await.unwrap().unwrap();
+        assert!(!p.commit.allowed);
+        assert_eq!(p.commit.head_commit.as_deref(), Some(b.as_str()));
     }
 }

@@ -626,6 +626,9 @@ fn small(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result
             &[201],
         )?;
         lat.sort();
+        if let Some(stats) = commit_stats(rx.port) {
+            report.note(&format!("ferry round {round}: {stats}"));
+        }
         rows.push((
             "ferry-receiver".into(),
             n as f64 / wall.as_secs_f64(),
@@ -703,6 +706,30 @@ fn small(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result
         if p99 < 50.0 { "meets" } else { "MISSES" }
     ));
     Ok(())
+}
+
+/// The receiver's commit-stage histograms (GET /metrics): mean batch size
+/// and mean time per batch to make it durable and to index it.
+fn commit_stats(port: u16) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    let mean = |name: &str| -> Option<f64> {
+        Some(value(&format!("{name}_sum"))? / value(&format!("{name}_count"))?.max(1.0))
+    };
+    Some(format!(
+        "{:.0} batches of {:.1} uploads on average; per batch {:.1} ms durable, {:.1} ms index",
+        value("ferry_commit_batch_size_count")?,
+        mean("ferry_commit_batch_size")?,
+        mean("ferry_commit_durable_seconds")? * 1e3,
+        mean("ferry_commit_index_seconds")? * 1e3,
+    ))
 }
 
 /// `clients` threads each make `per_client` durable 10 KiB files:
