@@ -9,14 +9,26 @@
 //! the configured level. Concatenated frames are one valid zstd stream
 //! (`zstd -d` and every decoder read them as one).
 //!
+//! At those levels the frames are also compressed in parallel: a frame
+//! ends at every class switch and after [`FRAME_MAX`] bytes, each frame is
+//! compressed on its own (single-threaded, its size known up front) by a
+//! pool of worker threads, and the frames are written in order. zstd's own
+//! multi-threading splits one frame into jobs, so it cannot spread the
+//! short dense runs between incompressible files over the cores: with
+//! text and camera files interleaved, every text run was one job on one
+//! core.
+//!
 //! Determinism: the choice depends only on the file's own bytes (a level-1
 //! trial compression of fixed samples with the zstd built into this
-//! binary) and on fixed parameters, so the same episode gives the same
-//! frames on every run and machine.
+//! binary) and on fixed parameters, and frame boundaries only on classes
+//! and byte counts, so the same episode gives the same frames on every run
+//! and machine, whatever the number of workers.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
+use std::sync::{mpsc, Arc, Mutex};
 
 use zstd::stream::raw::{self, CParameter, InBuffer, Operation, OutBuffer};
 
@@ -32,6 +44,11 @@ pub const SAMPLE_FROM_SIZE: u64 = 16 << 10;
 const SAMPLE: usize = 32 << 10;
 /// zstd job size of compressible frames.
 const JOB_SIZE: u32 = 2 << 20;
+/// At adaptive levels, the most input bytes in one frame. Like a zstd job:
+/// big enough that frame boundaries cost little ratio, small enough that a
+/// level-19 context for it stays near 30 MiB and a dense run of a few MiB
+/// still keeps every worker busy.
+pub const FRAME_MAX: usize = 2 << 20;
 /// A sample that level 1 shrinks by less than this fraction does not
 /// compress.
 const MIN_SAVING: f64 = 0.03;
@@ -99,97 +116,68 @@ impl Params {
     }
 }
 
-/// One long-lived zstd context per class: ending a frame and starting the
-/// next on the same context keeps its memory and its worker threads, so a
-/// switch costs a frame end, not a new context (which at level 19 means
-/// allocating and clearing tens of MiB, and new threads).
-fn context(class: Class, p: Params) -> io::Result<raw::Encoder<'static>> {
-    let mut enc = match class {
-        Class::Dense => {
-            let mut e = raw::Encoder::new(p.level)?;
-            e.set_parameter(CParameter::NbWorkers(p.workers.max(1)))?;
-            // A fixed job size (part of the output, like the level): the
-            // default, 4 windows, holds ~60 MiB at level 3 with two
-            // workers; 2 MiB jobs hold ~23 MiB, keep both cores busy on
-            // smaller inputs and cost < 0.1 % of ratio on the bench corpus.
-            e.set_parameter(CParameter::JobSize(JOB_SIZE))?;
-            e
-        }
-        Class::Incompressible => raw::Encoder::new(1)?,
-    };
+/// The one multi-threaded context of a pack below the adaptive levels.
+fn stream_context(p: Params) -> io::Result<raw::Encoder<'static>> {
+    let mut enc = raw::Encoder::new(p.level)?;
+    enc.set_parameter(CParameter::NbWorkers(p.workers.max(1)))?;
+    // A fixed job size (part of the output, like the level): the default,
+    // 4 windows, holds ~60 MiB at level 3 with two workers; 2 MiB jobs hold
+    // ~23 MiB, keep both cores busy on smaller inputs and cost < 0.1 % of
+    // ratio on the bench corpus.
+    enc.set_parameter(CParameter::JobSize(JOB_SIZE))?;
     enc.set_parameter(CParameter::ChecksumFlag(true))?;
     Ok(enc)
 }
 
 /// A `Write` that compresses into a sequence of frames, switching frames
-/// when the class of the bytes changes.
+/// when the class of the bytes changes (only at adaptive levels).
 pub struct FrameWriter<W: Write> {
     inner: W,
-    dense: raw::Encoder<'static>,
-    /// Made on the first switch (most episodes never need it).
-    light: Option<raw::Encoder<'static>>,
-    class: Class,
-    params: Params,
-    out: Vec<u8>,
+    mode: Mode,
     /// How many frames were started (for the log and the tests).
     pub frames: u32,
 }
 
+enum Mode {
+    /// Below [`ADAPTIVE_FROM_LEVEL`]: one frame, zstd's own workers.
+    Stream {
+        enc: raw::Encoder<'static>,
+        out: Vec<u8>,
+    },
+    /// At adaptive levels: frames compressed by a pool, in parallel.
+    Parallel(Pool),
+}
+
 impl<W: Write> FrameWriter<W> {
     pub fn new(inner: W, params: Params) -> io::Result<FrameWriter<W>> {
+        let mode = if params.adaptive() {
+            Mode::Parallel(Pool::new(params)?)
+        } else {
+            Mode::Stream {
+                enc: stream_context(params)?,
+                out: Vec::with_capacity(zstd::zstd_safe::CCtx::out_size()),
+            }
+        };
         Ok(FrameWriter {
             inner,
-            dense: context(Class::Dense, params)?,
-            light: None,
-            class: Class::Dense,
-            params,
-            out: Vec::with_capacity(zstd::zstd_safe::CCtx::out_size()),
-            frames: 1,
+            mode,
+            frames: 0,
         })
-    }
-
-    fn current(&mut self) -> &mut raw::Encoder<'static> {
-        match self.class {
-            Class::Dense => &mut self.dense,
-            Class::Incompressible => self.light.as_mut().expect("made on switch"),
-        }
-    }
-
-    /// End the current frame, writing everything it still holds, and make
-    /// its context ready for a new frame.
-    fn end_frame(&mut self) -> io::Result<()> {
-        loop {
-            self.out.clear();
-            let mut out = OutBuffer::around(&mut self.out);
-            let remaining = match self.class {
-                Class::Dense => self.dense.finish(&mut out, true)?,
-                Class::Incompressible => self
-                    .light
-                    .as_mut()
-                    .expect("made on switch")
-                    .finish(&mut out, true)?,
-            };
-            self.inner.write_all(&self.out)?;
-            if remaining == 0 {
-                break;
-            }
-        }
-        self.current().reinit()
     }
 
     /// The bytes written next are of `class`: end the current frame and
     /// start one for it if it differs (only at adaptive levels).
     pub fn switch(&mut self, class: Class) -> io::Result<()> {
-        if class == self.class || !self.params.adaptive() {
-            return Ok(());
+        match &mut self.mode {
+            Mode::Stream { .. } => Ok(()),
+            Mode::Parallel(pool) => {
+                if class != pool.class {
+                    self.frames += pool.submit(&mut self.inner)?;
+                    pool.class = class;
+                }
+                Ok(())
+            }
         }
-        self.end_frame()?;
-        if class == Class::Incompressible && self.light.is_none() {
-            self.light = Some(context(class, self.params)?);
-        }
-        self.class = class;
-        self.frames += 1;
-        Ok(())
     }
 
     /// End the last frame and flush the inner writer. On an error the
@@ -197,7 +185,29 @@ impl<W: Write> FrameWriter<W> {
     /// dropping a multi-threaded context waits for its workers to finish
     /// their jobs (seconds at a high level), which a shutdown must not.
     pub fn finish(&mut self) -> io::Result<()> {
-        self.end_frame()?;
+        match &mut self.mode {
+            Mode::Stream { enc, out } => {
+                loop {
+                    out.clear();
+                    let mut o = OutBuffer::around(out);
+                    let remaining = enc.finish(&mut o, true)?;
+                    self.inner.write_all(out)?;
+                    if remaining == 0 {
+                        break;
+                    }
+                }
+                self.frames = 1;
+            }
+            Mode::Parallel(pool) => {
+                self.frames += pool.submit(&mut self.inner)?;
+                if self.frames == 0 {
+                    // Nothing was written: still one (empty) frame.
+                    pool.pending.clear();
+                    self.frames += pool.submit_always(&mut self.inner)?;
+                }
+                pool.drain(&mut self.inner, 0)?;
+            }
+        }
         self.inner.flush()
     }
 
@@ -209,29 +219,169 @@ impl<W: Write> FrameWriter<W> {
 
 impl<W: Write> Write for FrameWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut input = InBuffer::around(buf);
-        // Loop until zstd took something: a multi-threaded context may
-        // take nothing while its job queue is full.
-        while input.pos() == 0 && !buf.is_empty() {
-            self.out.clear();
-            let mut out = OutBuffer::around(&mut self.out);
-            match self.class {
-                Class::Dense => self.dense.run(&mut input, &mut out)?,
-                Class::Incompressible => self
-                    .light
-                    .as_mut()
-                    .expect("made on switch")
-                    .run(&mut input, &mut out)?,
-            };
-            self.inner.write_all(&self.out)?;
+        match &mut self.mode {
+            Mode::Stream { enc, out } => {
+                let mut input = InBuffer::around(buf);
+                // Loop until zstd took something: a multi-threaded context
+                // may take nothing while its job queue is full.
+                while input.pos() == 0 && !buf.is_empty() {
+                    out.clear();
+                    let mut o = OutBuffer::around(out);
+                    enc.run(&mut input, &mut o)?;
+                    self.inner.write_all(out)?;
+                }
+                Ok(input.pos())
+            }
+            Mode::Parallel(pool) => {
+                let take = buf.len().min(FRAME_MAX - pool.pending.len());
+                pool.pending.extend_from_slice(&buf[..take]);
+                if pool.pending.len() == FRAME_MAX {
+                    self.frames += pool.submit(&mut self.inner)?;
+                }
+                Ok(take)
+            }
         }
-        Ok(input.pos())
     }
 
     /// Writes what the inner writer holds; never ends or flushes a zstd
-    /// block (that would make the output depend on when flush is called).
+    /// block or frame (that would make the output depend on when flush is
+    /// called).
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// One frame to compress: its sequence number, class and input.
+type Job = (u64, Class, Vec<u8>);
+/// A compressed frame, with its input buffer back for reuse.
+type Done = (u64, io::Result<Vec<u8>>, Vec<u8>);
+
+/// Worker threads compressing whole frames, and the frames in flight.
+/// Memory is bounded: at most `workers + 1` frames are queued, being
+/// compressed or waiting for an earlier one to be written.
+struct Pool {
+    jobs: Option<mpsc::SyncSender<Job>>,
+    done: mpsc::Receiver<Done>,
+    /// The input of the current frame, at most [`FRAME_MAX`] bytes.
+    pending: Vec<u8>,
+    class: Class,
+    next_seq: u64,
+    next_out: u64,
+    in_flight: usize,
+    max_in_flight: usize,
+    ready: BTreeMap<u64, io::Result<Vec<u8>>>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Pool {
+    fn new(params: Params) -> io::Result<Pool> {
+        let workers = params.workers.max(1) as usize;
+        let (jobs, rx) = mpsc::sync_channel::<Job>(workers);
+        let rx = Arc::new(Mutex::new(rx));
+        let (tx, done) = mpsc::channel::<Done>();
+        for i in 0..workers {
+            let (rx, tx) = (rx.clone(), tx.clone());
+            let level = params.level;
+            std::thread::Builder::new()
+                .name(format!("ferry-zstd-{i}"))
+                .spawn(move || compress_frames(level, &rx, &tx))?;
+        }
+        Ok(Pool {
+            jobs: Some(jobs),
+            done,
+            pending: Vec::with_capacity(FRAME_MAX),
+            class: Class::Dense,
+            next_seq: 0,
+            next_out: 0,
+            in_flight: 0,
+            max_in_flight: workers + 1,
+            ready: BTreeMap::new(),
+            spare: Vec::new(),
+        })
+    }
+
+    /// Hands the current frame's input to the workers (nothing when it is
+    /// empty) and writes every frame that is done, in order. Returns how
+    /// many frames it started.
+    fn submit(&mut self, inner: &mut impl Write) -> io::Result<u32> {
+        if self.pending.is_empty() {
+            return Ok(0);
+        }
+        self.submit_always(inner)
+    }
+
+    fn submit_always(&mut self, inner: &mut impl Write) -> io::Result<u32> {
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(FRAME_MAX));
+        let input = std::mem::replace(&mut self.pending, next);
+        let stopped = || io::Error::other("the zstd worker threads stopped");
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send((self.next_seq, self.class, input))
+            .map_err(|_| stopped())?;
+        self.next_seq += 1;
+        self.in_flight += 1;
+        self.drain(inner, self.max_in_flight - 1)?;
+        Ok(1)
+    }
+
+    /// Writes finished frames in order until at most `keep` are in flight.
+    fn drain(&mut self, inner: &mut impl Write, keep: usize) -> io::Result<()> {
+        loop {
+            while let Some(frame) = self.ready.remove(&self.next_out) {
+                inner.write_all(&frame?)?;
+                self.next_out += 1;
+                self.in_flight -= 1;
+            }
+            if self.in_flight <= keep {
+                return Ok(());
+            }
+            let (seq, frame, mut input) = self
+                .done
+                .recv()
+                .map_err(|_| io::Error::other("the zstd worker threads stopped"))?;
+            input.clear();
+            self.spare.push(input);
+            self.ready.insert(seq, frame);
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Workers end after their current frame; nobody waits for them.
+        self.jobs = None;
+    }
+}
+
+/// A worker: compresses whole frames with one long-lived context per class
+/// (a level-19 context is costly to make).
+fn compress_frames(level: i32, jobs: &Mutex<mpsc::Receiver<Job>>, done: &mpsc::Sender<Done>) {
+    let make = |level| -> io::Result<zstd::bulk::Compressor<'static>> {
+        let mut c = zstd::bulk::Compressor::new(level)?;
+        c.set_parameter(CParameter::ChecksumFlag(true))?;
+        Ok(c)
+    };
+    let (mut dense, mut light) = (make(level), make(1));
+    loop {
+        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok((seq, class, input)) = job else {
+            return;
+        };
+        let ctx = match class {
+            Class::Dense => &mut dense,
+            Class::Incompressible => &mut light,
+        };
+        let frame = match ctx {
+            Ok(c) => c.compress(&input),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        };
+        if done.send((seq, frame, input)).is_err() {
+            return;
+        }
     }
 }
 
@@ -273,8 +423,8 @@ mod tests {
             w.switch(*class).unwrap();
             w.write_all(bytes).unwrap();
         }
-        let frames = w.frames;
         w.finish().unwrap();
+        let frames = w.frames;
         (w.into_inner(), frames)
     }
 
@@ -309,6 +459,56 @@ mod tests {
             .unwrap();
         let want: Vec<u8> = parts.iter().flat_map(|(_, b)| b.iter().copied()).collect();
         assert_eq!(out, want);
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        zstd::Decoder::new(bytes)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_long_dense_run_is_cut_into_frames_compressed_in_parallel_in_order() {
+        // 2.5 frames of text in many small writes, then noise, then text.
+        let text: Vec<u8> = (0..)
+            .flat_map(|i: u32| format!("joint {i} torque {} ok\n", i % 97).into_bytes())
+            .take(FRAME_MAX * 5 / 2)
+            .collect();
+        let rnd = noise(100_000);
+        let write = |workers| {
+            let mut w = FrameWriter::new(Vec::new(), Params { level: 9, workers }).unwrap();
+            w.switch(Class::Dense).unwrap();
+            for chunk in text.chunks(7_001) {
+                w.write_all(chunk).unwrap();
+            }
+            w.switch(Class::Incompressible).unwrap();
+            w.write_all(&rnd).unwrap();
+            w.switch(Class::Dense).unwrap();
+            w.write_all(b"tail").unwrap();
+            w.finish().unwrap();
+            let frames = w.frames;
+            (w.into_inner(), frames)
+        };
+        let (one, frames) = write(1);
+        assert_eq!(frames, 5, "3 frames of text, 1 of noise, 1 of text");
+        for workers in [2, 3] {
+            assert_eq!(write(workers).0, one, "{workers} workers");
+        }
+        let want: Vec<u8> = [&text[..], &rnd[..], b"tail"].concat();
+        assert_eq!(decode(&one), want);
+        assert!(one.len() < want.len() / 2, "the text still compresses");
+    }
+
+    #[test]
+    fn nothing_written_is_one_empty_frame() {
+        for level in [3, 19] {
+            let (bytes, frames) = frames_of(Params { level, workers: 2 }, &[]);
+            assert_eq!(frames, 1);
+            assert!(decode(&bytes).is_empty());
+        }
     }
 
     #[test]

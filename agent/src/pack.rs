@@ -7,10 +7,10 @@
 //! symlink mtimes zeroed (a directory's mtime changes whenever a file is added to or
 //! removed from it, for example a quarantine reason file, and must not
 //! change the digest), GNU headers, fixed zstd parameters (see `frames`:
-//! at high levels incompressible files get level-1 frames of their own),
-//! and always the multi-threaded zstd mode for compressible bytes (its
-//! output does not depend on the number of
-//! workers, but differs from the single-threaded one).
+//! at high levels incompressible files get level-1 frames of their own and
+//! frames of at most 2 MiB are compressed in parallel; below them, one
+//! frame in zstd's multi-threaded mode). Neither output depends on the
+//! number of workers.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
