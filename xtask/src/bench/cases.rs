@@ -584,6 +584,7 @@ fn small(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result
     );
     let rounds = opts.reps.clamp(1, 2);
     let mut rows: Vec<(String, f64, Duration, Duration)> = Vec::new();
+    let mut commit_notes = Vec::new();
     for round in 0..rounds {
         // Fresh ids every round so that every ferry PUT is a first store.
         let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
@@ -627,7 +628,7 @@ fn small(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result
         )?;
         lat.sort();
         if let Some(stats) = commit_stats(rx.port) {
-            report.note(&format!("ferry round {round}: {stats}"));
+            commit_notes.push(format!("ferry round {round}: {stats}"));
         }
         rows.push((
             "ferry-receiver".into(),
@@ -702,9 +703,12 @@ fn small(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result
     );
     let p99 = medians[0].1.as_secs_f64() * 1e3;
     report.note(&format!(
-        "ferry p99 {p99:.1} ms ({} the target < 50 ms)",
+        "ferry p99 {p99:.1} ms ({} the target < 50 ms; the worst round's)",
         if p99 < 50.0 { "meets" } else { "MISSES" }
     ));
+    for note in commit_notes {
+        report.note(&note);
+    }
     Ok(())
 }
 
