@@ -44,11 +44,13 @@ pub const SAMPLE_FROM_SIZE: u64 = 16 << 10;
 const SAMPLE: usize = 32 << 10;
 /// zstd job size of compressible frames.
 const JOB_SIZE: u32 = 2 << 20;
-/// At adaptive levels, the most input bytes in one frame. Like a zstd job:
-/// big enough that frame boundaries cost little ratio, small enough that a
-/// level-19 context for it stays near 30 MiB and a dense run of a few MiB
-/// still keeps every worker busy.
-pub const FRAME_MAX: usize = 2 << 20;
+/// At adaptive levels, the most input bytes in one frame. Each frame is
+/// compressed with its size known, so zstd sizes its window and match
+/// tables to it: at level 19, a 1 MiB window instead of 8 MiB, which on the
+/// bench corpus's text halves the time per byte for 3.8 % more output on
+/// that text (0.6 % on the whole episode), keeps a level-19 context near
+/// 16 MiB, and lets a dense run of a few MiB keep every worker busy.
+pub const FRAME_MAX: usize = 1 << 20;
 /// A sample that level 1 shrinks by less than this fraction does not
 /// compress.
 const MIN_SAVING: f64 = 0.03;

@@ -8,7 +8,7 @@
 //! removed from it, for example a quarantine reason file, and must not
 //! change the digest), GNU headers, fixed zstd parameters (see `frames`:
 //! at high levels incompressible files get level-1 frames of their own and
-//! frames of at most 2 MiB are compressed in parallel; below them, one
+//! frames of at most 1 MiB are compressed in parallel; below them, one
 //! frame in zstd's multi-threaded mode). Neither output depends on the
 //! number of workers.
 
