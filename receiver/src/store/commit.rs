@@ -19,8 +19,8 @@
 //! 3. makes those renames durable: an fsync of each changed directory, or
 //!    one more `syncfs` when there are many; a directory whose new entry
 //!    could not be synced is synced again with every batch until it is;
-//! 4. inserts every row with one atomic index statement (one synced
-//!    commit; see `Index::insert_episodes`); a
+//! 4. inserts every row in one index transaction (one synced commit; see
+//!    `Index::insert_episodes`); a
 //!    batch that fails because of its rows is retried row by row, so each
 //!    upload gets its own answer and one bad row cannot fail its
 //!    neighbours, while a batch that fails because the index cannot be

@@ -156,10 +156,10 @@ pub trait Index: Send + Sync + 'static {
         commit: &'a str,
         episode_id: &'a str,
     ) -> BoxFut<'a, Option<Preflight>>;
-    /// Inserts the rows of stored episodes atomically (one statement, one
-    /// synced commit), one result per row, in order; the unique key decides
-    /// races, within the batch too. The devices' last upload is recorded
-    /// by the same statement (trigger `episodes_record_upload`).
+    /// Inserts the rows of stored episodes in one transaction (one synced
+    /// commit), one result per row, in order; the unique key decides races,
+    /// within the batch too. The devices' last upload is recorded by the
+    /// INSERT itself (trigger `episodes_record_upload`).
     fn insert_episodes<'a>(&'a self, rows: &'a [NewEpisode]) -> BoxFut<'a, Vec<Inserted>>;
     /// Episodes, newest first; all of them when `limit` is `None`.
     fn list_episodes(&self, limit: Option<u64>) -> BoxFut<'_, Vec<EpisodeInfo>>;

@@ -226,18 +226,17 @@ macro_rules! impl_sql_index {
                 result
             }
 
-            /// The batch in one statement, whatever its size, and a second
-            /// only when some ids were already stored: one multi-row
-            /// `INSERT … ON CONFLICT DO NOTHING RETURNING`, atomic on its
-            /// own (the unique key decides, within the batch too: a later
-            /// row with an id already in the batch is not sent and answers
-            /// as existing; the trigger `episodes_record_upload` records
-            /// each device's last upload in the same statement), then one
+            /// The batch in one transaction of one statement, whatever its
+            /// size, and a second only when some ids were already stored:
+            /// one multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING`
+            /// (the unique key decides, within the batch too: a later row
+            /// with an id already in the batch is not sent and answers as
+            /// existing; the trigger `episodes_record_upload` records each
+            /// device's last upload in the same statement), then one
             /// `SELECT` of the rows that were already there. Every
             /// statement is a round trip to the database, so per-row
             /// statements would make a batch of 200 rows cost 400 round
-            /// trips, and even `BEGIN`/`COMMIT` around three statements
-            /// doubled the index's share of a batch under load.
+            /// trips.
             async fn insert_batch_on(
                 conn: &mut sqlx::pool::PoolConnection<<$pool as $crate::store::sql::HasDb>::Db>,
                 rows: &[$crate::store::NewEpisode],
@@ -246,6 +245,11 @@ macro_rules! impl_sql_index {
                 let classify = $crate::store::sql::classify;
                 let mut seen = std::collections::HashSet::new();
                 let first: Vec<bool> = rows.iter().map(|e| seen.insert(e.episode_id.as_str())).collect();
+                // One transaction, so that the answers are all or nothing:
+                // a failed SELECT must not leave rows committed that are
+                // then answered as failed.
+                use sqlx::Connection as _;
+                let mut tx = (&mut **conn).begin().await.map_err(classify)?;
 
                 let mut q = sqlx::QueryBuilder::<Db>::new(
                     "INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) ",
@@ -264,7 +268,7 @@ macro_rules! impl_sql_index {
                 q.push(" ON CONFLICT (episode_id) DO NOTHING RETURNING episode_id");
                 let created: std::collections::HashSet<String> = q
                     .build_query_scalar::<String>()
-                    .fetch_all(&mut **conn)
+                    .fetch_all(&mut *tx)
                     .await
                     .map_err(classify)?
                     .into_iter()
@@ -288,7 +292,7 @@ macro_rules! impl_sql_index {
                     q.push(")");
                     let found: Vec<$crate::store::sql::EpisodeRow> = q
                         .build_query_as()
-                        .fetch_all(&mut **conn)
+                        .fetch_all(&mut *tx)
                         .await
                         .map_err(classify)?;
                     for r in found {
@@ -309,6 +313,7 @@ macro_rules! impl_sql_index {
                         )));
                     }
                 }
+                tx.commit().await.map_err(classify)?;
                 Ok(out)
             }
 
