@@ -136,18 +136,38 @@ fn stream_context(p: Params) -> io::Result<raw::Encoder<'static>> {
 pub struct FrameWriter<W: Write> {
     inner: W,
     mode: Mode,
+    abandoned: bool,
     /// How many frames were started (for the log and the tests).
     pub frames: u32,
 }
 
 enum Mode {
     /// Below [`ADAPTIVE_FROM_LEVEL`]: one frame, zstd's own workers.
-    Stream {
-        enc: raw::Encoder<'static>,
-        out: Vec<u8>,
-    },
+    Stream { enc: StreamEnc, out: Vec<u8> },
     /// At adaptive levels: frames compressed by a pool, in parallel.
     Parallel(Pool),
+}
+
+/// The multi-threaded encoder of [`Mode::Stream`]. Dropping one waits for
+/// its workers to finish their jobs (seconds at a high level); once
+/// abandoned, it is leaked instead, which a shutdown prefers.
+struct StreamEnc {
+    enc: Option<raw::Encoder<'static>>,
+    abandoned: bool,
+}
+
+impl StreamEnc {
+    fn get(&mut self) -> &mut raw::Encoder<'static> {
+        self.enc.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for StreamEnc {
+    fn drop(&mut self) {
+        if self.abandoned {
+            std::mem::forget(self.enc.take());
+        }
+    }
 }
 
 impl<W: Write> FrameWriter<W> {
@@ -156,15 +176,30 @@ impl<W: Write> FrameWriter<W> {
             Mode::Parallel(Pool::new(params)?)
         } else {
             Mode::Stream {
-                enc: stream_context(params)?,
+                enc: StreamEnc {
+                    enc: Some(stream_context(params)?),
+                    abandoned: false,
+                },
                 out: Vec::with_capacity(zstd::zstd_safe::CCtx::out_size()),
             }
         };
         Ok(FrameWriter {
             inner,
             mode,
+            abandoned: false,
             frames: 0,
         })
+    }
+
+    /// Gives up on this output (a cancelled pack): later writes are
+    /// discarded, and dropping the writer never waits for zstd's workers
+    /// (the pool's finish their current frame and exit on their own; the
+    /// multi-threaded encoder is leaked).
+    pub fn abandon(&mut self) {
+        self.abandoned = true;
+        if let Mode::Stream { enc, .. } = &mut self.mode {
+            enc.abandoned = true;
+        }
     }
 
     /// The bytes written next are of `class`: end the current frame and
@@ -183,16 +218,17 @@ impl<W: Write> FrameWriter<W> {
     }
 
     /// End the last frame and flush the inner writer. On an error the
-    /// caller may `std::mem::forget` the writer rather than drop it:
-    /// dropping a multi-threaded context waits for its workers to finish
-    /// their jobs (seconds at a high level), which a shutdown must not.
+    /// caller may [`FrameWriter::abandon`] the writer before dropping it.
     pub fn finish(&mut self) -> io::Result<()> {
+        if self.abandoned {
+            return Err(io::Error::other("the output was abandoned"));
+        }
         match &mut self.mode {
             Mode::Stream { enc, out } => {
                 loop {
                     out.clear();
                     let mut o = OutBuffer::around(out);
-                    let remaining = enc.finish(&mut o, true)?;
+                    let remaining = enc.get().finish(&mut o, true)?;
                     self.inner.write_all(out)?;
                     if remaining == 0 {
                         break;
@@ -221,6 +257,9 @@ impl<W: Write> FrameWriter<W> {
 
 impl<W: Write> Write for FrameWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.abandoned {
+            return Ok(buf.len());
+        }
         match &mut self.mode {
             Mode::Stream { enc, out } => {
                 let mut input = InBuffer::around(buf);
@@ -229,7 +268,7 @@ impl<W: Write> Write for FrameWriter<W> {
                 while input.pos() == 0 && !buf.is_empty() {
                     out.clear();
                     let mut o = OutBuffer::around(out);
-                    enc.run(&mut input, &mut o)?;
+                    enc.get().run(&mut input, &mut o)?;
                     self.inner.write_all(out)?;
                 }
                 Ok(input.pos())
@@ -273,6 +312,9 @@ struct Pool {
     max_in_flight: usize,
     ready: BTreeMap<u64, io::Result<Vec<u8>>>,
     spare: Vec<Vec<u8>>,
+    /// A frame or its write failed: the output has a hole, so every later
+    /// call fails too (and none waits for a frame that will never come).
+    failed: bool,
 }
 
 impl Pool {
@@ -299,6 +341,7 @@ impl Pool {
             max_in_flight: workers + 1,
             ready: BTreeMap::new(),
             spare: Vec::new(),
+            failed: false,
         })
     }
 
@@ -313,6 +356,7 @@ impl Pool {
     }
 
     fn submit_always(&mut self, inner: &mut impl Write) -> io::Result<u32> {
+        self.check()?;
         let next = self
             .spare
             .pop()
@@ -330,13 +374,24 @@ impl Pool {
         Ok(1)
     }
 
+    fn check(&self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("an earlier zstd frame failed"));
+        }
+        Ok(())
+    }
+
     /// Writes finished frames in order until at most `keep` are in flight.
     fn drain(&mut self, inner: &mut impl Write, keep: usize) -> io::Result<()> {
+        self.check()?;
         loop {
             while let Some(frame) = self.ready.remove(&self.next_out) {
-                inner.write_all(&frame?)?;
                 self.next_out += 1;
                 self.in_flight -= 1;
+                if let Err(e) = frame.and_then(|f| inner.write_all(&f)) {
+                    self.failed = true;
+                    return Err(e);
+                }
             }
             if self.in_flight <= keep {
                 return Ok(());
@@ -377,10 +432,13 @@ fn compress_frames(level: i32, jobs: &Mutex<mpsc::Receiver<Job>>, done: &mpsc::S
             Class::Dense => &mut dense,
             Class::Incompressible => &mut light,
         };
-        let frame = match ctx {
+        // A panic costs this frame (an error for the pack), not a frame
+        // that never arrives.
+        let frame = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match ctx {
             Ok(c) => c.compress(&input),
             Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-        };
+        }))
+        .unwrap_or_else(|_| Err(io::Error::other("a zstd worker panicked")));
         if done.send((seq, frame, input)).is_err() {
             return;
         }
@@ -502,6 +560,53 @@ mod tests {
         let want: Vec<u8> = [&text[..], &rnd[..], b"tail"].concat();
         assert_eq!(decode(&one), want);
         assert!(one.len() < want.len() / 2, "the text still compresses");
+    }
+
+    /// A writer that fails every write (a full disk, say).
+    struct Failing;
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn after_a_failed_frame_every_call_fails_and_none_waits() {
+        let mut w = FrameWriter::new(
+            Failing,
+            Params {
+                level: 9,
+                workers: 2,
+            },
+        )
+        .unwrap();
+        let text = b"valve 7 open 1.25 bar\n".repeat(FRAME_MAX / 10);
+        let mut first = None;
+        for _ in 0..4 {
+            if let Err(e) = w.write_all(&text) {
+                first = Some(e);
+                break;
+            }
+        }
+        let first = first.expect("the output's error reaches the writer");
+        assert_eq!(first.raw_os_error(), Some(libc::ENOSPC));
+        assert!(w.write_all(&text).is_err());
+        assert!(w.finish().is_err());
+    }
+
+    #[test]
+    fn an_abandoned_writer_discards_and_drops_without_finishing() {
+        for level in [3, 19] {
+            let mut w = FrameWriter::new(Vec::new(), Params { level, workers: 2 }).unwrap();
+            w.write_all(&noise(3 << 20)).unwrap();
+            w.abandon();
+            w.write_all(b"after").unwrap();
+            assert!(w.finish().is_err(), "level {level}");
+            drop(w);
+        }
     }
 
     #[test]

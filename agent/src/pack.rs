@@ -458,12 +458,10 @@ fn pack_to(
         Ok(())
     };
     if let Err(e) = append_all(&mut builder) {
-        if matches!(e, PackError::Cancelled) {
-            // Dropping a multi-threaded zstd context waits for its workers
-            // to finish their jobs (many seconds at a high level); a
-            // shutdown must not wait for that.
-            std::mem::forget(builder);
-        }
+        // Dropping a multi-threaded zstd context waits for its workers to
+        // finish their jobs (many seconds at a high level); a shutdown must
+        // not wait for that. Abandoned, the output is discarded at once.
+        builder.get_mut().abandon();
         return Err(e);
     }
     let frames = builder
@@ -471,11 +469,8 @@ fn pack_to(
         .map_err(|e| classify(e, None, partial))?;
     let mut frames = frames;
     if let Err(e) = frames.finish() {
-        let e = classify(e, None, partial);
-        if matches!(e, PackError::Cancelled) {
-            std::mem::forget(frames);
-        }
-        return Err(e);
+        frames.abandon();
+        return Err(classify(e, None, partial));
     }
     let hw = frames.into_inner();
     let HashWriter {
