@@ -123,7 +123,11 @@ pub async fn verify(
             });
             continue;
         };
-        let path = objects.path_of(&sha);
+        let store = objects.clone();
+        let s = sha.clone();
+        let path = tokio::task::spawn_blocking(move || store.locate(&s))
+            .await
+            .unwrap_or_else(|_| objects.path_of(&sha));
         let p = path.clone();
         let hashed = tokio::task::spawn_blocking(move || hash_file(&p))
             .await

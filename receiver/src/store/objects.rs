@@ -110,22 +110,26 @@ fn lay_out(root: &Path) -> Result<(), StoreError> {
             fs::create_dir(&shard).map_err(|e| StoreError::new("create directory", &shard, e))?;
             continue;
         }
-        for entry in
-            fs::read_dir(&shard).map_err(|e| StoreError::new("read directory", &shard, e))?
-        {
-            let entry = entry.map_err(|e| StoreError::new("read directory", &shard, e))?;
-            let old = entry.path();
-            if !entry
+        // Listed before anything is moved (a directory read while entries
+        // are added to or removed from it may skip some on some file
+        // systems); a missed object makes `remove_dir` fail loudly.
+        let list = |dir: &Path| -> Result<Vec<fs::DirEntry>, StoreError> {
+            fs::read_dir(dir)
+                .and_then(|rd| rd.collect::<io::Result<Vec<_>>>())
+                .map_err(|e| StoreError::new("read directory", dir, e))
+        };
+        let mut olds = Vec::new();
+        for entry in list(&shard)? {
+            let is_dir = entry
                 .file_type()
-                .map_err(|e| StoreError::new("stat", &old, e))?
-                .is_dir()
-            {
-                continue;
+                .map_err(|e| StoreError::new("stat", &entry.path(), e))?
+                .is_dir();
+            if is_dir {
+                olds.push(entry.path());
             }
-            for object in
-                fs::read_dir(&old).map_err(|e| StoreError::new("read directory", &old, e))?
-            {
-                let object = object.map_err(|e| StoreError::new("read directory", &old, e))?;
+        }
+        for old in olds {
+            for object in list(&old)? {
                 let to = shard.join(object.file_name());
                 fs::rename(object.path(), &to)
                     .map_err(|e| StoreError::new("move object into its shard", &to, e))?;
@@ -213,6 +217,25 @@ impl ObjectStore {
     pub fn path_of(&self, sha256: &Sha256) -> PathBuf {
         let s = sha256.as_str();
         self.root.join(&s[0..2]).join(s)
+    }
+
+    /// Where the object is to be read from (blocking): its path, or, when
+    /// it is not there but is under the first layout's
+    /// `<root>/<aa>/<bb>/<sha256>`, that. Such an object can appear after
+    /// the migration: stored by an older receiver that served on after a
+    /// newer one migrated the store, or after a downgrade and upgrade.
+    pub fn locate(&self, sha256: &Sha256) -> PathBuf {
+        let path = self.path_of(sha256);
+        if path.exists() {
+            return path;
+        }
+        let s = sha256.as_str();
+        let old = self.root.join(&s[0..2]).join(&s[2..4]).join(s);
+        if old.exists() {
+            old
+        } else {
+            path
+        }
     }
 
     /// Creates the root and temp directories, and in a new store the 256
@@ -399,32 +422,45 @@ impl ObjectStore {
     /// Deletes an object (only ever one this process stored and no row
     /// references).
     pub async fn remove(&self, sha256: &Sha256) -> Result<(), StoreError> {
-        let path = self.path_of(sha256);
-        blocking(move || match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::new("remove", &path, e)),
+        let store = self.clone();
+        let sha = sha256.clone();
+        blocking(move || {
+            // Under the first layout too (see `locate`): both, if both.
+            for _ in 0..2 {
+                let path = store.locate(&sha);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(StoreError::new("remove", &path, e)),
+                }
+            }
+            Ok(())
         })
         .await
     }
 
     /// Whether the object exists and its size, without reading it.
     pub async fn stat(&self, sha256: &Sha256) -> Result<Option<u64>, StoreError> {
-        let path = self.path_of(sha256);
-        blocking(move || match fs::metadata(&path) {
+        let store = self.clone();
+        let sha = sha256.clone();
+        blocking(move || match fs::metadata(store.locate(&sha)) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::new("stat", &path, e)),
+            Err(e) => Err(StoreError::new("stat", &store.path_of(&sha), e)),
         })
         .await
     }
 
     /// Opens an object for reading (download).
     pub async fn open(&self, sha256: &Sha256) -> Result<tokio::fs::File, StoreError> {
-        let path = self.path_of(sha256);
-        tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| StoreError::new("open", &path, e))
+        let store = self.clone();
+        let sha = sha256.clone();
+        let file = blocking(move || {
+            let path = store.locate(&sha);
+            File::open(&path).map_err(|e| StoreError::new("open", &path, e))
+        })
+        .await?;
+        Ok(tokio::fs::File::from_std(file))
     }
 
     /// Free bytes for unprivileged writers on the temp file system.
