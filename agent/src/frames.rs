@@ -240,7 +240,6 @@ impl<W: Write> FrameWriter<W> {
                 self.frames += pool.submit(&mut self.inner)?;
                 if self.frames == 0 {
                     // Nothing was written: still one (empty) frame.
-                    pool.pending.clear();
                     self.frames += pool.submit_always(&mut self.inner)?;
                 }
                 pool.drain(&mut self.inner, 0)?;

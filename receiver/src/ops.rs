@@ -123,15 +123,21 @@ pub async fn verify(
             });
             continue;
         };
-        let store = objects.clone();
-        let s = sha.clone();
-        let path = tokio::task::spawn_blocking(move || store.locate(&s))
-            .await
-            .unwrap_or_else(|_| objects.path_of(&sha));
-        let p = path.clone();
-        let hashed = tokio::task::spawn_blocking(move || hash_file(&p))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        // One blocking call: find the object (see `ObjectStore::locate`),
+        // then hash it.
+        let (store, s) = (objects.clone(), sha.clone());
+        let (path, hashed) = tokio::task::spawn_blocking(move || {
+            let path = store.locate(&s);
+            let hashed = hash_file(&path);
+            (path, hashed)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            (
+                objects.path_of(&sha),
+                Err(std::io::Error::other(e.to_string())),
+            )
+        });
         let (state, actual, detail) = match hashed {
             Ok((actual, size)) if actual == sha && size == e.size => {
                 ("ok", Some(actual.to_string()), None)

@@ -233,10 +233,10 @@ pub async fn put_episode(State(state): State<SharedState>, req: Request) -> Resp
 
 async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
     let (mut parts, body) = req.into_parts();
-    let up = check_headers(state, &mut parts).await?;
+    let mut up = check_headers(state, &mut parts).await?;
     check_commit(state, &up.commit, &up.commit_status)?;
 
-    if let Some(existing) = up.existing.clone() {
+    if let Some(existing) = up.existing.take() {
         if existing.sha256 != up.sha256.as_str() {
             return Ok(conflict(&up.id, existing.sha256, &up.sha256));
         }

@@ -2,8 +2,8 @@
 //!
 //! An object lives at `<root>/<aa>/<sha256>` (`aa`: the first byte of its
 //! digest, in hex). The 256 shard directories are made when the store is
-//! prepared, so storing an object creates no directory. Uploads are written to `<tmp>/<random>.part`
-//! by a blocking writer thread that hashes as it writes. A verified upload
+//! prepared, so storing an object creates no directory. Uploads are
+//! written to `<tmp>/<random>.part` by a blocking writer thread that hashes as it writes. A verified upload
 //! is made durable under its temporary name, then renamed into place, and
 //! the rename made durable: so an object under its final name is always
 //! complete. Large uploads are fsynced by their writer; small ones are made
@@ -103,6 +103,14 @@ fn lay_out(root: &Path) -> Result<(), StoreError> {
     if mark.exists() {
         return Ok(());
     }
+    // Listed before anything is moved (a directory read while entries are
+    // added to or removed from it may skip some on some file systems); a
+    // missed object makes `remove_dir` fail loudly.
+    let list = |dir: &Path| -> Result<Vec<fs::DirEntry>, StoreError> {
+        fs::read_dir(dir)
+            .and_then(|rd| rd.collect::<io::Result<Vec<_>>>())
+            .map_err(|e| StoreError::new("read directory", dir, e))
+    };
     let mut moved = 0u64;
     for byte in 0..=255u8 {
         let shard = root.join(format!("{byte:02x}"));
@@ -110,14 +118,6 @@ fn lay_out(root: &Path) -> Result<(), StoreError> {
             fs::create_dir(&shard).map_err(|e| StoreError::new("create directory", &shard, e))?;
             continue;
         }
-        // Listed before anything is moved (a directory read while entries
-        // are added to or removed from it may skip some on some file
-        // systems); a missed object makes `remove_dir` fail loudly.
-        let list = |dir: &Path| -> Result<Vec<fs::DirEntry>, StoreError> {
-            fs::read_dir(dir)
-                .and_then(|rd| rd.collect::<io::Result<Vec<_>>>())
-                .map_err(|e| StoreError::new("read directory", dir, e))
-        };
         let mut olds = Vec::new();
         for entry in list(&shard)? {
             let is_dir = entry
@@ -443,10 +443,13 @@ impl ObjectStore {
     pub async fn stat(&self, sha256: &Sha256) -> Result<Option<u64>, StoreError> {
         let store = self.clone();
         let sha = sha256.clone();
-        blocking(move || match fs::metadata(store.locate(&sha)) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::new("stat", &store.path_of(&sha), e)),
+        blocking(move || {
+            let path = store.locate(&sha);
+            match fs::metadata(&path) {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::new("stat", &path, e)),
+            }
         })
         .await
     }
