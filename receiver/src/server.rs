@@ -155,8 +155,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         shutdown.clone(),
     ));
 
+    let migrator = tokio::spawn({
+        let (objects, shutdown) = (objects.clone(), shutdown.clone());
+        async move { objects.migrate(shutdown).await }
+    });
+
     accept_loop(listener, tls, router, &config, shutdown).await;
     sweeper.abort();
+    migrator.abort();
     Ok(())
 }
 

@@ -38,7 +38,7 @@ pub const SYNC_ALONE: u64 = 1 << 20;
 pub const SYNCFS_MIN: usize = 8;
 
 /// Marks a store in the current layout (one level of 256 shards). A store
-/// without it is migrated by [`ObjectStore::prepare`] from the first
+/// without it is migrated by [`ObjectStore::migrate`] from the first
 /// layout, `<root>/<aa>/<bb>/<sha256>`, which made a directory for nearly
 /// every new object until the store held millions.
 pub const LAYOUT_MARK: &str = ".layout-v2";
@@ -93,16 +93,32 @@ impl StoreError {
     }
 }
 
-/// Brings the store at `root` to the current layout (blocking): moves
-/// every object of the first layout (`<aa>/<bb>/<sha256>`) up into its
-/// `<aa>` shard, makes the missing shards, and writes [`LAYOUT_MARK`], each
-/// step made durable before the next. Safe to repeat after a crash at any
-/// point: a move is a rename of a content-addressed name.
-fn lay_out(root: &Path) -> Result<(), StoreError> {
-    let mark = root.join(LAYOUT_MARK);
-    if mark.exists() {
+/// Makes the shard directories a store lacks (blocking): all 256 in a new
+/// store, none once the store is marked (see [`LAYOUT_MARK`]).
+fn make_shards(root: &Path) -> Result<(), StoreError> {
+    if root.join(LAYOUT_MARK).exists() {
         return Ok(());
     }
+    let mut made = false;
+    for byte in 0..=255u8 {
+        let shard = root.join(format!("{byte:02x}"));
+        if !shard.is_dir() {
+            fs::create_dir(&shard).map_err(|e| StoreError::new("create directory", &shard, e))?;
+            made = true;
+        }
+    }
+    if made {
+        fsync_dir(root)?;
+    }
+    Ok(())
+}
+
+/// Moves every object of the first layout in one shard
+/// (`<shard>/<bb>/<sha256>`) up into the shard (blocking), each move made
+/// durable before its old directory goes. Safe to repeat after a crash at
+/// any point: a move is a rename of a content-addressed name. Returns how
+/// many objects moved.
+fn migrate_shard(shard: &Path) -> Result<u64, StoreError> {
     // Listed before anything is moved (a directory read while entries are
     // added to or removed from it may skip some on some file systems); a
     // missed object makes `remove_dir` fail loudly.
@@ -111,46 +127,30 @@ fn lay_out(root: &Path) -> Result<(), StoreError> {
             .and_then(|rd| rd.collect::<io::Result<Vec<_>>>())
             .map_err(|e| StoreError::new("read directory", dir, e))
     };
+    let mut olds = Vec::new();
+    for entry in list(shard)? {
+        let is_dir = entry
+            .file_type()
+            .map_err(|e| StoreError::new("stat", &entry.path(), e))?
+            .is_dir();
+        if is_dir {
+            olds.push(entry.path());
+        }
+    }
     let mut moved = 0u64;
-    for byte in 0..=255u8 {
-        let shard = root.join(format!("{byte:02x}"));
-        if !shard.is_dir() {
-            fs::create_dir(&shard).map_err(|e| StoreError::new("create directory", &shard, e))?;
-            continue;
+    for old in olds {
+        for object in list(&old)? {
+            let to = shard.join(object.file_name());
+            fs::rename(object.path(), &to)
+                .map_err(|e| StoreError::new("move object into its shard", &to, e))?;
+            moved += 1;
         }
-        let mut olds = Vec::new();
-        for entry in list(&shard)? {
-            let is_dir = entry
-                .file_type()
-                .map_err(|e| StoreError::new("stat", &entry.path(), e))?
-                .is_dir();
-            if is_dir {
-                olds.push(entry.path());
-            }
-        }
-        for old in olds {
-            for object in list(&old)? {
-                let to = shard.join(object.file_name());
-                fs::rename(object.path(), &to)
-                    .map_err(|e| StoreError::new("move object into its shard", &to, e))?;
-                moved += 1;
-            }
-            // The moves must be durable before the old directory goes.
-            fsync_dir(&shard)?;
-            fsync_dir(&old)?;
-            fs::remove_dir(&old).map_err(|e| StoreError::new("remove directory", &old, e))?;
-        }
-        fsync_dir(&shard)?;
+        fsync_dir(shard)?;
+        fsync_dir(&old)?;
+        fs::remove_dir(&old).map_err(|e| StoreError::new("remove directory", &old, e))?;
+        fsync_dir(shard)?;
     }
-    fsync_dir(root)?;
-    let f = File::create(&mark).map_err(|e| StoreError::new("create", &mark, e))?;
-    f.sync_all()
-        .map_err(|e| StoreError::new("fsync", &mark, e))?;
-    fsync_dir(root)?;
-    if moved > 0 {
-        tracing::info!(moved, root = %root.display(), "object store migrated to one level of 256 shards");
-    }
-    Ok(())
+    Ok(moved)
 }
 
 /// Runs blocking filesystem work on the blocking pool.
@@ -238,10 +238,10 @@ impl ObjectStore {
         }
     }
 
-    /// Creates the root and temp directories, and in a new store the 256
-    /// shard directories (an older store is migrated first, see
-    /// [`LAYOUT_MARK`]). Temporary files are renamed into the root, so both
-    /// must be on one file system: checked here.
+    /// Creates the root and temp directories, and the 256 shard
+    /// directories where missing (an older store is migrated later, by
+    /// [`ObjectStore::migrate`]). Temporary files are renamed into the
+    /// root, so both must be on one file system: checked here.
     pub async fn prepare(&self) -> Result<(), StoreError> {
         let (root, tmp) = (self.root.clone(), self.tmp.clone());
         blocking(move || {
@@ -270,9 +270,57 @@ impl ObjectStore {
                     io::Error::from_raw_os_error(libc::EXDEV),
                 ));
             }
-            lay_out(&root)
+            make_shards(&root)
         })
         .await
+    }
+
+    /// Brings a store of the first layout to the current one, after the
+    /// receiver is ready (Never again §4: no long work before READY): one
+    /// shard per blocking call, stopping early on `shutdown`, and marks the
+    /// store (see [`LAYOUT_MARK`]) once every shard is done. Until then,
+    /// objects not yet moved are found where they are
+    /// ([`ObjectStore::locate`]). A failure is logged and the next start
+    /// goes on.
+    pub async fn migrate(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let mark = self.root.join(LAYOUT_MARK);
+        let root = self.root.clone();
+        if blocking(move || Ok(root.join(LAYOUT_MARK).exists()))
+            .await
+            .unwrap_or(false)
+        {
+            return;
+        }
+        let mut moved = 0u64;
+        for byte in 0..=255u8 {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let shard = self.root.join(format!("{byte:02x}"));
+            match blocking(move || migrate_shard(&shard)).await {
+                Ok(n) => moved += n,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot move objects of the first layout; the next start tries again");
+                    return;
+                }
+            }
+        }
+        let root = self.root.clone();
+        let marked = blocking(move || {
+            fsync_dir(&root)?;
+            let f = File::create(&mark).map_err(|e| StoreError::new("create", &mark, e))?;
+            f.sync_all()
+                .map_err(|e| StoreError::new("fsync", &mark, e))?;
+            fsync_dir(&root)
+        })
+        .await;
+        match marked {
+            Ok(()) if moved > 0 => {
+                tracing::info!(moved, "object store migrated to one level of 256 shards")
+            }
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = %e, "cannot mark the object store as migrated"),
+        }
     }
 
     /// Starts writing one upload: returns the sender for body chunks and the
@@ -699,7 +747,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn prepare_makes_every_shard_and_migrates_the_first_layout() {
+    async fn prepare_makes_every_shard_and_migrate_moves_the_first_layout_after() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         // A store of the first layout: <aa>/<bb>/<sha256>.
@@ -709,6 +757,11 @@ mod tests {
         fs::write(old.join(&sha), b"old object").unwrap();
         s.prepare().await.unwrap();
         let moved = s.path_of(&Sha256::parse(&sha).unwrap());
+        // Before the migration (after READY), the object is found where it is.
+        let parsed = Sha256::parse(&sha).unwrap();
+        assert_eq!(s.stat(&parsed).await.unwrap(), Some(10));
+        assert!(!moved.exists());
+        s.migrate(tokio_util::sync::CancellationToken::new()).await;
         assert_eq!(moved, dir.path().join("objects/ab").join(&sha));
         assert_eq!(fs::read(&moved).unwrap(), b"old object");
         assert!(!old.exists(), "the old second-level directory is removed");
@@ -721,6 +774,7 @@ mod tests {
         // Marked: a second start does not scan the shards again.
         fs::create_dir(dir.path().join("objects/ab/ef")).unwrap();
         s.prepare().await.unwrap();
+        s.migrate(tokio_util::sync::CancellationToken::new()).await;
         assert!(dir.path().join("objects/ab/ef").exists());
     }
 
