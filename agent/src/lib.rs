@@ -18,6 +18,7 @@ pub mod doctor;
 pub mod frames;
 pub mod fsio;
 pub mod notify;
+pub mod output;
 pub mod pack;
 pub mod quarantine;
 pub mod retire;

@@ -13,20 +13,19 @@
 //! number of workers.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use ferry_durable::WritebackFile;
 use ferry_proto::Sha256;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
 use crate::frames::{self, FrameWriter};
 use crate::fsio;
+use crate::output::{ErrorSlot, Finished, HashedOutput};
 
 /// Why packing failed. Read errors are the episode's (`Outcome::LocalRead`),
 /// write errors the device's (`Outcome::DiskFull` when ENOSPC/EDQUOT).
@@ -153,58 +152,6 @@ fn walk(root: &Path, cancel: &CancellationToken) -> Result<Vec<Item>, PackError>
     }
     items.sort_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
     Ok(items)
-}
-
-/// Hashes and counts what goes to the file, and keeps the first write
-/// error so that it can be told apart from a read error after tar and
-/// zstd have passed it up.
-struct HashWriter<'a, W> {
-    inner: W,
-    hasher: sha2::Sha256,
-    written: u64,
-    error: Arc<Mutex<Option<io::Error>>>,
-    /// Compressed output counts as progress too: at a high zstd level the
-    /// reads pause while a worker compresses a whole job, but its output
-    /// is flushed chunk by chunk, so the watchdog still sees work move.
-    progress: &'a AtomicU64,
-    /// Checked on every write: at a high level the reads may pause for
-    /// a long time, the output does not.
-    cancel: &'a CancellationToken,
-}
-
-impl<W: Write> Write for HashWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.cancel.is_cancelled() {
-            return Err(io::Error::other("cancelled"));
-        }
-        match self.inner.write(buf) {
-            Ok(n) => {
-                self.hasher.update(&buf[..n]);
-                self.written += n as u64;
-                self.progress.fetch_add(n as u64, Ordering::Relaxed);
-                Ok(n)
-            }
-            Err(e) => Err(self.keep(e)),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush().map_err(|e| self.keep(e))
-    }
-}
-
-impl<W> HashWriter<'_, W> {
-    fn keep(&self, e: io::Error) -> io::Error {
-        let copy = match e.raw_os_error() {
-            Some(n) => io::Error::from_raw_os_error(n),
-            None => io::Error::new(e.kind(), e.to_string()),
-        };
-        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(e);
-        }
-        copy
-    }
 }
 
 /// Reads exactly `remaining` bytes of one file, counting progress and
@@ -334,17 +281,8 @@ fn pack_to(
     let items = walk(src, cancel)?;
 
     let file = File::create(partial).map_err(werr)?;
-    let write_error = Arc::new(Mutex::new(None));
-    let hw = HashWriter {
-        // Writeback starts as the tarball grows, so the fsync at the end
-        // waits for its last few megabytes only.
-        inner: BufWriter::with_capacity(1 << 20, WritebackFile::new(file)),
-        hasher: sha2::Sha256::new(),
-        written: 0,
-        error: write_error.clone(),
-        progress,
-        cancel,
-    };
+    let write_error = ErrorSlot::default();
+    let hw = HashedOutput::new(file, write_error.clone(), progress, cancel).map_err(werr)?;
     let params = frames::Params {
         level: opts.zstd_level,
         workers: opts.workers,
@@ -371,92 +309,90 @@ fn pack_to(
         }
     };
 
-    let append_all = |builder: &mut tar::Builder<
-        FrameWriter<HashWriter<'_, BufWriter<WritebackFile>>>,
-    >|
-     -> Result<(), PackError> {
-        // The episode's own directory entry first.
-        let mut h = dir_header();
-        builder
-            .append_data(&mut h, Path::new(name), io::empty())
-            .map_err(|e| classify(e, None, src))?;
+    let append_all =
+        |builder: &mut tar::Builder<FrameWriter<HashedOutput<'_>>>| -> Result<(), PackError> {
+            // The episode's own directory entry first.
+            let mut h = dir_header();
+            builder
+                .append_data(&mut h, Path::new(name), io::empty())
+                .map_err(|e| classify(e, None, src))?;
 
-        for item in &items {
-            if cancel.is_cancelled() {
-                return Err(PackError::Cancelled);
-            }
-            let path = src.join(&*item.rel);
-            let arc_path = Path::new(name).join(&*item.rel);
-            if item.kind == Kind::Dir {
-                let mut h = dir_header();
-                builder
-                    .append_data(&mut h, &arc_path, io::empty())
-                    .map_err(|e| classify(e, None, &path))?;
-            } else if item.kind == Kind::Symlink {
-                let target = fs::read_link(&path).map_err(|source| PackError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_mode(0o777);
-                h.set_uid(0);
-                h.set_gid(0);
-                // A symlink's own mtime is when it was made, not data: zeroed
-                // like a directory's.
-                h.set_mtime(0);
-                h.set_size(0);
-                builder
-                    .append_link(&mut h, &arc_path, &target)
-                    .map_err(|e| classify(e, None, &path))?;
-            } else if item.kind == Kind::File {
-                let file = File::open(&path).map_err(|source| PackError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                let size = item.size;
-                if params.adaptive() {
-                    let class =
-                        frames::classify(&file, size).map_err(|source| PackError::Read {
-                            path: path.clone(),
-                            source,
-                        })?;
+            for item in &items {
+                if cancel.is_cancelled() {
+                    return Err(PackError::Cancelled);
+                }
+                let path = src.join(&*item.rel);
+                let arc_path = Path::new(name).join(&*item.rel);
+                if item.kind == Kind::Dir {
+                    let mut h = dir_header();
                     builder
-                        .get_mut()
-                        .switch(class)
+                        .append_data(&mut h, &arc_path, io::empty())
                         .map_err(|e| classify(e, None, &path))?;
+                } else if item.kind == Kind::Symlink {
+                    let target = fs::read_link(&path).map_err(|source| PackError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_mode(0o777);
+                    h.set_uid(0);
+                    h.set_gid(0);
+                    // A symlink's own mtime is when it was made, not data: zeroed
+                    // like a directory's.
+                    h.set_mtime(0);
+                    h.set_size(0);
+                    builder
+                        .append_link(&mut h, &arc_path, &target)
+                        .map_err(|e| classify(e, None, &path))?;
+                } else if item.kind == Kind::File {
+                    let file = File::open(&path).map_err(|source| PackError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    let size = item.size;
+                    if params.adaptive() {
+                        let class =
+                            frames::classify(&file, size).map_err(|source| PackError::Read {
+                                path: path.clone(),
+                                source,
+                            })?;
+                        builder
+                            .get_mut()
+                            .switch(class)
+                            .map_err(|e| classify(e, None, &path))?;
+                    }
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(item.mode);
+                    h.set_uid(0);
+                    h.set_gid(0);
+                    h.set_mtime(item.mtime);
+                    h.set_size(size);
+                    let mut reader = EntryReader {
+                        file,
+                        path: &path,
+                        remaining: size,
+                        progress,
+                        cancel,
+                        error: None,
+                    };
+                    if let Err(e) = builder.append_data(&mut h, &arc_path, &mut reader) {
+                        let re = reader.error.take();
+                        return Err(classify(e, re, &path));
+                    }
+                } else {
+                    return Err(PackError::Read {
+                        path,
+                        source: io::Error::new(
+                            io::ErrorKind::Unsupported,
+                            "not a regular file, directory or symlink",
+                        ),
+                    });
                 }
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(item.mode);
-                h.set_uid(0);
-                h.set_gid(0);
-                h.set_mtime(item.mtime);
-                h.set_size(size);
-                let mut reader = EntryReader {
-                    file,
-                    path: &path,
-                    remaining: size,
-                    progress,
-                    cancel,
-                    error: None,
-                };
-                if let Err(e) = builder.append_data(&mut h, &arc_path, &mut reader) {
-                    let re = reader.error.take();
-                    return Err(classify(e, re, &path));
-                }
-            } else {
-                return Err(PackError::Read {
-                    path,
-                    source: io::Error::new(
-                        io::ErrorKind::Unsupported,
-                        "not a regular file, directory or symlink",
-                    ),
-                });
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     if let Err(e) = append_all(&mut builder) {
         // Dropping a multi-threaded zstd context waits for its workers to
         // finish their jobs (many seconds at a high level); a shutdown must
@@ -472,22 +408,11 @@ fn pack_to(
         frames.abandon();
         return Err(classify(e, None, partial));
     }
-    let hw = frames.into_inner();
-    let HashWriter {
-        inner,
-        hasher,
-        written,
-        ..
-    } = hw;
-    let file = inner
-        .into_inner()
-        .map_err(|e| werr(e.into_error()))?
-        .into_inner();
+    let Finished { digest, size, file } = frames.into_inner().finish().map_err(werr)?;
     file.sync_all().map_err(werr)?;
-    let digest: [u8; 32] = hasher.finalize().into();
     Ok(Packed {
         sha256: Sha256::from_bytes(&digest),
-        size: written,
+        size,
     })
 }
 
