@@ -1,6 +1,7 @@
 //! Packing: episode directory → tar → zstd → sha256 and the `.partial` file,
-//! in one streaming pass on the calling (blocking) thread; then fsync,
-//! rename, fsync the directory.
+//! in one streaming pass driven by the calling (blocking) thread, which
+//! reads and feeds zstd's workers while `output` hashes and writes; then
+//! fsync, rename, fsync the directory.
 //!
 //! The output is deterministic: entries sorted bytewise by relative path,
 //! owners zeroed, modes normalised, file mtimes kept, directory and
