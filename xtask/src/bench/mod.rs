@@ -80,9 +80,14 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         "ferry-receiver",
     ]))?;
     let release = crate::target_dir().join("release");
+    // Another build of either binary (an A/B of two commits on the same
+    // machine in the same hour) can be put in place of this one's.
+    let binary = |name: &str, var: &str| {
+        std::env::var_os(var).map_or_else(|| release.join(name), PathBuf::from)
+    };
     let env = Env {
-        agent: release.join("ferry-agent"),
-        receiver: release.join("ferry-receiver"),
+        agent: binary("ferry-agent", "FERRY_BENCH_AGENT"),
+        receiver: binary("ferry-receiver", "FERRY_BENCH_RECEIVER"),
         work: crate::target_dir().join("bench"),
     };
     std::fs::create_dir_all(&env.work)?;
