@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -46,6 +46,8 @@ pub struct HashedOutput<'a> {
     free: Receiver<Vec<u8>>,
     thread: Option<JoinHandle<Option<Written>>>,
     error: ErrorSlot,
+    /// Set when dropped unfinished: the thread writes nothing more.
+    abandoned: Arc<AtomicBool>,
     written: u64,
     /// Compressed output counts as progress too: at a high zstd level the
     /// reads pause while a worker compresses a whole frame, its output
@@ -76,6 +78,8 @@ impl<'a> HashedOutput<'a> {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
         let (free_tx, free) = mpsc::channel::<Vec<u8>>();
         let slot = error.clone();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let stop = abandoned.clone();
         let thread = std::thread::Builder::new()
             .name("pack-output".into())
             .spawn(move || {
@@ -84,6 +88,9 @@ impl<'a> HashedOutput<'a> {
                 // the end waits for its last few megabytes only.
                 let mut file = WritebackFile::new(file);
                 for mut buf in rx {
+                    if stop.load(Ordering::Relaxed) {
+                        return None;
+                    }
                     hasher.update(&buf);
                     if let Err(e) = file.write_all(&buf) {
                         keep(&slot, e);
@@ -102,6 +109,7 @@ impl<'a> HashedOutput<'a> {
             free,
             thread: Some(thread),
             error,
+            abandoned,
             written: 0,
             progress,
             cancel,
@@ -189,10 +197,13 @@ impl Write for HashedOutput<'_> {
 }
 
 /// Dropped without [`HashedOutput::finish`] (a failed or cancelled pack):
-/// the thread writes what it was handed (at most [`BUFFERS`] buffers) to
-/// the partial file, which the caller removes, and exits; nobody waits.
+/// the thread finishes the write it is in, if any, writes nothing more and
+/// exits; nobody waits for it. The caller removes the partial file, so a
+/// later pack of the same episode writes a new one.
 impl Drop for HashedOutput<'_> {
     fn drop(&mut self) {
+        // After `finish` the thread has exited already; this is a no-op.
+        self.abandoned.store(true, Ordering::Relaxed);
         self.tx = None;
     }
 }
@@ -277,6 +288,48 @@ mod tests {
         out.write_all(b"small").unwrap();
         let e = out.finish().unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn dropped_unfinished_it_writes_nothing_more() {
+        use std::ffi::CString;
+        use std::io::Read;
+        use std::os::unix::ffi::OsStrExt;
+        // A FIFO nobody reads yet: the thread blocks in its first write.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (go, wait) = mpsc::channel::<()>();
+        let reader = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut r = File::open(path).unwrap();
+                wait.recv().unwrap();
+                let mut all = Vec::new();
+                r.read_to_end(&mut all).unwrap();
+                all.len()
+            })
+        };
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let (slot, progress, cancel) = (
+            ErrorSlot::default(),
+            AtomicU64::new(0),
+            CancellationToken::new(),
+        );
+        let mut out = HashedOutput::new(file, slot, &progress, &cancel).unwrap();
+        // Three buffers handed over (no free one is waited for).
+        for _ in 0..3 {
+            out.write_all(&vec![7u8; BUFFER]).unwrap();
+        }
+        drop(out);
+        go.send(()).unwrap();
+        // The write in progress, if the thread had begun one, completes;
+        // the queued buffers are not written, and the thread closes the
+        // file on its way out.
+        let n = reader.join().unwrap();
+        assert!(n == 0 || n == BUFFER, "{n} bytes written after the drop");
     }
 
     #[test]
