@@ -542,8 +542,11 @@ fn incident5_a_long_pack_at_a_high_zstd_level_keeps_the_watchdog_fed() {
     rx.allow(COMMIT_A, true);
     let spool = Spool::new(&rx, "incident5c");
     let dir = small(&spool, "dense", 1);
-    // Low-entropy bytes: slow for zstd -19, unlike pure noise.
-    let data: Vec<u8> = noise(7, 16 << 20).iter().map(|b| b % 5).collect();
+    // Low-entropy bytes: slow for zstd -19, unlike pure noise. 40 MiB:
+    // since level-19 frames are compressed in parallel, 16 MiB packed in
+    // 3.9 s on a quiet CI machine, under the interval this test needs the
+    // pack to outlast; 40 MiB takes about 10 s quiet, 25 s loaded.
+    let data: Vec<u8> = noise(7, 40 << 20).iter().map(|b| b % 5).collect();
     std::fs::write(dir.join("dense.bin"), data).unwrap();
     let ns = NotifySocket::new();
     // Generous: a loaded 2-core machine slows each zstd job down, and the
