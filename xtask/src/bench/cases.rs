@@ -616,6 +616,22 @@ fn hammer(
     Ok((start.elapsed(), all))
 }
 
+/// A ferry PUT of each body, client `c` with `tokens[c]`.
+fn ferry_put(tokens: Arc<Vec<String>>) -> Arc<Target> {
+    Arc::new(move |c, _i, id, body| {
+        let mut h = Sha256::new();
+        h.update(body);
+        (
+            format!("/v1/episodes/{id}"),
+            format!(
+                "Authorization: Bearer {}\r\nX-Ferry-Commit: {COMMIT}\r\nX-Ferry-Sha256: {}\r\n",
+                tokens[c],
+                hex(&h.finalize())
+            ),
+        )
+    })
+}
+
 fn small(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<()> {
     // FERRY_BENCH_DEVICES: another number of concurrent devices, for
     // experiments (the targets are stated at 64).
@@ -655,24 +671,12 @@ fn small(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result
                 .map(|c| rx.device(env, &format!("small-dev-{c}")))
                 .collect::<Result<_>>()?,
         );
-        let toks = tokens.clone();
         let (wall, mut lat) = hammer(
             rx.port,
             clients,
             per_client,
             bodies.clone(),
-            Arc::new(move |c, _i, id, body| {
-                let mut h = Sha256::new();
-                h.update(body);
-                (
-                    format!("/v1/episodes/{id}"),
-                    format!(
-                        "Authorization: Bearer {}\r\nX-Ferry-Commit: {COMMIT}\r\nX-Ferry-Sha256: {}\r\n",
-                        toks[c],
-                        hex(&h.finalize())
-                    ),
-                )
-            }),
+            ferry_put(tokens.clone()),
             &[201],
         )?;
         lat.sort();
@@ -858,70 +862,91 @@ fn scale(env: &Env, opts: &Opts, report: &mut Report) -> Result<()> {
     let rows: u64 = if opts.quick { 100_000 } else { 1_000_000 };
     report.section(
         &format!("scale: receiver with {rows} index rows vs empty"),
-        "start-up: spawn to `listening on` (median of 3); PUT latency: 300 sequential 10 KiB first stores on one connection",
+        "start-up: spawn to `listening on` (median of 3); PUT latency: 300 sequential 10 KiB first stores on one connection, in 6 rounds of 50 alternating with the other receiver",
     );
     if !super::have("sqlite3") {
         report.note("**sqlite3 is not installed**: the index-size case is SKIPPED.");
     } else {
-        let mut results = Vec::new();
+        // Both receivers are measured alternately, start-ups and PUTs in
+        // rounds, so that the VM's moods hit both.
+        struct Side {
+            label: &'static str,
+            rows: u64,
+            rx: Bench,
+            startups: Vec<f64>,
+            lat: Vec<Duration>,
+        }
+        let mut sides = Vec::new();
         for (label, n) in [("empty", 0u64), ("full", rows)] {
             let mut rx = Bench::start(env, &format!("scale-{label}"), &[])?;
             rx.stop();
             if n > 0 {
                 fill_index(&rx.data_dir, n)?;
             }
-            let mut startups = Vec::new();
-            for _ in 0..3 {
-                let d = rx.spawn(env, &[])?;
-                startups.push(d.as_secs_f64() * 1e3);
-                rx.stop();
+            sides.push(Side {
+                label,
+                rows: n,
+                rx,
+                startups: Vec::new(),
+                lat: Vec::new(),
+            });
+        }
+        for _ in 0..3 {
+            for side in &mut sides {
+                let d = side.rx.spawn(env, &[])?;
+                side.startups.push(d.as_secs_f64() * 1e3);
+                side.rx.stop();
             }
-            rx.spawn(env, &[])?;
-            let token = rx.device(env, "scale-put")?;
-            let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
-                (0..300)
-                    .map(|i| {
-                        let id = format!("scale-put-{i}");
-                        let b = tiny_archive(&id, i as u64);
-                        (id, b)
-                    })
-                    .collect(),
-            );
-            let (_, mut lat) = hammer(
-                rx.port,
-                1,
-                300,
-                bodies,
-                Arc::new(move |_c, _i, id, body| {
-                    let mut h = Sha256::new();
-                    h.update(body);
-                    (
-                        format!("/v1/episodes/{id}"),
-                        format!(
-                            "Authorization: Bearer {token}\r\nX-Ferry-Commit: {COMMIT}\r\nX-Ferry-Sha256: {}\r\n",
-                            hex(&h.finalize())
-                        ),
-                    )
-                }),
-                &[201],
-            )?;
-            lat.sort();
-            let st = Stats::of(&startups);
-            let p99 = percentile(&lat, 99.0);
+        }
+        let mut tokens = Vec::new();
+        for side in &mut sides {
+            side.rx.spawn(env, &[])?;
+            tokens.push(side.rx.device(env, "scale-put")?);
+        }
+        const ROUNDS: usize = 6;
+        const PER_ROUND: usize = 50;
+        for round in 0..ROUNDS {
+            for (side, token) in sides.iter_mut().zip(&tokens) {
+                let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+                    (0..PER_ROUND)
+                        .map(|i| {
+                            let n = round * PER_ROUND + i;
+                            let id = format!("scale-put-{n}");
+                            let b = tiny_archive(&id, n as u64);
+                            (id, b)
+                        })
+                        .collect(),
+                );
+                let (_, lat) = hammer(
+                    side.rx.port,
+                    1,
+                    PER_ROUND,
+                    bodies,
+                    ferry_put(Arc::new(vec![token.clone()])),
+                    &[201],
+                )?;
+                side.lat.extend(lat);
+            }
+        }
+        let mut results = Vec::new();
+        for side in &mut sides {
+            side.lat.sort();
+            let st = Stats::of(&side.startups);
+            let p99 = percentile(&side.lat, 99.0);
             report.row(
-                &format!("{label} ({n} rows)"),
+                &format!("{} ({} rows)", side.label, side.rows),
                 &format!("start-up {:.0} ms", st.median),
                 &format!(
                     "{:.0}–{:.0} ms; PUT p50 {:.2} ms, p99 {:.2} ms",
                     st.min,
                     st.max,
-                    percentile(&lat, 50.0).as_secs_f64() * 1e3,
+                    percentile(&side.lat, 50.0).as_secs_f64() * 1e3,
                     p99.as_secs_f64() * 1e3
                 ),
                 "",
             );
             results.push((st.median, p99.as_secs_f64()));
-            rx.stop();
+            side.rx.stop();
         }
         report.note(&format!(
             "start-up full/empty: {:.2}× · PUT p99 full/empty: {:.2}× (target: within 1.2×)",
