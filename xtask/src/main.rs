@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        // Internal to the bench: touches memory in a process of its own,
+        // so the bench's children do not inherit its peak RSS.
+        Some(bench::TOUCH_MEMORY) => bench::touch_memory(&args[1..]),
         _ => {
             eprintln!("usage: cargo xtask <demo|test [cargo test args]|bench [--quick] [--reps N] [--only CASE]|fuzz [SECONDS]>");
             return ExitCode::from(2);

@@ -8,6 +8,9 @@
 mod cases;
 mod corpus;
 mod nginx;
+mod vm;
+
+pub use vm::{touch_memory, TOUCH_MEMORY};
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -103,6 +106,8 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         args.join(" ")
     );
     let corpus = corpus::ensure(&env.work, opts.quick)?;
+    let (_paused, vm_note) = vm::pause_page_reporting();
+    report.note(&vm_note);
     cases::all(&env, &opts, &corpus, &mut report)?;
 
     let out = env.work.join("report.md");
