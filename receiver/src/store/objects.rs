@@ -592,15 +592,15 @@ fn write_body(
     // Writeback starts while the body arrives, so the fsync at the end waits
     // for the last few megabytes only.
     let mut out = BufWriter::with_capacity(1 << 20, WritebackFile::new(file));
-    let mut hasher = sha2::Sha256::new();
+    let mut hasher = BodyHasher::Inline(sha2::Sha256::new());
     let mut size = 0u64;
     loop {
         match rx.blocking_recv() {
             Some(Chunk::Data(b)) => {
+                size += b.len() as u64;
+                hasher.update(&b, size);
                 out.write_all(&b)
                     .map_err(|e| StoreError::new("write", path, e))?;
-                hasher.update(&b);
-                size += b.len() as u64;
             }
             Some(Chunk::Finish) => break,
             None => return Ok(None),
@@ -618,8 +618,77 @@ fn write_body(
         file.start_rest()
             .map_err(|e| StoreError::new("start writeback of", path, e))?;
     }
-    let sha256 = Sha256::from_bytes(&hasher.finalize().into());
+    let digest = hasher.finish().ok_or_else(|| {
+        StoreError::new(
+            "hash",
+            path,
+            io::Error::other("the hashing thread panicked"),
+        )
+    })?;
+    let sha256 = Sha256::from_bytes(&digest.finalize().into());
     Ok(Some((file.into_inner(), synced, sha256, size)))
+}
+
+/// From this many body bytes up, the sha256 is computed on a thread of its
+/// own, in parallel with the writes: a large upload then keeps two cores
+/// busy instead of hashing and writing in turn on one.
+const HASH_APART: u64 = 1 << 20;
+
+/// The sha256 of a body as it arrives.
+enum BodyHasher {
+    /// On the writer thread (every body, until [`HASH_APART`] bytes).
+    Inline(sha2::Sha256),
+    /// On a thread of its own, fed the same chunks (reference-counted,
+    /// not copied); bounded by its channel.
+    Apart {
+        tx: std::sync::mpsc::SyncSender<Bytes>,
+        thread: std::thread::JoinHandle<sha2::Sha256>,
+    },
+}
+
+impl BodyHasher {
+    /// Hashes `chunk`, the body's bytes up to `received`.
+    fn update(&mut self, chunk: &Bytes, received: u64) {
+        match self {
+            BodyHasher::Inline(h) if received < HASH_APART => h.update(chunk),
+            BodyHasher::Inline(h) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(64);
+                let mut apart = h.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("upload-hash".into())
+                    .spawn(move || {
+                        for b in rx {
+                            apart.update(&b);
+                        }
+                        apart
+                    });
+                match spawned {
+                    Ok(thread) => {
+                        // The thread holds its receiver until `tx` drops.
+                        let _ = tx.send(chunk.clone());
+                        *self = BodyHasher::Apart { tx, thread };
+                    }
+                    // No thread to be had: hash here, as for a small body.
+                    Err(_) => h.update(chunk),
+                }
+            }
+            BodyHasher::Apart { tx, .. } => {
+                // A send fails only if the thread panicked; `finish` says so.
+                let _ = tx.send(chunk.clone());
+            }
+        }
+    }
+
+    /// The hasher over every chunk; `None` if the hashing thread panicked.
+    fn finish(self) -> Option<sha2::Sha256> {
+        match self {
+            BodyHasher::Inline(h) => Some(h),
+            BodyHasher::Apart { tx, thread } => {
+                drop(tx);
+                thread.join().ok()
+            }
+        }
+    }
 }
 
 /// Waits for a file's writeback and reads its own writeback error state:
@@ -867,6 +936,28 @@ mod tests {
         );
         // The one that failed is synced again with the next batch.
         assert_eq!(s.dirs_to_sync([]), [missing].into_iter().collect());
+    }
+
+    #[tokio::test]
+    async fn a_large_body_hashed_apart_has_the_same_digest_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.prepare().await.unwrap();
+        // Across the switch to the hashing thread, in uneven chunks.
+        let body: Vec<u8> = (0..(3 * HASH_APART as usize + 4321))
+            .map(|i| (i * 31 % 253) as u8)
+            .collect();
+        let parts: Vec<&[u8]> = body.chunks(65_521).collect();
+        let w = write(&s, &parts, true).await.unwrap();
+        assert_eq!(w.size, body.len() as u64);
+        let want = Sha256::from_bytes(&sha2::Sha256::digest(&body).into());
+        assert_eq!(w.sha256, want);
+        assert_eq!(fs::read(w.temp.path()).unwrap(), body);
+        // Below the threshold the writer thread hashes: the same digest.
+        let small = &body[..HASH_APART as usize - 1];
+        let w = write(&s, &[small], true).await.unwrap();
+        let want = Sha256::from_bytes(&sha2::Sha256::digest(small).into());
+        assert_eq!(w.sha256, want);
     }
 
     #[tokio::test]
