@@ -9,8 +9,10 @@
 //! and hands it over; memory stays bounded by those buffers.
 //!
 //! The first write error is kept, with its errno, in the shared slot the
-//! pack reads to tell a write failure from a read failure; later calls
-//! fail too, never wait.
+//! pack reads to tell a write failure from a read failure. It reaches the
+//! packing thread at its next hand-over (at most a few buffers later) or at
+//! [`HashedOutput::finish`], which then fails; nothing waits on a stopped
+//! thread.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -83,6 +85,8 @@ impl<'a> HashedOutput<'a> {
         let thread = std::thread::Builder::new()
             .name("pack-output".into())
             .spawn(move || {
+                // A panic here is still a write failure, not a read one.
+                let _panic = PanicToSlot(slot.clone());
                 let mut hasher = sha2::Sha256::new();
                 // Writeback starts as the tarball grows, so the fsync at
                 // the end waits for its last few megabytes only.
@@ -208,6 +212,21 @@ impl Drop for HashedOutput<'_> {
     }
 }
 
+/// Puts an error in the slot if the output thread panics, so that the pack
+/// reports a write failure (an empty slot would read as the input's fault).
+struct PanicToSlot(ErrorSlot);
+
+impl Drop for PanicToSlot {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            keep(
+                &self.0,
+                io::Error::other("the pack's output thread panicked"),
+            );
+        }
+    }
+}
+
 fn keep(slot: &ErrorSlot, e: io::Error) {
     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
     if slot.is_none() {
@@ -259,7 +278,7 @@ mod tests {
     }
 
     #[test]
-    fn a_write_error_keeps_its_errno_and_every_later_call_fails() {
+    fn a_write_error_keeps_its_errno_and_fails_later_hand_overs_and_finish() {
         // /dev/full fails every write with ENOSPC.
         let (slot, progress, cancel, file) = output_to(std::path::Path::new("/dev/full"));
         let mut out = HashedOutput::new(file, slot, &progress, &cancel).unwrap();
