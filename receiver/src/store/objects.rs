@@ -638,8 +638,10 @@ const HASH_APART: u64 = 1 << 20;
 enum BodyHasher {
     /// On the writer thread (every body, until [`HASH_APART`] bytes).
     Inline(sha2::Sha256),
+    /// On the writer thread to the end: no thread could be started.
+    Here(sha2::Sha256),
     /// On a thread of its own, fed the same chunks (reference-counted,
-    /// not copied); bounded by its channel.
+    /// not copied); bounded by its channel of 16 chunks.
     Apart {
         tx: std::sync::mpsc::SyncSender<Bytes>,
         thread: std::thread::JoinHandle<sha2::Sha256>,
@@ -652,7 +654,7 @@ impl BodyHasher {
         match self {
             BodyHasher::Inline(h) if received < HASH_APART => h.update(chunk),
             BodyHasher::Inline(h) => {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(64);
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
                 let mut apart = h.clone();
                 let spawned = std::thread::Builder::new()
                     .name("upload-hash".into())
@@ -668,10 +670,15 @@ impl BodyHasher {
                         let _ = tx.send(chunk.clone());
                         *self = BodyHasher::Apart { tx, thread };
                     }
-                    // No thread to be had: hash here, as for a small body.
-                    Err(_) => h.update(chunk),
+                    // No thread to be had: hash here, as for a small body,
+                    // to the end (no new attempt for every chunk).
+                    Err(_) => {
+                        h.update(chunk);
+                        *self = BodyHasher::Here(std::mem::take(h));
+                    }
                 }
             }
+            BodyHasher::Here(h) => h.update(chunk),
             BodyHasher::Apart { tx, .. } => {
                 // A send fails only if the thread panicked; `finish` says so.
                 let _ = tx.send(chunk.clone());
@@ -682,7 +689,7 @@ impl BodyHasher {
     /// The hasher over every chunk; `None` if the hashing thread panicked.
     fn finish(self) -> Option<sha2::Sha256> {
         match self {
-            BodyHasher::Inline(h) => Some(h),
+            BodyHasher::Inline(h) | BodyHasher::Here(h) => Some(h),
             BodyHasher::Apart { tx, thread } => {
                 drop(tx);
                 thread.join().ok()
