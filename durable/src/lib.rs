@@ -112,6 +112,13 @@ impl Write for WritebackFile {
         Ok(n)
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.kick()?;
+        let n = self.file.write_vectored(bufs)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
     }
