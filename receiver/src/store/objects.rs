@@ -600,42 +600,36 @@ fn write_body(
     let mut gathered: Vec<Bytes> = Vec::new();
     let mut finished = false;
     while !finished {
-        let mut bytes = 0usize;
-        let mut next = rx.blocking_recv();
-        loop {
-            match next {
-                Some(Chunk::Data(b)) => {
+        // Wait for one chunk, then take what else is waiting (a closed
+        // channel shows at the next wait).
+        let Some(first) = rx.blocking_recv() else {
+            return Ok(None);
+        };
+        let (mut next, mut bytes) = (Some(first), 0usize);
+        while let Some(chunk) = next.take() {
+            match chunk {
+                Chunk::Data(b) => {
                     size += b.len() as u64;
                     hasher.update(&b, size);
                     bytes += b.len();
                     gathered.push(b);
+                    if bytes < GATHER {
+                        next = rx.try_recv().ok();
+                    }
                 }
-                Some(Chunk::Finish) => {
-                    finished = true;
-                    break;
-                }
-                None => return Ok(None),
-            }
-            if bytes >= GATHER {
-                break;
-            }
-            match rx.try_recv() {
-                Ok(c) => next = Some(c),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => next = None,
+                Chunk::Finish => finished = true,
             }
         }
         write_all_chunks(&mut out, &gathered).map_err(|e| StoreError::new("write", path, e))?;
         gathered.clear();
     }
-    let mut file = out;
     let synced = size >= SYNC_ALONE;
     if synced {
-        file.get_ref()
+        out.get_ref()
             .sync_all()
             .map_err(|e| StoreError::new("fsync", path, e))?;
     } else {
-        file.start_rest()
+        out.start_rest()
             .map_err(|e| StoreError::new("start writeback of", path, e))?;
     }
     let digest = hasher.finish().ok_or_else(|| {
@@ -646,7 +640,7 @@ fn write_body(
         )
     })?;
     let sha256 = Sha256::from_bytes(&digest.finalize().into());
-    Ok(Some((file.into_inner(), synced, sha256, size)))
+    Ok(Some((out.into_inner(), synced, sha256, size)))
 }
 
 /// Body bytes written with one vectored call at most.
