@@ -75,12 +75,11 @@ fn pack(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<
         let (mut ferry, mut shell, mut zstd_alone) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
             // The previous output is removed inside the timed command, as
-            // `zstd -f` and `tee` truncate theirs: on this VM (free page
-            // reporting to the host) pages freed seconds ago cost a host
-            // fault each on first touch, about 0.2 s per 145 MB, while
-            // pages freed just now are reused at once. ferry renames over
-            // its old output only at the end, so without this it alone
-            // paid that fault on every run.
+            // `zstd -f` and `tee` truncate theirs, so every side writes into
+            // pages freed a moment ago (ferry renames over its old output
+            // only at the end). Where the VM's free page reporting cannot
+            // be paused (`vm.rs`), pages freed seconds ago cost a host fault
+            // each, about 0.2 s per 145 MB, and ferry alone paid it.
             ferry.push(measure(
                 Command::new("sh")
                     .arg("-c")
@@ -102,13 +101,10 @@ fn pack(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<
                     .arg(out_dir.join("shell.tar.zst")),
             )?);
             if level == 3 {
-                zstd_alone.push(measure(
-                    Command::new("zstd")
-                        .args(["-T0", "-3", "-q", "-f"])
-                        .arg(&tar_file)
-                        .arg("-o")
-                        .arg(out_dir.join("alone.tar.zst")),
-                )?);
+                zstd_alone.push(measure(&mut zstd_alone_cmd(
+                    &tar_file,
+                    &out_dir.join("alone.tar.zst"),
+                ))?);
             }
         }
         let f = report.rate_row("ferry-agent pack", bytes, &ferry);
@@ -136,6 +132,16 @@ fn pack(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<
         ));
     }
     Ok(())
+}
+
+/// `zstd -T0 -3` alone, on a tar file: the compression bound.
+fn zstd_alone_cmd(tar_file: &Path, out: &Path) -> Command {
+    let mut c = Command::new("zstd");
+    c.args(["-T0", "-3", "-q", "-f"])
+        .arg(tar_file)
+        .arg("-o")
+        .arg(out);
+    c
 }
 
 /// The large episode as one tar file (the input of `zstd` alone).
@@ -329,13 +335,7 @@ fn ship(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<
         // pack at zstd's own speed, then its output written and fsynced
         // once (no network, no digest, no index).
         let _ = std::fs::remove_file(&bound_copy);
-        let z = measure(
-            Command::new("zstd")
-                .args(["-T0", "-3", "-q", "-f"])
-                .arg(&tar_file)
-                .arg("-o")
-                .arg(&bound_out),
-        )?;
+        let z = measure(&mut zstd_alone_cmd(&tar_file, &bound_out))?;
         let d = measure(
             Command::new("dd")
                 .arg(format!("if={}", bound_out.display()))
