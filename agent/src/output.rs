@@ -60,13 +60,13 @@ pub struct HashedOutput<'a> {
     cancel: &'a CancellationToken,
 }
 
-/// The finished output: its sha256, its length and the file, written but
-/// not yet synced.
+/// The finished output: its sha256, its length and the file, written (and
+/// flushed in steps when large) but not yet synced.
 #[derive(Debug)]
 pub struct Finished {
     pub digest: [u8; 32],
     pub size: u64,
-    pub file: File,
+    pub file: WritebackFile,
 }
 
 impl<'a> HashedOutput<'a> {
@@ -88,8 +88,9 @@ impl<'a> HashedOutput<'a> {
                 // A panic here is still a write failure, not a read one.
                 let _panic = PanicToSlot(slot.clone());
                 let mut hasher = sha2::Sha256::new();
-                // Writeback starts as the tarball grows, so the fsync at
-                // the end waits for its last few megabytes only.
+                // Writeback starts, and a large tarball is flushed in
+                // steps, as it grows: the fsync at the end flushes its
+                // last few megabytes only.
                 let mut file = WritebackFile::new(file);
                 for mut buf in rx {
                     if stop.load(Ordering::Relaxed) {
@@ -169,7 +170,7 @@ impl<'a> HashedOutput<'a> {
         Ok(Finished {
             digest: written.hasher.finalize().into(),
             size: self.written,
-            file: written.file.into_inner(),
+            file: written.file,
         })
     }
 }

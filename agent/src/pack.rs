@@ -409,7 +409,11 @@ fn pack_to(
         frames.abandon();
         return Err(classify(e, None, partial));
     }
-    let Finished { digest, size, file } = frames.into_inner().finish().map_err(werr)?;
+    let Finished {
+        digest,
+        size,
+        mut file,
+    } = frames.into_inner().finish().map_err(werr)?;
     file.sync_all().map_err(werr)?;
     Ok(Packed {
         sha256: Sha256::from_bytes(&digest),

@@ -589,8 +589,8 @@ fn write_body(
     file: File,
     rx: &mut mpsc::Receiver<Chunk>,
 ) -> Result<Option<Body>, StoreError> {
-    // Writeback starts while the body arrives, so the fsync at the end waits
-    // for the last few megabytes only.
+    // Writeback starts, and a large body is flushed in steps, while it
+    // arrives: the fsync at the end flushes the last few megabytes only.
     let mut out = WritebackFile::new(file);
     let mut hasher = BodyHasher::Inline(sha2::Sha256::new());
     let mut size = 0u64;
@@ -625,8 +625,7 @@ fn write_body(
     }
     let synced = size >= SYNC_ALONE;
     if synced {
-        out.get_ref()
-            .sync_all()
+        out.sync_all()
             .map_err(|e| StoreError::new("fsync", path, e))?;
     } else {
         out.start_rest()
@@ -640,7 +639,10 @@ fn write_body(
         )
     })?;
     let sha256 = Sha256::from_bytes(&digest.finalize().into());
-    Ok(Some((out.into_inner(), synced, sha256, size)))
+    let file = out
+        .into_inner()
+        .map_err(|e| StoreError::new("flush", path, e))?;
+    Ok(Some((file, synced, sha256, size)))
 }
 
 /// Body bytes written with one vectored call at most.
