@@ -144,6 +144,58 @@ fn outbox_enospc_is_transient_and_never_quarantines() {
     assert_delivered(&rx, &spool, &["full-1".to_string()]);
 }
 
+/// A large tarball is flushed in steps while it is packed (`fdatasync` on
+/// a thread of its own; ferry-durable). Such a flush failing (EIO, strace
+/// `-P` scoped to the outbox's `.partial` file; the final sync is an
+/// `fsync`, so only a step can fail here) is a failed pack that names the
+/// file and the errno: nothing is shipped or quarantined, no partial file
+/// is left, and the next drain ships the episode.
+#[test]
+fn agent_failed_flush_step_fails_the_pack_and_is_retried() {
+    if !have("strace") {
+        skip(
+            "agent_failed_flush_step_fails_the_pack_and_is_retried",
+            "strace is not installed",
+        );
+        return;
+    }
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "flush-eio");
+    // Incompressible, so the tarball passes a 32 MiB step.
+    let big = ferry_tests::noise(11, 48 << 20);
+    ferry_tests::make_episode(
+        spool.path(),
+        "big-1",
+        Some(COMMIT_A),
+        &[("data/noise.bin", &big)],
+    );
+    let partial = spool.path().join("outbox/big-1.tar.zst.partial");
+    let mut cmd = strace(&[
+        "-P",
+        partial.to_str().unwrap(),
+        "-e",
+        "inject=fdatasync:error=EIO",
+    ]);
+    cmd.args(spool.drain_cmd_args("4s"))
+        .env("FERRY_AGENT_SCAN_INTERVAL", "100ms")
+        .env("FERRY_AGENT_BACKOFF_MAX", "200ms");
+    let out = cmd.output().expect("strace drain");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "drain claimed success: {log}");
+    assert!(
+        log.contains(partial.to_str().unwrap()) && log.contains("os error 5"),
+        "the failure does not name the file and EIO: {log}"
+    );
+    assert_eq!(spool.ids_in("quarantine"), Vec::<String>::new());
+    assert_eq!(spool.ids_in("episodes"), vec!["big-1".to_string()]);
+    assert!(!partial.exists(), "partial file left behind");
+    assert!(stored(&rx).is_empty(), "shipped despite the failed flush");
+    // The fault clears.
+    assert_ok(&spool.drain("60s"), "drain after the fault cleared");
+    assert_delivered(&rx, &spool, &["big-1".to_string()]);
+}
+
 /// The receiver cannot fsync the directory one object lands in (EIO,
 /// strace `-P` scoped to that directory): that upload is not acknowledged
 /// (5xx with a JSON reason), nothing of it is indexed, the receiver stays
