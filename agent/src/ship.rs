@@ -226,7 +226,7 @@ impl Shipper {
         let body = BodyState {
             file,
             remaining: size,
-            chunk: self.limiter.as_ref().map_or(64 << 10, |l| l.chunk()),
+            chunk: self.limiter.as_ref().map_or(UNLIMITED_CHUNK, |l| l.chunk()),
             limiter: self.limiter.clone(),
             progress: self.progress.clone(),
             last: last.clone(),
@@ -268,6 +268,12 @@ impl Shipper {
         (result, token_problem)
     }
 }
+
+/// Bytes read and sent at a time when no rate limit applies: 1 MiB, so that
+/// a 145 MB tarball is ~140 reads on the blocking pool instead of ~2,200
+/// (64 KiB); A/B below in docs/PERFORMANCE.md. Memory stays bounded: hyper
+/// asks for the next chunk only once it has written the last.
+const UNLIMITED_CHUNK: usize = 1 << 20;
 
 /// The state of a streamed request body.
 struct BodyState {
