@@ -75,6 +75,8 @@ impl WritebackFile {
         }
     }
 
+    /// The file, to read its state. Not to sync it: its fsync would not
+    /// see an error the flusher consumed; [`WritebackFile::sync_all`] does.
     pub fn get_ref(&self) -> &File {
         &self.file
     }
@@ -197,15 +199,16 @@ enum Flusher {
     /// No flush asked for yet.
     NotYet,
     /// Running. A request is a message in a channel of one: asked for again
-    /// while one waits, the two are one flush. Dropping `tx` stops it after
-    /// the flush it is in (a dropped file: nobody waits for it).
+    /// while one waits, the two are one flush. Dropped (a file abandoned
+    /// mid-write), it stops after the flush it is in, if any, and nobody
+    /// waits for it.
     Running {
+        /// Set by a stop, and when dropped, before `tx` goes (fields drop
+        /// in order): a request still queued is then not flushed.
+        stopping: StopOnDrop,
         tx: SyncSender<()>,
         thread: JoinHandle<()>,
         kept: Kept,
-        /// Set before a stop: a request still queued is not flushed (the
-        /// final fsync does it).
-        stopping: Arc<AtomicBool>,
         /// Flushes done.
         done: Arc<AtomicU64>,
     },
@@ -215,6 +218,16 @@ enum Flusher {
     /// could not be duplicated. The final fsync still makes the file
     /// durable; it just flushes more.
     Off,
+}
+
+/// Tells the flusher thread to stop, at the latest when dropped.
+#[derive(Debug)]
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Flusher {
@@ -256,10 +269,10 @@ impl Flusher {
                 }
             })?;
         Ok(Flusher::Running {
+            stopping: StopOnDrop(stopping),
             tx,
             thread,
             kept,
-            stopping,
             done,
         })
     }
@@ -294,7 +307,7 @@ impl Flusher {
         else {
             unreachable!("matched above")
         };
-        stopping.store(true, Ordering::Relaxed);
+        drop(stopping);
         drop(tx);
         let failed = match thread.join() {
             Err(_) => Some(io::Error::other("the file's flusher thread panicked")),
@@ -403,10 +416,34 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), block.repeat(16));
     }
 
+    /// A step that fails after the last write (the error is in the
+    /// flusher's slot when the writer is done) still fails the sync and
+    /// `into_inner`: the final fsync of a regular file would succeed, as
+    /// the flush consumed the kernel's error. The error is put in the slot
+    /// by hand, as the flusher thread would.
+    #[test]
+    fn a_step_failed_after_the_last_write_fails_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WritebackFile::new(File::create(dir.path().join("f")).unwrap());
+        w.write_all(b"all of it").unwrap();
+        w.flusher = Flusher::start(w.get_ref()).unwrap();
+        let Flusher::Running { kept, .. } = &w.flusher else {
+            panic!("a regular file has a flusher");
+        };
+        *kept.lock().unwrap() = Some(io::Error::from_raw_os_error(libc::EIO));
+        for _ in 0..2 {
+            let e = w.sync_all().unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        }
+        let e = w.into_inner().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    }
+
     /// The flusher's error fails the next write, the sync and
     /// `into_inner`, every time asked. A real one: `/proc/self/comm` is a
     /// regular file that `fdatasync` cannot flush (EINVAL); it is opened
-    /// for writing and never written.
+    /// for writing and never written. (Its own fsync fails too, so the
+    /// sync's part is shown by the test above.)
     #[test]
     fn a_failed_flush_fails_every_later_write_and_sync() {
         let w = OpenOptions::new()
