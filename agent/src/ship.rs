@@ -226,7 +226,8 @@ impl Shipper {
         let body = BodyState {
             file,
             remaining: size,
-            chunk: self.limiter.as_ref().map_or(UNLIMITED_CHUNK, |l| l.chunk()),
+            read: self.limiter.as_ref().map_or(UNLIMITED_READ, |l| l.chunk()),
+            pending: Bytes::new(),
             limiter: self.limiter.clone(),
             progress: self.progress.clone(),
             last: last.clone(),
@@ -269,17 +270,27 @@ impl Shipper {
     }
 }
 
-/// Bytes read and sent at a time when no rate limit applies: 1 MiB, so that
-/// a 145 MB tarball is ~140 reads on the blocking pool instead of ~2,200
-/// (64 KiB); A/B below in docs/PERFORMANCE.md. Memory stays bounded: hyper
-/// asks for the next chunk only once it has written the last.
-const UNLIMITED_CHUNK: usize = 1 << 20;
+/// Bytes read from the tarball at a time when no rate limit applies: 1 MiB,
+/// so that a 145 MB tarball is ~140 reads on the blocking pool instead of
+/// ~2,200 (64 KiB); A/B in docs/PERFORMANCE.md.
+const UNLIMITED_READ: usize = 1 << 20;
+
+/// Bytes handed to the HTTP client at a time (slices of a read, not
+/// copies). Progress, which the stall watch and the watchdog go by, moves
+/// at each: hyper takes the next slice only once the last is on its way,
+/// so on a slow link a mark every 64 KiB, not every 1 MiB, keeps "nothing
+/// moved for `request_timeout`" meaning the link has stopped (at the
+/// default 60 s: below ~1 KB/s, not ~17 KB/s).
+const SEND_SLICE: usize = 64 << 10;
 
 /// The state of a streamed request body.
 struct BodyState {
     file: tokio::fs::File,
     remaining: u64,
-    chunk: usize,
+    /// Bytes read at a time (the limiter's chunk under a rate limit).
+    read: usize,
+    /// Read and not yet handed over.
+    pending: Bytes,
     limiter: Option<Arc<RateLimiter>>,
     progress: Arc<Progress>,
     last: Arc<AtomicU64>,
@@ -289,30 +300,30 @@ struct BodyState {
 
 impl BodyState {
     async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
-        if self.remaining == 0 {
-            return None;
-        }
-        let want = (self.remaining.min(self.chunk as u64)) as usize;
-        if let Some(l) = &self.limiter {
-            l.acquire(want).await;
-        }
-        let mut buf = vec![0u8; want];
-        match self.file.read_exact(&mut buf).await {
-            Ok(_) => {
-                self.remaining -= want as u64;
-                self.progress
-                    .counter
-                    .fetch_add(want as u64, Ordering::Relaxed);
-                touch(&self.last, self.start);
-                Some(Ok(Bytes::from(buf)))
+        if self.pending.is_empty() {
+            if self.remaining == 0 {
+                return None;
             }
-            Err(e) => {
+            let want = (self.remaining.min(self.read as u64)) as usize;
+            if let Some(l) = &self.limiter {
+                l.acquire(want).await;
+            }
+            let mut buf = vec![0u8; want];
+            if let Err(e) = self.file.read_exact(&mut buf).await {
                 let copy = std::io::Error::new(e.kind(), e.to_string());
                 *self.read_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 self.remaining = 0;
-                Some(Err(copy))
+                return Some(Err(copy));
             }
+            self.remaining -= want as u64;
+            self.pending = Bytes::from(buf);
         }
+        let slice = self.pending.split_to(self.pending.len().min(SEND_SLICE));
+        self.progress
+            .counter
+            .fetch_add(slice.len() as u64, Ordering::Relaxed);
+        touch(&self.last, self.start);
+        Some(Ok(slice))
     }
 }
 
@@ -403,6 +414,45 @@ mod tests {
             took >= Duration::from_millis(1990) && took <= Duration::from_millis(2100),
             "{took:?}"
         );
+    }
+
+    /// A tarball is read 1 MiB at a time but handed over, and counted as
+    /// progress, 64 KiB at a time: every byte once, in order.
+    #[tokio::test]
+    async fn the_body_is_read_in_large_pieces_and_sent_in_small_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.tar.zst");
+        let data: Vec<u8> = (0..(2 * UNLIMITED_READ + 1000))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        let progress = Progress::new();
+        let mut body = BodyState {
+            file: tokio::fs::File::open(&path).await.unwrap(),
+            remaining: data.len() as u64,
+            read: UNLIMITED_READ,
+            pending: Bytes::new(),
+            limiter: None,
+            progress: progress.clone(),
+            last: Arc::new(AtomicU64::new(0)),
+            start: Instant::now(),
+            read_error: Arc::default(),
+        };
+        let mut sent = Vec::new();
+        let mut slices = 0;
+        while let Some(chunk) = body.next_chunk().await {
+            let chunk = chunk.unwrap();
+            assert!(!chunk.is_empty() && chunk.len() <= SEND_SLICE);
+            sent.extend_from_slice(&chunk);
+            slices += 1;
+            assert_eq!(
+                progress.counter.load(Ordering::Relaxed),
+                sent.len() as u64,
+                "progress moves with each slice"
+            );
+        }
+        assert_eq!(sent, data);
+        assert_eq!(slices, 2 * (UNLIMITED_READ / SEND_SLICE) + 1);
     }
 
     #[tokio::test(start_paused = true)]
