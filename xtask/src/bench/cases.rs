@@ -78,6 +78,11 @@ fn pack(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<
             // only at the end). Where the VM's free page reporting cannot
             // be paused (`vm.rs`), pages freed seconds ago cost a host fault
             // each, about 0.2 s per 145 MB, and ferry alone paid it.
+            // Every side starts with no dirty data of another's: the
+            // baselines leave 145 MB each unsynced, which the kernel writes
+            // back some 30 s later, and a disk flush of ferry's then
+            // waited for it too (`sync` before each, outside the timing).
+            sync_all();
             ferry.push(measure(
                 Command::new("sh")
                     .arg("-c")
@@ -87,6 +92,7 @@ fn pack(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<
                     .arg(&out)
                     .env("FERRY_AGENT_ZSTD_LEVEL", level.to_string()),
             )?);
+            sync_all();
             shell.push(measure(
                 Command::new("sh")
                     .arg("-c")
@@ -99,6 +105,7 @@ fn pack(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<
                     .arg(out_dir.join("shell.tar.zst")),
             )?);
             if level == 3 {
+                sync_all();
                 zstd_alone.push(measure(&mut zstd_alone_cmd(
                     &tar_file,
                     &out_dir.join("alone.tar.zst"),
@@ -314,12 +321,15 @@ fn ship(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<
     for rep in 0..opts.reps {
         let id = format!("ship-{rep}");
         let spool = spool_with(env, "ship", &corpus.large, &id, &token)?;
+        // No side inherits another's dirty data (see the pack case).
+        sync_all();
         ferry.push(measure(
             agent_cmd(env, "drain", &spool, &rx.url).args(["--timeout", "10m"]),
         )?);
         if !spool.join("shipped").join(&id).exists() {
             bail!("drain exited 0 but {id} is not in shipped/");
         }
+        sync_all();
         base.push(measure(
             Command::new("sh")
                 .arg("-c")
@@ -333,6 +343,7 @@ fn ship(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<
         // fsyncs, index) free. Until 2026-11-23 the bound also wrote and
         // fsynced the output with `dd conv=fsync`; ferry's flushes in steps
         // overlap most of that with the pack, so it was no bound any more.
+        sync_all();
         bound.push(measure(&mut zstd_alone_cmd(&tar_file, &bound_out))?);
     }
     let f = report.rate_row(
