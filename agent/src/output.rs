@@ -21,7 +21,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use ferry_durable::WritebackFile;
+use ferry_durable::{copy_error, WritebackFile};
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
@@ -143,7 +143,7 @@ impl<'a> HashedOutput<'a> {
     fn stopped(&self) -> io::Error {
         let slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
         match slot.as_ref() {
-            Some(e) => copy(e),
+            Some(e) => copy_error(e),
             None => io::Error::other("the pack's output thread stopped"),
         }
     }
@@ -232,13 +232,6 @@ fn keep(slot: &ErrorSlot, e: io::Error) {
     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
     if slot.is_none() {
         *slot = Some(e);
-    }
-}
-
-fn copy(e: &io::Error) -> io::Error {
-    match e.raw_os_error() {
-        Some(n) => io::Error::from_raw_os_error(n),
-        None => io::Error::new(e.kind(), e.to_string()),
     }
 }
 

@@ -282,11 +282,11 @@ impl Flusher {
         match self {
             Flusher::Running { kept, .. } => {
                 match kept.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                    Some(e) => Err(copy(e)),
+                    Some(e) => Err(copy_error(e)),
                     None => Ok(()),
                 }
             }
-            Flusher::Failed(e) => Err(copy(e)),
+            Flusher::Failed(e) => Err(copy_error(e)),
             Flusher::NotYet | Flusher::Off => Ok(()),
         }
     }
@@ -320,8 +320,9 @@ impl Flusher {
     }
 }
 
-/// The same error again: by errno when it has one.
-fn copy(e: &io::Error) -> io::Error {
+/// The same error again, for a second reader of one failure: by errno when
+/// it has one (`io::Error` is not `Clone`).
+pub fn copy_error(e: &io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(n) => io::Error::from_raw_os_error(n),
         None => io::Error::new(e.kind(), e.to_string()),

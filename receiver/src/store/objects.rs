@@ -75,11 +75,7 @@ impl StoreError {
 
     /// The same failure again, for another upload of the batch it failed.
     pub fn again(&self) -> Self {
-        let source = match self.source.raw_os_error() {
-            Some(errno) => io::Error::from_raw_os_error(errno),
-            None => io::Error::new(self.source.kind(), self.source.to_string()),
-        };
-        Self::new(self.op, &self.path, source)
+        Self::new(self.op, &self.path, ferry_durable::copy_error(&self.source))
     }
 
     /// The errno, if the OS gave one.
