@@ -37,6 +37,22 @@ fn strace_wrapper_to(out: &str, path: &str, exprs: &[&str]) -> Vec<String> {
     v
 }
 
+/// A 4 s drain under `strace -P <outbox>/<id>.tar.zst.partial -e INJECT`,
+/// retrying quickly; the partial file's path and the drain's output.
+fn drain_with_outbox_fault(
+    spool: &Spool,
+    id: &str,
+    inject: &str,
+) -> (std::path::PathBuf, std::process::Output) {
+    let partial = spool.path().join(format!("outbox/{id}.tar.zst.partial"));
+    let mut cmd = strace(&["-P", partial.to_str().unwrap(), "-e", inject]);
+    cmd.args(spool.drain_cmd_args("4s"))
+        .env("FERRY_AGENT_SCAN_INTERVAL", "100ms")
+        .env("FERRY_AGENT_BACKOFF_MAX", "200ms");
+    let out = cmd.output().expect("strace drain");
+    (partial, out)
+}
+
 fn reason(spool: &Spool, id: &str) -> serde_json::Value {
     let p = spool
         .path()
@@ -123,19 +139,9 @@ fn outbox_enospc_is_transient_and_never_quarantines() {
     rx.allow(COMMIT_A, true);
     let spool = Spool::new(&rx, "enospc");
     small_episode(&spool, "full-1", 1);
-    let partial = spool.path().join("outbox/full-1.tar.zst.partial");
-    let mut cmd = strace(&[
-        "-P",
-        partial.to_str().unwrap(),
-        "-e",
-        "inject=write:error=ENOSPC",
-    ]);
-    cmd.args(spool.drain_cmd_args("4s"))
-        .env("FERRY_AGENT_SCAN_INTERVAL", "100ms")
-        .env("FERRY_AGENT_BACKOFF_MAX", "200ms");
     // The drain cannot finish while the disk is "full": it must time out
     // (exit 1) without quarantining anything.
-    let i = cmd.output().expect("strace drain");
+    let (_, i) = drain_with_outbox_fault(&spool, "full-1", "inject=write:error=ENOSPC");
     assert!(!i.status.success(), "drain claimed success on a full disk");
     assert_eq!(spool.ids_in("quarantine"), Vec::<String>::new());
     assert_eq!(spool.ids_in("episodes"), vec!["full-1".to_string()]);
@@ -170,17 +176,7 @@ fn agent_failed_flush_step_fails_the_pack_and_is_retried() {
         Some(COMMIT_A),
         &[("data/noise.bin", &big)],
     );
-    let partial = spool.path().join("outbox/big-1.tar.zst.partial");
-    let mut cmd = strace(&[
-        "-P",
-        partial.to_str().unwrap(),
-        "-e",
-        "inject=fdatasync:error=EIO",
-    ]);
-    cmd.args(spool.drain_cmd_args("4s"))
-        .env("FERRY_AGENT_SCAN_INTERVAL", "100ms")
-        .env("FERRY_AGENT_BACKOFF_MAX", "200ms");
-    let out = cmd.output().expect("strace drain");
+    let (partial, out) = drain_with_outbox_fault(&spool, "big-1", "inject=fdatasync:error=EIO");
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "drain claimed success: {log}");
     assert!(
