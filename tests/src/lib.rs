@@ -56,6 +56,16 @@ pub fn have(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `test` must be skipped because `tool` is not on PATH; if so,
+/// says so loudly through [`skip`]. `if lacks("strace", NAME) { return; }`
+pub fn lacks(tool: &str, test: &str) -> bool {
+    if have(tool) {
+        return false;
+    }
+    skip(test, &format!("{tool} is not installed"));
+    true
+}
+
 /// Report a skipped test loudly, on stderr and in a file CI prints at the end.
 pub fn skip(test: &str, why: &str) {
     let line = format!("SKIPPED {test}: {why}");

@@ -163,11 +163,10 @@ fn incident2_sigterm_mid_upload_is_aborted_not_failed() {
 /// cannot write is reported and survived, never fatal.
 #[test]
 fn incident3_transient_eio_is_retried_never_a_permanent_downgrade() {
-    if !ferry_tests::have("strace") {
-        ferry_tests::skip(
-            "incident3_transient_eio_is_retried_never_a_permanent_downgrade",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks(
+        "strace",
+        "incident3_transient_eio_is_retried_never_a_permanent_downgrade",
+    ) {
         return;
     }
     let data = tempfile::tempdir().unwrap();
@@ -404,11 +403,10 @@ fn incident5_a_hung_read_while_packing_stops_the_watchdog() {
     let spool = Spool::new(&rx, "incident5b");
     let dir = small(&spool, "hang", 1);
     let file = dir.join("data/noise.bin");
-    if !ferry_tests::have("strace") {
-        ferry_tests::skip(
-            "incident5_a_hung_read_while_packing_stops_the_watchdog",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks(
+        "strace",
+        "incident5_a_hung_read_while_packing_stops_the_watchdog",
+    ) {
         return;
     }
     let ns = NotifySocket::new();
@@ -466,11 +464,7 @@ fn incident5_a_hung_read_while_packing_stops_the_watchdog() {
 /// pack, no tarball or `.partial` left.
 #[test]
 fn kill9_mid_pack_and_mid_upload_ships_exactly_once() {
-    if !ferry_tests::have("strace") {
-        ferry_tests::skip(
-            "kill9_mid_pack_and_mid_upload_ships_exactly_once",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks("strace", "kill9_mid_pack_and_mid_upload_ships_exactly_once") {
         return;
     }
     use std::os::unix::process::CommandExt;

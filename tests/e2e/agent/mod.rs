@@ -379,8 +379,7 @@ pub fn strace_drain(
     timeout: &str,
     args: &[&str],
 ) -> Option<std::process::Command> {
-    if !ferry_tests::have("strace") {
-        ferry_tests::skip(test, "strace is not installed");
+    if ferry_tests::lacks("strace", test) {
         return None;
     }
     let mut c = std::process::Command::new("strace");

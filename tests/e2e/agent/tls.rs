@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use ferry_tests::{assert_ok, have, skip, Receiver, Spool, COMMIT_A};
+use ferry_tests::{assert_ok, Receiver, Spool, COMMIT_A};
 
 use super::{small, stored, text};
 
@@ -87,8 +87,7 @@ fn make_ca(dir: &Path) {
 
 #[test]
 fn private_ca_via_ca_file() {
-    if !have("openssl") {
-        skip("private_ca_via_ca_file", "openssl is not installed");
+    if ferry_tests::lacks("openssl", "private_ca_via_ca_file") {
         return;
     }
     let pki = tempfile::tempdir().unwrap();

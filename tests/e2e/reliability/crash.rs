@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_tests::{
-    assert_ok, have, put_episode, sha256_hex, signal, skip, wait_exit, Receiver, Spool, COMMIT_A,
+    assert_ok, put_episode, sha256_hex, signal, wait_exit, Receiver, Spool, COMMIT_A,
 };
 
 use super::{assert_delivered, receiver_temp_files, small_episode, stored};
@@ -245,11 +245,7 @@ const MAX_N: u32 = 12;
 /// false conflict, no quarantine and no orphan.
 #[test]
 fn agent_killed_at_every_rename_and_fsync_recovers() {
-    if !have("strace") {
-        skip(
-            "agent_killed_at_every_rename_and_fsync_recovers",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks("strace", "agent_killed_at_every_rename_and_fsync_recovers") {
         return;
     }
     let rx = Receiver::start();
@@ -338,11 +334,10 @@ fn agent_killed_at_every_rename_and_fsync_recovers() {
 /// (never a false 409), and `episodes verify` stays clean.
 #[test]
 fn receiver_killed_at_every_rename_and_fsync_recovers() {
-    if !have("strace") {
-        skip(
-            "receiver_killed_at_every_rename_and_fsync_recovers",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks(
+        "strace",
+        "receiver_killed_at_every_rename_and_fsync_recovers",
+    ) {
         return;
     }
     let data = tempfile::tempdir().unwrap();

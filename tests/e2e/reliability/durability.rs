@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use ferry_tests::{assert_ok, have, put_episode, sha256_hex, skip, Receiver, Spool, COMMIT_A};
+use ferry_tests::{assert_ok, put_episode, sha256_hex, Receiver, Spool, COMMIT_A};
 
 use super::small_episode;
 
@@ -129,11 +129,7 @@ const TRACED: &str = "trace=fsync,fdatasync,syncfs,sync_file_range,rename,rename
 
 #[test]
 fn agent_state_changes_are_fsync_rename_fsync_dir() {
-    if !have("strace") {
-        skip(
-            "agent_state_changes_are_fsync_rename_fsync_dir",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks("strace", "agent_state_changes_are_fsync_rename_fsync_dir") {
         return;
     }
     let rx = Receiver::start();
@@ -178,11 +174,10 @@ fn agent_state_changes_are_fsync_rename_fsync_dir() {
 
 #[test]
 fn receiver_acknowledges_only_after_object_and_index_are_durable() {
-    if !have("strace") {
-        skip(
-            "receiver_acknowledges_only_after_object_and_index_are_durable",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks(
+        "strace",
+        "receiver_acknowledges_only_after_object_and_index_are_durable",
+    ) {
         return;
     }
     let data = tempfile::tempdir().unwrap();

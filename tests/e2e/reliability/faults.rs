@@ -68,11 +68,7 @@ fn reason(spool: &Spool, id: &str) -> serde_json::Value {
 /// with a reason naming the file and the errno.
 #[test]
 fn unreadable_file_costs_one_episode_and_is_named() {
-    if !have("strace") {
-        skip(
-            "unreadable_file_costs_one_episode_and_is_named",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks("strace", "unreadable_file_costs_one_episode_and_is_named") {
         return;
     }
     for (errno, words) in [
@@ -128,11 +124,7 @@ fn unreadable_file_costs_one_episode_and_is_named() {
 /// once space is back the episode ships.
 #[test]
 fn outbox_enospc_is_transient_and_never_quarantines() {
-    if !have("strace") {
-        skip(
-            "outbox_enospc_is_transient_and_never_quarantines",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks("strace", "outbox_enospc_is_transient_and_never_quarantines") {
         return;
     }
     let rx = Receiver::start();
@@ -158,11 +150,10 @@ fn outbox_enospc_is_transient_and_never_quarantines() {
 /// is left, and the next drain ships the episode.
 #[test]
 fn agent_failed_flush_step_fails_the_pack_and_is_retried() {
-    if !have("strace") {
-        skip(
-            "agent_failed_flush_step_fails_the_pack_and_is_retried",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks(
+        "strace",
+        "agent_failed_flush_step_fails_the_pack_and_is_retried",
+    ) {
         return;
     }
     let rx = Receiver::start();
@@ -199,11 +190,10 @@ fn agent_failed_flush_step_fails_the_pack_and_is_retried() {
 /// upload is stored.
 #[test]
 fn receiver_fsync_eio_is_not_acknowledged_and_costs_one_upload() {
-    if !have("strace") {
-        skip(
-            "receiver_fsync_eio_is_not_acknowledged_and_costs_one_upload",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks(
+        "strace",
+        "receiver_fsync_eio_is_not_acknowledged_and_costs_one_upload",
+    ) {
         return;
     }
     let data = tempfile::tempdir().unwrap();
@@ -258,11 +248,10 @@ fn receiver_fsync_eio_is_not_acknowledged_and_costs_one_upload() {
 /// stored (201), indexed and intact, and no temporary file is left.
 #[test]
 fn receiver_syncfs_eio_under_load_falls_back_to_fsync_per_file() {
-    if !have("strace") {
-        skip(
-            "receiver_syncfs_eio_under_load_falls_back_to_fsync_per_file",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks(
+        "strace",
+        "receiver_syncfs_eio_under_load_falls_back_to_fsync_per_file",
+    ) {
         return;
     }
     let data = tempfile::tempdir().unwrap();
@@ -350,11 +339,7 @@ fn journal_mode(db: &Path) -> Option<String> {
 /// must never be acknowledged.
 #[test]
 fn incident3_transient_eio_never_downgrades_wal() {
-    if !have("strace") {
-        skip(
-            "incident3_transient_eio_never_downgrades_wal",
-            "strace is not installed",
-        );
+    if ferry_tests::lacks("strace", "incident3_transient_eio_never_downgrades_wal") {
         return;
     }
     let data = tempfile::tempdir().unwrap();
