@@ -310,7 +310,7 @@ impl BodyState {
             }
             let mut buf = vec![0u8; want];
             if let Err(e) = self.file.read_exact(&mut buf).await {
-                let copy = std::io::Error::new(e.kind(), e.to_string());
+                let copy = ferry_durable::copy_error(&e);
                 *self.read_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 self.remaining = 0;
                 return Some(Err(copy));
