@@ -294,18 +294,18 @@ impl Flusher {
     /// Stops the thread after the flush it is in, and returns its error
     /// (kept: asked again, the answer is the same).
     fn stop(&mut self) -> io::Result<()> {
-        if !matches!(self, Flusher::Running { .. }) {
-            return self.check();
-        }
-        let Flusher::Running {
-            tx,
-            thread,
-            kept,
-            stopping,
-            ..
-        } = std::mem::replace(self, Flusher::Off)
-        else {
-            unreachable!("matched above")
+        let (stopping, tx, thread, kept) = match std::mem::replace(self, Flusher::Off) {
+            Flusher::Running {
+                stopping,
+                tx,
+                thread,
+                kept,
+                ..
+            } => (stopping, tx, thread, kept),
+            other => {
+                *self = other;
+                return self.check();
+            }
         };
         drop(stopping);
         drop(tx);
