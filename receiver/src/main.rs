@@ -120,13 +120,12 @@ fn resolve(cli: &Cli, listen: Option<&str>) -> Result<Config, String> {
 /// Upload bodies arrive in hyper's read buffers of up to ~400 KiB, which are
 /// freed on the writer and hashing threads once written and hashed. glibc's
 /// malloc gives such memory back to the kernel at once (its trim threshold
-/// starts at 128 KiB), so the next buffer faults in and zeroes fresh pages:
-/// ~90,000 page faults and a fifth of the receiver's CPU per five 145 MB
-/// uploads (`perf stat -e task-clock,page-faults`). Keeping up to 16 MiB
-/// freed per arena, and serving blocks below 4 MiB from the arenas: ~200 to
-/// 7,000 faults and 1.03–1.06 s of CPU instead of 1.32–1.48 s, peak RSS 40
-/// MiB instead of 37 (docs/PERFORMANCE.md). glibc only; other C libraries
-/// keep their defaults.
+/// starts at 128 KiB), so the next buffer faults in and zeroes fresh pages.
+/// Keeping up to 16 MiB freed per arena, and serving blocks below 4 MiB from
+/// the arenas, took five 145 MB uploads from 82–98k page faults and
+/// 1.22–1.35 s of CPU to 0.2–7k and 0.99–1.13 s (`perf stat -e
+/// task-clock,page-faults`; docs/PERFORMANCE.md). glibc only; other C
+/// libraries keep their defaults.
 fn keep_freed_body_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called before any
