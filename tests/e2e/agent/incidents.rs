@@ -530,37 +530,65 @@ fn kill9_mid_pack_and_mid_upload_ships_exactly_once() {
 /// §4.5 as it happened: a long pack at a high zstd level. The reads pause
 /// while zstd's workers chew on a whole job, but compressed output keeps
 /// flowing, so the watchdog is fed throughout.
+///
+/// The pack is made to outlast the watchdog interval whatever the machine's
+/// speed: strace holds every 128th read of the file (one per MiB, the pack
+/// reads 8 KiB at a time) for a second, so 12 MiB take at least 12 s of
+/// reads against a 6 s interval, and input still moves at least once a
+/// second. (This test used to rely on level 19 alone taking over 6 s, and
+/// failed on a machine a little faster than the one that sized it.)
 #[test]
 fn incident5_a_long_pack_at_a_high_zstd_level_keeps_the_watchdog_fed() {
+    const TEST: &str = "incident5_a_long_pack_at_a_high_zstd_level_keeps_the_watchdog_fed";
+    if ferry_tests::lacks("strace", TEST) {
+        return;
+    }
     let rx = Receiver::start();
     rx.allow(COMMIT_A, true);
     let spool = Spool::new(&rx, "incident5c");
     let dir = small(&spool, "dense", 1);
-    // Low-entropy bytes: slow for zstd -19, unlike pure noise. 40 MiB:
-    // since level-19 frames are compressed in parallel, 16 MiB packed in
-    // 3.9 s on a quiet CI machine, under the interval this test needs the
-    // pack to outlast; 40 MiB takes about 10 s quiet, 25 s loaded.
-    let data: Vec<u8> = noise(7, 40 << 20).iter().map(|b| b % 5).collect();
-    std::fs::write(dir.join("dense.bin"), data).unwrap();
+    // Low-entropy bytes: slow for zstd -19, unlike pure noise.
+    let data: Vec<u8> = noise(7, 12 << 20).iter().map(|b| b % 5).collect();
+    let file = dir.join("dense.bin");
+    std::fs::write(&file, data).unwrap();
     let ns = NotifySocket::new();
     // Generous: a loaded 2-core machine slows each zstd job down, and the
     // watchdog is fed every half interval only if a job finished or input
-    // moved since the last feed; a 2 MiB job at level 19 took over 2 s
-    // while the whole suite ran (a 4 s interval flaked).
+    // moved since the last feed.
     let interval = Duration::from_secs(6);
-    let mut d = daemon_with_notify(
-        &spool,
-        &ns,
-        Some(interval),
+    let trace = tempfile::tempdir().unwrap();
+    let trace_log = trace.path().join("strace.log");
+    let agent = spool.agent("run");
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-qq", "-e", "trace=read", "-o"])
+        .arg(&trace_log)
+        .arg("-P")
+        .arg(&file)
+        .args(["-e", "inject=read:delay_enter=1000000:when=1+128"])
+        .arg(agent.get_program())
+        .args(agent.get_args());
+    for (k, v) in ns.env(Some(interval)) {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let mut d = Daemon::start_cmd(
+        cmd,
         &[
             ("FERRY_AGENT_ZSTD_LEVEL", "19"),
             ("RUST_LOG", "ferry_agent=debug"),
         ],
     );
-    let start = Instant::now();
     d.wait_log("packed");
     let packed = Instant::now();
     until("shipped", || d.log(), || stored(&rx).contains_key("dense"));
+    let held = std::fs::read_to_string(&trace_log)
+        .unwrap()
+        .matches("(DELAYED)")
+        .count();
+    assert!(
+        held >= 12,
+        "strace held {held} reads, not the 12 the test needs"
+    );
     assert!(
         packed - start > interval,
         "the pack was not longer than the watchdog interval: {:?}",
