@@ -7,7 +7,10 @@
 //! (what happened → `proto::Outcome`), `retire` / `quarantine` / `conflict`
 //! (the actions), `backoff`, `sweep`, `notify` (systemd), `state`
 //! (`.ferry-agent-state.json`), `run` (daemon loop and drain), `doctor`,
-//! `status`, `cli`.
+//! `status`, `cli`. Files are opened through `ferry_durable::safe`; no
+//! `unsafe` here.
+
+#![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod classify;
