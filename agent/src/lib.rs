@@ -7,11 +7,13 @@
 //! (what happened → `proto::Outcome`), `retire` / `quarantine` / `conflict`
 //! (the actions), `backoff`, `sweep`, `notify` (systemd), `state`
 //! (`.ferry-agent-state.json`), `run` (daemon loop and drain), `doctor`,
-//! `status`, `cli`. Files are opened through `ferry_durable::safe`; no
+//! `status`, `cli`, `archive` (the walker that checks a tarball left in
+//! the outbox). Files are opened through `ferry_durable::safe`; no
 //! `unsafe` here.
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod backoff;
 pub mod classify;
 pub mod cli;
@@ -21,6 +23,7 @@ pub mod doctor;
 pub mod frames;
 pub mod fsio;
 pub mod notify;
+pub mod outbox;
 pub mod output;
 pub mod pack;
 pub mod quarantine;
