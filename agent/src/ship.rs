@@ -357,9 +357,7 @@ async fn read_answer(
     let retry_after = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| headers::parse_retry_after(v.as_bytes()));
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if let Some((last, start)) = progress {
