@@ -5,14 +5,14 @@
 //! an archive of this episode (zstd frames holding a tar whose first entry
 //! is `<id>/` and every other entry a directory, regular file or symlink
 //! below it), so an unrelated `.zst`, or any other file, is never sent
-//! under the episode's id. Fuzzed (`fuzz/`): it sees untrusted bytes.
+//! under the episode's id. Fuzzed (`fuzz/` compiles this file into its
+//! target, so it depends on nothing of the agent's).
 
 use std::io::{self, Read};
 use std::path::Component;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::Digest;
-use tokio_util::sync::CancellationToken;
 
 /// Why a tarball cannot be shipped as the episode.
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +41,13 @@ struct Hashing<'a, R> {
     hasher: sha2::Sha256,
     size: u64,
     progress: Option<&'a AtomicU64>,
-    cancel: Option<&'a CancellationToken>,
+    stop: &'a dyn Fn() -> bool,
     error: Option<CheckError>,
 }
 
 impl<R: Read> Read for Hashing<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.cancel.is_some_and(|c| c.is_cancelled()) {
+        if (self.stop)() {
             self.error = Some(CheckError::Cancelled);
             return Err(io::Error::other("cancelled"));
         }
@@ -72,19 +72,20 @@ impl<R: Read> Read for Hashing<'_, R> {
 }
 
 /// Walk the archive in `r` (read to its end) and hash all of it. `id` is
-/// the episode the archive must hold.
+/// the episode the archive must hold; `progress` counts bytes read; `stop`
+/// cancels (checked before each read).
 pub fn check(
     r: impl Read,
     id: &str,
     progress: Option<&AtomicU64>,
-    cancel: Option<&CancellationToken>,
+    stop: &dyn Fn() -> bool,
 ) -> Result<Checked, CheckError> {
     let mut hashing = Hashing {
         inner: r,
         hasher: sha2::Sha256::new(),
         size: 0,
         progress,
-        cancel,
+        stop,
         error: None,
     };
     let walked = walk(&mut hashing, id);
@@ -163,11 +164,15 @@ mod tests {
     fn only_an_archive_of_this_episode_passes() {
         use tar::EntryType::{Directory, Regular, Symlink};
         let good = tar_zst(&[("ep", Directory), ("ep/a", Regular), ("ep/l", Symlink)]);
-        let c = check(&good[..], "ep", None, None).unwrap();
+        let c = check(&good[..], "ep", None, &|| false).unwrap();
         assert_eq!(c.size, good.len() as u64);
         assert_eq!(c.digest, <[u8; 32]>::from(sha2::Sha256::digest(&good)));
-        let foreign =
-            |bytes: &[u8], id| matches!(check(bytes, id, None, None), Err(CheckError::Foreign(_)));
+        let foreign = |bytes: &[u8], id| {
+            matches!(
+                check(bytes, id, None, &|| false),
+                Err(CheckError::Foreign(_))
+            )
+        };
         assert!(foreign(&good, "other"));
         assert!(foreign(b"root:x:0:0::/root:/bin/sh\n", "ep"));
         assert!(foreign(&zstd::encode_all(&b"hello"[..], 3).unwrap(), "ep"));
@@ -194,7 +199,7 @@ mod tests {
                 Err(io::Error::from_raw_os_error(libc::EIO))
             }
         }
-        let e = check(Eio, "ep", None, None).unwrap_err();
+        let e = check(Eio, "ep", None, &|| false).unwrap_err();
         assert!(
             matches!(&e, CheckError::Read(e) if e.raw_os_error() == Some(libc::EIO)),
             "{e:?}"

@@ -75,7 +75,8 @@ fn left_over(
         );
         return discard(spool, id, &why);
     }
-    match archive::check(&mut file, id.as_str(), Some(progress), Some(cancel)) {
+    let stop = || cancel.is_cancelled();
+    match archive::check(&mut file, id.as_str(), Some(progress), &stop) {
         Ok(c) => Ok(Some(Tarball {
             packed: Packed {
                 sha256: Sha256::from_bytes(&c.digest),
