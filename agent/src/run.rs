@@ -532,10 +532,9 @@ impl Agent {
             };
             let (packed, tarball_file) = match packed {
                 Ok(t) => {
-                    lock(&self.strikes)
-                        .entry(id.clone())
-                        .or_default()
-                        .changed_passes = 0;
+                    if let Some(rec) = lock(&self.strikes).get_mut(&id) {
+                        rec.changed_passes = 0;
+                    }
                     (t.packed, t.file)
                 }
                 Err(e) => {
