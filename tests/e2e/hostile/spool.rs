@@ -11,7 +11,7 @@ use ferry_tests::{make_episode, wait_for, Receiver, Spool, COMMIT_A};
 use serde_json::json;
 
 use super::{exit_within, secret};
-use crate::agent::{answer, fake, pack_sha, reason, small, stored};
+use crate::agent::{answer, fake, pack_sha, reason, small, stored, Daemon};
 
 /// Class 1. The reason and conflict files are written into the producer's
 /// own directory (moved to quarantine/ or conflict/), and the state file
@@ -150,6 +150,30 @@ fn fifos_devices_and_huge_spool_files_never_stall_or_bloat_the_agent() {
         let e = r["error"].as_str().unwrap();
         assert!(e.contains("meta.json") && e.contains(says), "{id}: {r}");
     }
+}
+
+/// Class 2, shutdown: with a FIFO for a `meta.json`, the daemon still
+/// ships the honest episode, feeds on, and stops on SIGTERM within the
+/// grace period (it ignored SIGTERM while blocked opening the FIFO).
+#[test]
+fn a_fifo_in_the_spool_never_stalls_the_daemon_or_its_shutdown() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "hostile-fifo-run");
+    let dir = small(&spool, "fifo", 2);
+    std::fs::remove_file(dir.join("meta.json")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(dir.join("meta.json"))
+        .status();
+    assert!(made.unwrap().success(), "mkfifo");
+    small(&spool, "good", 1);
+    let mut d = Daemon::start(&spool, &[("FERRY_AGENT_SCAN_INTERVAL", "200ms")]);
+    d.wait_log("shipped");
+    d.wait_log("quarantined");
+    let st = d.sigterm(Duration::from_secs(15));
+    assert!(st.success(), "{st}: {}", d.log());
+    assert_eq!(spool.ids_in("shipped"), ["good"], "{}", d.log());
+    assert_eq!(spool.ids_in("quarantine"), ["fifo"], "{}", d.log());
 }
 
 /// Class 6. An episode directory that is a symlink was counted as "being
