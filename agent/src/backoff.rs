@@ -1,6 +1,7 @@
 //! Exponential backoff with full jitter (base 1 s, capped at `backoff_max`,
-//! `Retry-After` as a floor), and the gate every upload waits at while the
-//! agent backs off.
+//! `Retry-After` as a floor, itself capped at `backoff_max`: the value is
+//! the receiver's), and the gate every upload waits at while the agent
+//! backs off. No arithmetic on a remote value can overflow here.
 
 use std::time::Duration;
 
@@ -31,12 +32,13 @@ impl Backoff {
     }
 
     /// Record a failure and return how long to wait: uniform in
-    /// `[0, ceiling]` (full jitter), never less than `retry_after`.
+    /// `[0, ceiling]` (full jitter), never less than `retry_after` capped
+    /// at the cap (SPEC §3: honoured, capped at `backoff_max`).
     pub fn fail(&mut self, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
         let ceiling = self.ceiling();
         self.failures = self.failures.saturating_add(1);
         let jittered = Duration::from_secs_f64(rng.gen_range(0.0..=ceiling.as_secs_f64()));
-        jittered.max(retry_after.unwrap_or_default())
+        jittered.max(retry_after.unwrap_or_default().min(self.cap))
     }
 
     pub fn reset(&mut self) {
@@ -70,7 +72,11 @@ impl Gate {
     pub fn fail(&self, retry_after: Option<Duration>) -> Duration {
         let mut g = self.lock();
         let d = g.0.fail(retry_after, &mut rand::thread_rng());
-        let until = Instant::now() + d;
+        // Far enough in the future for any cap the operator may set.
+        let now = Instant::now();
+        let until = now
+            .checked_add(d)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         if until > g.1 {
             g.1 = until;
         }
@@ -117,12 +123,12 @@ mod tests {
             let d = b.fail(None, &mut rng);
             assert!(d <= ceiling, "{n}: {d:?} > {ceiling:?}");
         }
+        let d = b.fail(Some(Duration::from_secs(200)), &mut rng);
+        assert!(d >= Duration::from_secs(200), "Retry-After is a floor");
         let d = b.fail(Some(Duration::from_secs(900)), &mut rng);
-        assert_eq!(
-            d,
-            Duration::from_secs(900),
-            "Retry-After is a floor even above the cap"
-        );
+        assert_eq!(d, cap, "a floor capped at backoff_max");
+        let d = b.fail(Some(Duration::from_secs(u64::MAX)), &mut rng);
+        assert_eq!(d, cap, "the receiver's value is never trusted");
         b.reset();
         assert_eq!(b.ceiling(), Duration::from_secs(1));
     }
@@ -153,6 +159,10 @@ mod tests {
         assert!(
             t0.elapsed() >= Duration::from_secs(5) && t0.elapsed() <= d + Duration::from_millis(1)
         );
+        g.succeed();
+        // Retry-After: 18446744073709551615 once panicked here.
+        assert_eq!(g.fail(Some(Duration::MAX)), Duration::from_secs(60));
+        assert!(g.open_at() <= Instant::now() + Duration::from_secs(60));
         g.succeed();
         let t1 = Instant::now();
         g.wait().await;

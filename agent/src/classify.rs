@@ -21,16 +21,19 @@ pub fn upload(result: &UploadResult) -> Outcome<'_> {
 }
 
 /// The outcome of a failed pack (or re-hash): by error type and errno,
-/// never by message.
-pub fn pack(e: &PackError) -> Outcome<'static> {
-    match e {
+/// never by message. `None` when there is nothing to decide: the episode
+/// changed while it was packed, so it is not ready this pass (no strike,
+/// no action; the next pass packs it again).
+pub fn pack(e: &PackError) -> Option<Outcome<'static>> {
+    Some(match e {
         PackError::Cancelled => Outcome::Aborted,
+        PackError::Changed { .. } => return None,
         e if e.is_disk_full() => Outcome::DiskFull,
         // Any other write failure of the outbox is the device's problem
         // too (EROFS, EIO on the spool disk): transient, not the episode's.
         PackError::Write { .. } => Outcome::DiskFull,
         PackError::Read { .. } => Outcome::LocalRead,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -44,13 +47,18 @@ mod tests {
             path: "f".into(),
             source: io::Error::from_raw_os_error(libc::EIO),
         };
-        assert_eq!(pack(&r), Outcome::LocalRead);
+        assert_eq!(pack(&r), Some(Outcome::LocalRead));
         let w = PackError::Write {
             path: "f".into(),
             source: io::Error::from_raw_os_error(libc::EDQUOT),
         };
-        assert_eq!(pack(&w), Outcome::DiskFull);
-        assert_eq!(pack(&PackError::Cancelled), Outcome::Aborted);
+        assert_eq!(pack(&w), Some(Outcome::DiskFull));
+        assert_eq!(pack(&PackError::Cancelled), Some(Outcome::Aborted));
+        let c = PackError::Changed {
+            path: "f".into(),
+            what: "grew",
+        };
+        assert_eq!(pack(&c), None, "not ready: no action, no strike");
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub fn park(
         at: spool::now_wall(),
     };
     let text = serde_json::to_vec_pretty(&rec).expect("serialisable");
-    fsio::write_atomic(&dest.join(CONFLICT_FILE), &text)?;
+    // Into the producer's directory: see `Spool::write_record`.
+    spool.write_record(spool::CONFLICT, id, CONFLICT_FILE, &text)?;
     spool.remove_tarballs(id)
 }

@@ -3,12 +3,18 @@
 //! line, resolves the [`config::Config`] and calls into this library.
 //!
 //! Map: `config` (raw → resolved), `spool` (layout, [`spool::EpisodeState`]),
-//! `fsio` (crash-safe moves, errno), `scan`, `pack`, `ship`, `classify`
-//! (what happened → `proto::Outcome`), `retire` / `quarantine` / `conflict`
-//! (the actions), `backoff`, `sweep`, `notify` (systemd), `state`
+//! `fsio` (crash-safe moves, errno), `scan`, `pack` (`walk`: the tree it
+//! reads), `outbox` (the tarball to ship; `archive`: the walker that
+//! checks one left there), `ship`, `classify` (what happened →
+//! `proto::Outcome`), `retire` / `quarantine` / `conflict` (the actions),
+//! `backoff`, `sweep`, `notify` (systemd), `state`
 //! (`.ferry-agent-state.json`), `run` (daemon loop and drain), `doctor`,
-//! `status`, `cli`.
+//! `status`, `cli`. Files are opened through `ferry_durable::safe`; no
+//! `unsafe` here.
 
+#![forbid(unsafe_code)]
+
+pub mod archive;
 pub mod backoff;
 pub mod classify;
 pub mod cli;
@@ -18,6 +24,7 @@ pub mod doctor;
 pub mod frames;
 pub mod fsio;
 pub mod notify;
+pub mod outbox;
 pub mod output;
 pub mod pack;
 pub mod quarantine;
@@ -29,3 +36,4 @@ pub mod spool;
 pub mod state;
 pub mod status;
 pub mod sweep;
+pub mod walk;

@@ -305,15 +305,18 @@ mod tests {
 
     #[test]
     fn dropped_unfinished_it_writes_nothing_more() {
-        use std::ffi::CString;
         use std::io::Read;
-        use std::os::unix::ffi::OsStrExt;
         // A FIFO nobody reads yet: the thread blocks in its first write.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fifo");
-        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )
+        .unwrap();
         let (go, wait) = mpsc::channel::<()>();
         let reader = {
             let path = path.clone();

@@ -127,7 +127,8 @@ impl Reason {
 /// Read the reason of a quarantined episode; a missing file (a crash
 /// between the move and the write, or an old shipper) is an empty reason.
 pub fn read_reason(spool: &Spool, id: &EpisodeId) -> io::Result<Reason> {
-    match fs::read(spool.quarantine_dir(id).join(REASON_FILE)) {
+    let path = spool.quarantine_dir(id).join(REASON_FILE);
+    match ferry_durable::safe::read_regular(&path, spool::SMALL_FILE_CAP) {
         Ok(b) => Ok(Reason::from_json(&b)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Reason::default()),
         Err(e) => Err(e),
@@ -147,7 +148,10 @@ pub fn quarantine(spool: &Spool, id: &EpisodeId, reason: &Reason) -> io::Result<
         reason.quarantined_at_wall = Some(spool::now_wall());
     }
     let text = serde_json::to_vec_pretty(&reason.to_json()).expect("JSON values serialise");
-    fsio::write_atomic(&dest.join(REASON_FILE), &text)?;
+    // The directory is the producer's: whatever it planted under the
+    // reason's name or a temporary one is replaced or refused, never
+    // written through.
+    spool.write_record(spool::QUARANTINE, id, REASON_FILE, &text)?;
     spool.remove_tarballs(id)
 }
 

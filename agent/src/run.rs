@@ -24,18 +24,21 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Gate;
 use crate::config::Config;
 use crate::notify::{self, Notifier, Progress};
-use crate::pack::{self, PackOptions, Packed};
+use crate::pack::{self, PackOptions};
 use crate::quarantine::{self, kind_name, Reason};
 use crate::scan;
 use crate::ship::{Answer, Shipper, UploadResult};
 use crate::spool::{self, MetaError, Spool};
 use crate::state::AgentState;
-use crate::{classify, conflict, fsio, retire, sweep};
+use crate::{classify, conflict, fsio, outbox, retire, sweep};
 
 /// Ready episodes taken per pass (memory bound of the scan).
 pub const SCAN_BATCH: usize = 1024;
 /// A scan still running after this long hands over what it has found.
 pub const EARLY_BATCH_AFTER: Duration = Duration::from_millis(500);
+/// An episode found changing while packed this many passes in a row is
+/// reported as an error (and again every as many passes).
+pub const CHANGING_REPORT_EVERY: u32 = 10;
 
 /// The two stages of shutdown, created by `main` and passed down.
 #[derive(Debug, Clone, Default)]
@@ -103,6 +106,8 @@ struct StrikeRecord {
     strikes: Strikes,
     attempts: u32,
     last_error: String,
+    /// Passes in a row that found the episode changing while it was packed.
+    changed_passes: u32,
 }
 
 /// What to write into a quarantine reason or a log line about an attempt.
@@ -523,24 +528,20 @@ impl Agent {
                     self.progress.clone(),
                     shutdown.stop.clone(),
                 );
-                blocking(move || -> Result<Packed, pack::PackError> {
-                    let tarball = sp.tarball(&i);
-                    if tarball.exists() {
-                        let p = pack::hash_file(&tarball, &prog.counter, &stop)?;
-                        tracing::debug!(episode = %i, sha256 = %p.sha256, "re-hashed the tarball left in the outbox");
-                        return Ok(p);
-                    }
-                    let src = sp.episode_dir(&i);
-                    let p = pack::pack_dir(&src, i.as_str(), &tarball, opts, &prog.counter, &stop)?;
-                    tracing::debug!(episode = %i, sha256 = %p.sha256, size = p.size, "packed");
-                    Ok(p)
-                })
-                .await
+                blocking(move || outbox::obtain(&sp, &i, opts, &prog.counter, &stop)).await
             };
-            let packed = match packed {
-                Ok(p) => p,
+            let (packed, tarball_file) = match packed {
+                Ok(t) => {
+                    if let Some(rec) = lock(&self.strikes).get_mut(&id) {
+                        rec.changed_passes = 0;
+                    }
+                    (t.packed, t.file)
+                }
                 Err(e) => {
-                    let outcome = classify::pack(&e);
+                    let Some(outcome) = classify::pack(&e) else {
+                        self.not_ready(&id, &e).await;
+                        return;
+                    };
                     if outcome == Outcome::Aborted {
                         self.log_aborted(&id, "while packing");
                         return;
@@ -574,7 +575,13 @@ impl Agent {
                 let tarball = self.spool.tarball(&id);
                 tracing::debug!(episode = %id, size = packed.size, sha256 = %packed.sha256, "uploading");
                 self.shipper
-                    .put_episode(&id, &commit, &packed.sha256, &tarball, &shutdown.abort)
+                    .put_episode(
+                        &id,
+                        &commit,
+                        &packed.sha256,
+                        (tarball_file, &tarball),
+                        &shutdown.abort,
+                    )
                     .await
             };
             let detail = match &result {
@@ -598,6 +605,31 @@ impl Agent {
             if !again {
                 return;
             }
+        }
+    }
+
+    /// The episode changed while it was packed: not ready this pass (no
+    /// action, no strike; the next pass packs it again, a scan interval
+    /// later unless others moved on). It is never quarantined for it, since
+    /// a producer may still be writing; but after every
+    /// [`CHANGING_REPORT_EVERY`] passes in a row it is reported as an
+    /// error (log, `STATUS=`, `doctor`'s last error).
+    async fn not_ready(&self, id: &EpisodeId, e: &pack::PackError) {
+        let passes = {
+            let mut map = lock(&self.strikes);
+            let rec = map.entry(id.clone()).or_default();
+            rec.changed_passes += 1;
+            rec.changed_passes
+        };
+        if passes % CHANGING_REPORT_EVERY == 0 {
+            let msg = format!(
+                "{id} keeps changing after done.marker ({passes} passes in a row): {}; the producer must finish writing before it writes done.marker",
+                e.describe()
+            );
+            tracing::error!("{msg}");
+            self.record_error(&msg).await;
+        } else {
+            tracing::info!(episode = %id, "not ready: {}; packing again next pass", e.describe());
         }
     }
 

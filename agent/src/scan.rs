@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use ferry_durable::safe::Kind;
 use ferry_proto::EpisodeId;
 
 use crate::fsio;
@@ -139,14 +140,27 @@ pub fn scan_with_early(
             continue;
         };
         match classify_entry(&dir.join(name)) {
-            Ok(Some(done_at)) => {
+            Ok(Entry::Ready(done_at)) => {
                 report.ready_total += 1;
                 heap.push(Ready { done_at, id });
                 if heap.len() > batch {
                     heap.pop();
                 }
             }
-            Ok(None) => report.writing += 1,
+            Ok(Entry::Writing) => report.writing += 1,
+            Ok(Entry::NotADirectory(kind)) => {
+                // A symlink is never followed (it could lead anywhere the
+                // agent can read); like a bad name, it is reported every
+                // pass and never shipped.
+                report.invalid_total += 1;
+                sample(
+                    &mut report.invalid_samples,
+                    format!(
+                        "{name:?} ({}, not a directory; never followed)",
+                        kind.name()
+                    ),
+                );
+            }
             Err((path, e)) => {
                 report.error_total += 1;
                 sample(&mut report.error_samples, fsio::describe(&path, &e));
@@ -157,17 +171,33 @@ pub fn scan_with_early(
     Ok(report)
 }
 
-/// `Some(mtime of done.marker)` when ready, `None` while being written or
-/// when the entry is not a directory.
-fn classify_entry(path: &Path) -> Result<Option<SystemTime>, (std::path::PathBuf, io::Error)> {
+/// What one name in `episodes/` is.
+enum Entry {
+    /// Finished: the mtime of its `done.marker`.
+    Ready(SystemTime),
+    /// A directory without `done.marker`: still being written.
+    Writing,
+    /// Not a directory (a symlink is not followed).
+    NotADirectory(Kind),
+}
+
+fn classify_entry(path: &Path) -> Result<Entry, (std::path::PathBuf, io::Error)> {
     let meta = fs::symlink_metadata(path).map_err(|e| (path.to_owned(), e))?;
     if !meta.is_dir() {
-        return Ok(None);
+        let ft = meta.file_type();
+        let kind = if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            Kind::Unknown
+        };
+        return Ok(Entry::NotADirectory(kind));
     }
     let marker = path.join(DONE_MARKER);
     match fs::symlink_metadata(&marker) {
-        Ok(m) => Ok(Some(m.modified().map_err(|e| (marker.clone(), e))?)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Ok(m) => Ok(Entry::Ready(m.modified().map_err(|e| (marker.clone(), e))?)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Entry::Writing),
         Err(e) => Err((marker, e)),
     }
 }
@@ -198,13 +228,20 @@ mod tests {
         make(&s, "w", None);
         make(&s, "bad name", Some(1));
         make(&s, ".hidden", Some(1));
+        // A finished episode elsewhere, symlinked into episodes/.
+        let elsewhere = d.path().join("elsewhere");
+        fs::create_dir_all(&elsewhere).unwrap();
+        fs::File::create(elsewhere.join(DONE_MARKER)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, s.dir(EPISODES).join("linked")).unwrap();
         let r = scan(&s, 3, None).unwrap();
         let ids: Vec<_> = r.batch.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["z", "b", "c"]);
         assert_eq!(r.ready_total, 4);
         assert_eq!(r.writing, 1);
-        assert_eq!(r.invalid_total, 1);
-        assert!(r.invalid_line().unwrap().contains("bad name"));
+        assert_eq!(r.invalid_total, 2);
+        let line = r.invalid_line().unwrap();
+        assert!(line.contains("bad name"), "{line}");
+        assert!(line.contains("\"linked\" (a symlink"), "{line}");
         assert!(r.error_line().is_none());
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_proto::{headers, Commit, EpisodeId, Reply, Sha256};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -196,20 +196,24 @@ impl Shipper {
         }
     }
 
-    /// Upload one tarball. Cancellation aborts it at once (the caller keeps
-    /// the tarball); a stall of `request_timeout` is a network error.
+    /// Upload one tarball, read from `file` (the descriptor that made or
+    /// checked it; `tarball` names it in messages): never reopened by
+    /// name, so what is sent is what was hashed. Cancellation aborts it at
+    /// once (the caller keeps the tarball); a stall of `request_timeout`
+    /// is a network error.
     pub async fn put_episode(
         &self,
         id: &EpisodeId,
         commit: &Commit,
         sha256: &Sha256,
-        tarball: &Path,
+        (file, tarball): (std::fs::File, &Path),
         cancel: &CancellationToken,
     ) -> (UploadResult, Option<String>) {
         let token = self.token().await;
         let token_problem = token.as_ref().err().cloned();
         let opened = async {
-            let f = tokio::fs::File::open(tarball).await?;
+            let mut f = tokio::fs::File::from_std(file);
+            f.seek(std::io::SeekFrom::Start(0)).await?;
             let len = f.metadata().await?.len();
             Ok::<_, std::io::Error>((f, len))
         };
@@ -353,9 +357,7 @@ async fn read_answer(
     let retry_after = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| headers::parse_retry_after(v.as_bytes()));
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if let Some((last, start)) = progress {

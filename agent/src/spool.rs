@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use ferry_proto::{Commit, EpisodeId};
 
+use ferry_durable::safe;
+
 use crate::fsio;
 
 pub const EPISODES: &str = "episodes";
@@ -21,6 +23,9 @@ pub const REASON_FILE: &str = "quarantine_reason.json";
 pub const CONFLICT_FILE: &str = "conflict.json";
 pub const STATE_FILE: &str = ".ferry-agent-state.json";
 pub const LOCK_FILE: &str = ".ferry-agent.lock";
+/// The most of `meta.json`, a reason file or the state file that is read:
+/// a producer may put anything there (a sparse 1 GB file, `/dev/zero`).
+pub const SMALL_FILE_CAP: u64 = 1 << 20;
 const TARBALL_EXT: &str = ".tar.zst";
 const PARTIAL_EXT: &str = ".tar.zst.partial";
 
@@ -138,6 +143,22 @@ impl Spool {
         .map(|(_, s)| s)
     }
 
+    /// Write `name` (a reason or conflict record) into `<state_dir>/<id>/`,
+    /// an episode directory the producer made: opened without following a
+    /// symlink, the file made `O_EXCL|O_NOFOLLOW` under a random name and
+    /// renamed over `name` (see `ferry_durable::safe::Dir::replace`).
+    pub fn write_record(
+        &self,
+        state_dir: &str,
+        id: &EpisodeId,
+        name: &str,
+        bytes: &[u8],
+    ) -> io::Result<()> {
+        safe::Dir::open(&self.dir(state_dir))?
+            .open_dir(id.as_str().as_ref())?
+            .replace(name.as_ref(), bytes)
+    }
+
     /// Delete the tarball (and a partial one) of an episode, durably.
     pub fn remove_tarballs(&self, id: &EpisodeId) -> io::Result<()> {
         fsio::remove_file_durable(&self.tarball(id))?;
@@ -167,12 +188,25 @@ pub enum MetaError {
 /// accepting upper case and surrounding whitespace.
 pub fn read_commit(episode_dir: &Path) -> Result<Commit, MetaError> {
     let path = episode_dir.join(META);
-    let bytes = match fs::read(&path) {
+    // Opened O_NOFOLLOW|O_NONBLOCK and fstat'ed: a FIFO does not hang the
+    // agent, a symlink is not followed, and at most SMALL_FILE_CAP is read.
+    let bytes = match safe::read_regular(&path, SMALL_FILE_CAP) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(MetaError::NoCommit(format!("{META} is missing")))
         }
-        Err(source) => return Err(MetaError::Read { path, source }),
+        Err(e) if safe::is_too_large(&e) => {
+            return Err(MetaError::NoCommit(format!("{META} is {e}")))
+        }
+        Err(e) => match safe::not_regular(&e) {
+            Some(kind) => {
+                return Err(MetaError::NoCommit(format!(
+                    "{META} is {}, not a regular file (not followed, not read)",
+                    kind.name()
+                )))
+            }
+            None => return Err(MetaError::Read { path, source: e }),
+        },
     };
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| MetaError::NoCommit(format!("{META} is not valid JSON: {e}")))?;
@@ -211,6 +245,11 @@ mod tests {
         assert!(matches!(read_commit(d.path()), Err(MetaError::NoCommit(_))));
         fs::remove_file(d.path().join(META)).unwrap();
         assert!(matches!(read_commit(d.path()), Err(MetaError::NoCommit(_))));
+        std::os::unix::fs::symlink("/dev/zero", d.path().join(META)).unwrap();
+        let Err(MetaError::NoCommit(why)) = read_commit(d.path()) else {
+            panic!("a symlinked meta.json is no commit")
+        };
+        assert!(why.contains("symlink"), "{why}");
     }
 
     #[test]

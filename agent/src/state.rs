@@ -1,6 +1,7 @@
 //! `<spool>/.ferry-agent-state.json`: the little the agent remembers across
 //! restarts for `doctor` and `STATUS=` (last success, last error, shipped
-//! today). Written crash-safely; read leniently (a missing or damaged file
+//! today). Written crash-safely (a new file under a random name, so two
+//! saves at once never share a temporary file); read leniently (a missing or damaged file
 //! is an empty state, never a reason not to start).
 
 use std::path::Path;
@@ -23,7 +24,7 @@ pub struct AgentState {
 
 impl AgentState {
     pub fn load(path: &Path) -> AgentState {
-        std::fs::read(path)
+        ferry_durable::safe::read_regular(path, crate::spool::SMALL_FILE_CAP)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()

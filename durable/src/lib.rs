@@ -12,6 +12,13 @@
 //! from [`WritebackFile::FLUSH_EVERY`] bytes on, a thread of the file's own
 //! also `fdatasync`s it every that many bytes while the writes go on, and
 //! the final fsync flushes only the tail.
+//!
+//! [`fsio`] holds the crash-safe moves and errno classification, [`safe`]
+//! the descriptor-relative, non-following file access for directories
+//! another party can write to.
+
+pub mod fsio;
+pub mod safe;
 
 use std::fs::File;
 use std::io::{self, Write};

@@ -11,3 +11,44 @@ pub const SHA256: &str = "x-ferry-sha256";
 pub const PROTOCOL: &str = "x-ferry-protocol";
 /// Value of [`PROTOCOL`].
 pub const PROTOCOL_VERSION: &str = "1";
+
+/// The `Retry-After` of an answer, as delay-seconds (`1*DIGIT`, RFC 9110
+/// §10.2.3), surrounding whitespace allowed. A value too large for `u64`
+/// saturates rather than failing; anything else (an HTTP-date, a sign, a
+/// fraction) is no hint. The value is the receiver's, so the caller caps
+/// it before any arithmetic (the agent at `backoff_max`).
+pub fn parse_retry_after(value: &[u8]) -> Option<std::time::Duration> {
+    let v = value.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let secs = v.iter().try_fold(0u64, |acc, d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    });
+    Some(std::time::Duration::from_secs(secs.unwrap_or(u64::MAX)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_after_is_delay_seconds_and_saturates() {
+        assert_eq!(parse_retry_after(b" 5 "), Some(Duration::from_secs(5)));
+        assert_eq!(parse_retry_after(b"0"), Some(Duration::ZERO));
+        let max = Some(Duration::from_secs(u64::MAX));
+        assert_eq!(parse_retry_after(b"18446744073709551615"), max);
+        assert_eq!(parse_retry_after(b"99999999999999999999999999"), max);
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+3",
+            b"1.5",
+            b"Wed, 21 Oct 2015 07:28:00 GMT",
+            b"1 2",
+        ] {
+            assert_eq!(parse_retry_after(bad), None, "{bad:?}");
+        }
+    }
+}

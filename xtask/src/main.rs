@@ -126,6 +126,9 @@ fn fuzz(args: &[String]) -> Result<ExitCode> {
     if !have_fuzz {
         run_ok(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
+    // New inputs go to corpus/parse (not kept); seeds/ holds a valid
+    // archive and header values to start the walker from.
+    std::fs::create_dir_all(root().join("fuzz/corpus/parse"))?;
     let st = Command::new("cargo")
         .current_dir(root().join("fuzz"))
         .env("RUSTC_BOOTSTRAP", "1")
@@ -133,6 +136,8 @@ fn fuzz(args: &[String]) -> Result<ExitCode> {
             "fuzz",
             "run",
             "parse",
+            "corpus/parse",
+            "seeds",
             "--",
             &format!("-max_total_time={secs}"),
         ])

@@ -260,7 +260,10 @@ fn agent_killed_at_every_rename_and_fsync_recovers() {
     let scopes_for = |id: &str| -> Vec<(&'static str, Option<String>)> {
         vec![
             (SYNCS, at(&format!("outbox/{id}.tar.zst.partial"))),
-            (RENAMES, at(&format!("outbox/{id}.tar.zst.partial"))),
+            // The pack renames relative to its descriptor of outbox/
+            // (renameat), which `strace -P` matches by that descriptor's
+            // path, not by the partial's.
+            (RENAMES, at("outbox")),
             (SYNCS, at("outbox")),
             (RENAMES, at(&format!("episodes/{id}"))),
             (SYNCS, at("shipped")),

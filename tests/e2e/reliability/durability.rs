@@ -74,11 +74,21 @@ fn parse_trace(path: &Path) -> Vec<Call> {
                 calls.push(Call::RangeWait(p));
             }
         } else if full.starts_with("rename") {
+            // rename("a", "b"), or renameat(3</dir>, "a", 3</dir>, "b"):
+            // a relative name is joined to the directory strace shows for
+            // its descriptor (`-y`).
             let quoted: Vec<&str> = full.split('"').collect();
             if quoted.len() >= 4 {
+                let at = |before: &str, name: &str| match before.rfind('<') {
+                    Some(i) if !name.starts_with('/') => {
+                        let dir = &before[i + 1..];
+                        format!("{}/{name}", dir.split('>').next().unwrap_or(dir))
+                    }
+                    _ => name.to_string(),
+                };
                 calls.push(Call::Rename {
-                    from: quoted[1].to_string(),
-                    to: quoted[3].to_string(),
+                    from: at(quoted[0], quoted[1]),
+                    to: at(quoted[2], quoted[3]),
                 });
             }
         } else if (full.starts_with("write") || full.starts_with("send")) && full.contains("TCP:") {

@@ -1,0 +1,69 @@
+//! Issue 13, the agent side: a hostile producer in the same spool, and a
+//! receiver answering nonsense, must not hurt the device. One test per
+//! class of hole, named after it; each failed on the agent before its fix.
+//! The agent runs as the test's user: as root in CI, so a write through a
+//! planted symlink, or a read of a file the producer cannot read, would
+//! really land.
+//!
+//! - `spool`: planted symlinks (1), blocking and unbounded reads (2), a
+//!   symlinked episode directory (6).
+//! - `packing`: a file swapped while packed (3), a file that changes while
+//!   packed (4).
+//! - `outbox`: anything in the outbox the agent did not make (5).
+//! - `answers`: a `Retry-After` from the receiver (7).
+
+mod answers;
+mod outbox;
+mod packing;
+mod spool;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A file the producer must never get the agent to read or write: marker
+/// bytes (to search archives for), mode 0600.
+pub fn secret(dir: &Path, name: &str) -> (PathBuf, Vec<u8>) {
+    use std::os::unix::fs::PermissionsExt;
+    let marker = format!("SECRET-{name}-{:016x}\n", rand::random::<u64>()).repeat(64);
+    let p = dir.join(name);
+    std::fs::write(&p, &marker).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (p, marker.into_bytes())
+}
+
+/// Whether `hay` contains `needle`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The decompressed bytes of a `.tar.zst` (the `zstd` tool), for searching.
+pub fn unzstd(path: &Path) -> Vec<u8> {
+    let out = std::process::Command::new("zstd")
+        .args(["-dcq", "--"])
+        .arg(path)
+        .output()
+        .expect("zstd -dc");
+    out.stdout
+}
+
+/// Wait for `child` at most `within`; kill it and fail if it is still
+/// running then (a hang is the failure these tests look for).
+pub fn exit_within(
+    child: &mut std::process::Child,
+    within: Duration,
+    what: &str,
+    log: &dyn Fn() -> String,
+) -> std::process::ExitStatus {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t0.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still running after {within:?}; log:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
