@@ -18,6 +18,8 @@ pub const KEYS: &[&str] = &[
     "storage_url",
     "max_episode_size",
     "max_concurrent_uploads",
+    "max_uploads_per_device",
+    "max_connections",
     "admin_token_file",
     "remediation",
     "tls_cert",
@@ -204,12 +206,28 @@ impl RawConfig {
             .parse("max_episode_size", parse_size)?
             .unwrap_or(4 * 1024 * 1024 * 1024);
         let max_concurrent_uploads = self
-            .parse("max_concurrent_uploads", |s| match s.parse::<usize>() {
-                Ok(0) => Err("must be at least 1".to_owned()),
-                Ok(n) => Ok(n),
-                Err(e) => Err(format!("{s:?} is not a positive integer: {e}")),
-            })?
+            .parse("max_concurrent_uploads", positive)?
             .unwrap_or(64);
+        let max_uploads_per_device = self
+            .parse("max_uploads_per_device", positive)?
+            .unwrap_or(4)
+            .min(max_concurrent_uploads);
+        let max_connections = self
+            .parse("max_connections", |s| {
+                if s == "auto" {
+                    return Ok(None);
+                }
+                match s.parse::<usize>() {
+                    Ok(n) if n < MIN_CONNECTIONS => {
+                        Err(format!("must be at least {MIN_CONNECTIONS} (or \"auto\")"))
+                    }
+                    Ok(n) => Ok(Some(n)),
+                    Err(e) => Err(format!(
+                        "{s:?} is not a number of connections or \"auto\": {e}"
+                    )),
+                }
+            })?
+            .flatten();
         let admin_token_file = self.parse("admin_token_file", nonempty)?.map(PathBuf::from);
         let remediation = self
             .parse("remediation", |s| Ok(s.to_owned()))?
@@ -251,6 +269,8 @@ impl RawConfig {
             objects_dir,
             max_episode_size,
             max_concurrent_uploads,
+            max_uploads_per_device,
+            max_connections,
             admin_token_file,
             remediation,
             tls,
@@ -271,6 +291,18 @@ fn missing_pair(raw: &RawConfig, missing: &'static str, present: &'static str) -
         key: missing,
         source_name,
         message: format!("`{present}` is set, so `{missing}` must be set too"),
+    }
+}
+
+/// The smallest `max_connections`: room for the connections kept for
+/// health, readiness, metrics and the admin API while shedding.
+pub const MIN_CONNECTIONS: usize = 64;
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?} is not a positive integer: {e}")),
     }
 }
 
@@ -352,6 +384,12 @@ pub struct Config {
     pub objects_dir: PathBuf,
     pub max_episode_size: u64,
     pub max_concurrent_uploads: usize,
+    /// Upload slots one device may hold at once (at most
+    /// `max_concurrent_uploads`), so that one device cannot starve the rest.
+    pub max_uploads_per_device: usize,
+    /// Open connections accepted; `None`: derived from the file-descriptor
+    /// limit at start (`crate::admission`).
+    pub max_connections: Option<usize>,
     pub admin_token_file: Option<PathBuf>,
     /// The 412 remediation template.
     pub remediation: String,

@@ -6,9 +6,11 @@
 //! `main.rs` only parses flags; everything is here so that tests drive it.
 //! See `ARCHITECTURE.md` for the map.
 
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod malformed;
 pub mod metrics;
 pub mod ops;
 pub mod server;

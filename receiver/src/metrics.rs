@@ -36,6 +36,9 @@ pub struct Metrics {
     pub episodes_stored: Counter,
     pub commit_rejected: Family<CommitLabels, Counter>,
     pub uploads_in_flight: Gauge,
+    pub connections_open: Gauge,
+    pub connections_shedding: Counter,
+    pub connections_evicted: Counter,
     pub commit: crate::store::commit::CommitStats,
     rejected_seen: Mutex<HashSet<String>>,
 }
@@ -86,6 +89,24 @@ impl Metrics {
             "Uploads holding an upload slot",
             uploads_in_flight.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open",
+            connections_open.clone(),
+        );
+        let connections_shedding = Counter::default();
+        registry.register(
+            "connections_shedding",
+            "Connections admitted to the priority tier (operator routes only) because the general tier was full",
+            connections_shedding.clone(),
+        );
+        let connections_evicted = Counter::default();
+        registry.register(
+            "connections_evicted",
+            "Priority-tier connections closed to make room for a newer one",
+            connections_evicted.clone(),
+        );
         let commit = crate::store::commit::CommitStats::default();
         registry.register(
             "commit_batch_size",
@@ -111,6 +132,9 @@ impl Metrics {
             episodes_stored,
             commit_rejected,
             uploads_in_flight,
+            connections_open,
+            connections_shedding,
+            connections_evicted,
             rejected_seen: Mutex::new(HashSet::new()),
         }
     }

@@ -16,8 +16,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{self, Admission, Ticket};
 use crate::config::{Config, TlsFiles};
 use crate::http::{self, AppState};
+use crate::malformed::JsonErrors;
 use crate::store::objects::ObjectStore;
 use crate::sweep;
 
@@ -139,7 +141,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         objects.clone(),
         admin_token,
     ));
-    let router = http::router(state);
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(|| admission::auto_max_connections(config.max_concurrent_uploads));
+    tracing::info!(max_connections, "connection cap");
+    let routers = Routers {
+        general: http::router(state.clone()),
+        priority: http::priority_router(state.clone()),
+        admission: Admission::new(max_connections),
+        metrics: state.metrics.clone(),
+    };
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     {
@@ -160,28 +171,45 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         async move { objects.migrate(shutdown).await }
     });
 
-    accept_loop(listener, tls, router, &config, shutdown).await;
+    accept_loop(listener, tls, routers, &config, shutdown).await;
     sweeper.abort();
     migrator.abort();
     Ok(())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    router: axum::Router,
-    config: &Config,
-    shutdown: CancellationToken,
-) {
+/// What the accept loop hands each connection.
+struct Routers {
+    general: axum::Router,
+    priority: axum::Router,
+    admission: Arc<Admission>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Longest wait for a request's headers on a priority-tier connection: it
+/// exists for one quick operator request.
+const PRIORITY_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn http1_builder(header_timeout: Duration, keep_alive: bool) -> Arc<http1::Builder> {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(MAX_BUF)
         .max_headers(MAX_HEADERS)
         .max_header_size(MAX_HEADER_BYTES)
-        .keep_alive(true);
-    let builder = Arc::new(builder);
+        .keep_alive(keep_alive);
+    Arc::new(builder)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    routers: Routers,
+    config: &Config,
+    shutdown: CancellationToken,
+) {
+    let general = http1_builder(HEADER_READ_TIMEOUT, true);
+    let priority = http1_builder(PRIORITY_HEADER_READ_TIMEOUT, false);
     let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
 
@@ -201,30 +229,32 @@ async fn accept_loop(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(router.clone());
-                let watcher = graceful.watcher();
-                let builder = builder.clone();
-                let tls = tls.clone();
-                conns.spawn(async move {
-                    let result = match tls {
-                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
-                        Some(acceptor) => {
-                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                let ticket = routers.admission.admit();
+                let (router, builder, evicted) = match &ticket {
+                    Ticket::General(_) => (&routers.general, &general, None),
+                    Ticket::Priority(g) => {
+                        routers.metrics.connections_shedding.inc();
+                        (&routers.priority, &priority, Some(g.evicted.clone()))
                     }
+                };
+                let svc = TowerToHyperService::new(router.clone());
+                let conn = serve_one(stream, peer, tls.clone(), builder.clone(), svc, graceful.watcher());
+                let open = routers.metrics.connections_open.clone();
+                let evictions = routers.metrics.connections_evicted.clone();
+                conns.spawn(async move {
+                    let _ticket = ticket;
+                    open.inc();
+                    match evicted {
+                        None => conn.await,
+                        Some(evicted) => tokio::select! {
+                            () = conn => {}
+                            () = evicted.cancelled() => {
+                                evictions.inc();
+                                tracing::debug!(%peer, "closed to make room in the priority tier");
+                            }
+                        },
+                    }
+                    open.dec();
                 });
             }
         }
@@ -243,4 +273,42 @@ async fn accept_loop(
         }
     }
     while conns.join_next().await.is_some() {}
+}
+
+/// One connection, TLS handshake included, until it ends.
+async fn serve_one(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builder: Arc<http1::Builder>,
+    svc: TowerToHyperService<axum::Router>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let result = match tls {
+        None => {
+            watcher
+                .watch(builder.serve_connection(TokioIo::new(JsonErrors::new(stream)), svc))
+                .await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(JsonErrors::new(s)), svc))
+                        .await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod device;
 pub mod error;
 pub mod health;
+pub mod slots;
 pub mod status_page;
 pub mod upload;
 
@@ -14,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
 use ferry_proto::{headers, Reply};
@@ -43,6 +44,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// One permit per upload that reads a body.
     pub upload_slots: Arc<Semaphore>,
+    /// The upload slots each device holds (`max_uploads_per_device`).
+    pub device_slots: slots::DeviceSlots,
     /// The admin token, read from `admin_token_file` at start; `None`
     /// disables the admin API.
     pub admin_token: Option<String>,
@@ -50,6 +53,8 @@ pub struct AppState {
     touched: Mutex<HashMap<String, Instant>>,
     /// The commit stage every verified upload goes through.
     pub committer: Committer,
+    /// The last `/readyz` probe, reused for a second.
+    pub ready_cache: health::ReadyCache,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -64,6 +69,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         Self {
             upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
+            device_slots: slots::DeviceSlots::default(),
             committer: Committer::spawn(index.clone(), objects.clone(), metrics.commit.clone()),
             config,
             index,
@@ -71,6 +77,7 @@ impl AppState {
             metrics,
             admin_token,
             touched: Mutex::new(HashMap::new()),
+            ready_cache: health::ReadyCache::default(),
         }
     }
 
@@ -148,7 +155,17 @@ pub fn admit(
 
 /// The whole router.
 pub fn router(state: SharedState) -> Router {
-    Router::new()
+    build_router(state, false)
+}
+
+/// The router of a connection in the priority tier (`crate::admission`):
+/// operator routes as usual, anything else 503 `overloaded`.
+pub fn priority_router(state: SharedState) -> Router {
+    build_router(state, true)
+}
+
+fn build_router(state: SharedState, priority_only: bool) -> Router {
+    let routes = Router::new()
         .route("/", get(status_page::page))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -165,10 +182,34 @@ pub fn router(state: SharedState) -> Router {
         )
         .nest("/v1/admin", admin::router())
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    let routes = if priority_only {
+        routes.layer(middleware::from_fn(shed_unless_priority))
+    } else {
+        routes
+    };
+    routes
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
+
+/// In the priority tier: only what operators and orchestrators need;
+/// devices are told to come back (their agents back off and retry).
+async fn shed_unless_priority(req: Request, next: Next) -> Response {
+    if crate::admission::is_priority_path(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let mut resp = reply(Reply::Overloaded {
+        retry_after_secs: SHED_RETRY_AFTER_SECS,
+        detail: "the receiver is at its connection limit; try again later".into(),
+    });
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// `Retry-After` of a request shed at the connection limit.
+const SHED_RETRY_AFTER_SECS: u64 = 5;
 
 async fn not_found() -> AppError {
     AppError::not_found("no such route")
@@ -180,16 +221,40 @@ async fn method_not_allowed() -> AppError {
     })
 }
 
+/// The `method` label of a request: one of the methods HTTP defines, or
+/// `other`. A client can send any token as a method; each distinct label
+/// value would be a metrics series kept for the life of the process.
+fn method_label(method: &Method) -> Option<&'static str> {
+    Some(match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => return None,
+    })
+}
+
 /// Adds `x-ferry-protocol` to every answer and counts it by route, method
-/// and status.
+/// and status. Every label value comes from a closed set: the router's own
+/// route patterns (or `unmatched`), [`method_label`], and the status codes
+/// this program answers with. A method outside the closed set is answered
+/// 405 here, before routing.
 async fn observe(State(state): State<SharedState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
-    let mut resp = next.run(req).await;
+    let method = method_label(req.method());
+    let mut resp = match method {
+        Some(_) => next.run(req).await,
+        None => method_not_allowed().await.into_response(),
+    };
     resp.headers_mut().insert(
         headers::PROTOCOL,
         HeaderValue::from_static(headers::PROTOCOL_VERSION),
@@ -199,7 +264,7 @@ async fn observe(State(state): State<SharedState>, req: Request, next: Next) -> 
         .requests
         .get_or_create(&RouteLabels {
             route,
-            method,
+            method: method.unwrap_or("other").to_owned(),
             status: resp.status().as_u16(),
         })
         .inc();

@@ -260,6 +260,17 @@ async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
         }));
     }
 
+    let max = state.config.max_uploads_per_device;
+    let Some(_device_slot) = state.device_slots.try_acquire(&up.device, max) else {
+        let mut resp = reply(Reply::Overloaded {
+            retry_after_secs: RETRY_AFTER_SECS,
+            detail: format!(
+                "this device already has {max} uploads in flight (max_uploads_per_device); retry later"
+            ),
+        });
+        *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        return Ok(resp);
+    };
     let Ok(_slot) = state.upload_slots.clone().try_acquire_owned() else {
         return Err(AppError(Reply::Overloaded {
             retry_after_secs: RETRY_AFTER_SECS,

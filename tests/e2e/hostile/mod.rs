@@ -11,10 +11,15 @@
 //!   packed (4).
 //! - `outbox`: anything in the outbox the agent did not make (5).
 //! - `answers`: a `Retry-After` from the receiver (7).
+//!
+//! And the receiver side, over raw sockets: `receiver` (metric labels (8),
+//! the connection cap (9), upload slots per device (10), malformed HTTP,
+//! `/readyz` and the status page's headers (13)).
 
 mod answers;
 mod outbox;
 mod packing;
+mod receiver;
 mod spool;
 
 use std::path::{Path, PathBuf};
