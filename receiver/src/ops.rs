@@ -3,11 +3,15 @@
 
 use std::sync::Arc;
 
-use ferry_proto::admin::{AllowCommit, CommitInfo, NewDevice, VerifyFinding};
+use std::collections::HashMap;
+
+use ferry_proto::admin::{
+    AllowCommit, CommitInfo, DeviceInfo, EpisodeInfo, NewDevice, VerifyFinding,
+};
 use ferry_proto::{Commit, EpisodeId, Sha256};
 
 use crate::store::objects::{hash_file, ObjectStore};
-use crate::store::{unix_now, AddDevice, Index, IndexError};
+use crate::store::{unix_now, AddDevice, Index, IndexError, RenameDevice};
 use crate::tokens;
 
 /// Why an operator operation failed.
@@ -59,6 +63,80 @@ pub async fn revoke_device(index: &Arc<dyn Index>, name: &str) -> Result<(), OpE
     }
 }
 
+/// Renames a device. It keeps its token and its episodes, so a device
+/// re-imaged under a new host name ships on with its old token file and a
+/// re-ship of an episode it stored before is still answered 200.
+pub async fn rename_device(
+    index: &Arc<dyn Index>,
+    old: &str,
+    new: &str,
+) -> Result<DeviceInfo, OpError> {
+    check_device_name(new)?;
+    if old == new {
+        return Err(OpError::Invalid(format!(
+            "device {old:?} already has that name"
+        )));
+    }
+    match index.rename_device(old, new).await? {
+        RenameDevice::Renamed => {}
+        RenameDevice::NoSuchDevice => {
+            return Err(OpError::NotFound(format!("no device named {old:?}")))
+        }
+        RenameDevice::NameTaken => {
+            return Err(OpError::Exists(format!(
+                "a device named {new:?} already exists (revoked devices keep their name)"
+            )))
+        }
+    }
+    device(index, new).await
+}
+
+/// One device, or `NotFound`.
+pub async fn device(index: &Arc<dyn Index>, name: &str) -> Result<DeviceInfo, OpError> {
+    index
+        .device(name)
+        .await?
+        .ok_or_else(|| OpError::NotFound(format!("no device named {name:?}")))
+}
+
+/// Stored episodes, newest first: one device's (which must exist, so that a
+/// misspelt name is an error rather than an empty list) or every device's.
+pub async fn list_episodes(
+    index: &Arc<dyn Index>,
+    device: Option<&str>,
+    limit: Option<u64>,
+) -> Result<Vec<EpisodeInfo>, OpError> {
+    if let Some(name) = device {
+        self::device(index, name).await?;
+    }
+    Ok(index.list_episodes(device, limit).await?)
+}
+
+/// A device's episode, or `NotFound`.
+pub async fn episode(
+    index: &Arc<dyn Index>,
+    device: &str,
+    id: &str,
+) -> Result<EpisodeInfo, OpError> {
+    index
+        .episode(device, id)
+        .await?
+        .ok_or_else(|| OpError::NotFound(format!("episode {device}/{id} is not stored")))
+}
+
+/// An operator's name for an episode, `DEVICE/ID` (ids are scoped to their
+/// device; neither a device name nor an id can hold a `/`).
+pub fn parse_episode_ref(s: &str) -> Result<(String, String), OpError> {
+    s.split_once('/')
+        .filter(|(d, i)| EpisodeId::parse(d).is_ok() && EpisodeId::parse(i).is_ok())
+        .map(|(d, i)| (d.to_owned(), i.to_owned()))
+        .ok_or_else(|| {
+            OpError::Invalid(format!(
+                "{s:?}: name an episode as DEVICE/ID (ids are scoped to their device)"
+            ))
+        })
+}
+
 /// Allows a commit (upper case and surrounding space are accepted from
 /// humans) and returns its allow-list entry.
 pub async fn allow_commit(
@@ -92,29 +170,34 @@ fn parse_commit(s: &str) -> Result<Commit, OpError> {
     Commit::parse_lenient(s).map_err(|e| OpError::Invalid(e.to_string()))
 }
 
-/// Re-hashes the objects of the given episodes (all when `ids` is empty),
-/// on the blocking pool, and returns one finding per episode.
+/// What re-hashing one object found: state, actual sha256, detail.
+type Hashed = (&'static str, Option<String>, Option<String>);
+
+/// Re-hashes the objects of the given episodes (`DEVICE/ID` each; all when
+/// `refs` is empty), on the blocking pool, and returns one finding per
+/// episode. An object shared by several episodes (the same bytes, from
+/// several devices or ids) is hashed once.
 pub async fn verify(
     index: &Arc<dyn Index>,
     objects: &ObjectStore,
-    ids: &[String],
+    refs: &[String],
 ) -> Result<Vec<VerifyFinding>, OpError> {
-    let episodes = if ids.is_empty() {
-        index.list_episodes(None).await?
+    let episodes = if refs.is_empty() {
+        index.list_episodes(None, None).await?
     } else {
-        let mut v = Vec::with_capacity(ids.len());
-        for id in ids {
-            match index.episode(id).await? {
-                Some(e) => v.push(e),
-                None => return Err(OpError::NotFound(format!("episode {id:?} is not stored"))),
-            }
+        let mut v = Vec::with_capacity(refs.len());
+        for r in refs {
+            let (device, id) = parse_episode_ref(r)?;
+            v.push(episode(index, &device, &id).await?);
         }
         v
     };
     let mut findings = Vec::with_capacity(episodes.len());
+    let mut hashed: HashMap<(String, u64), Hashed> = HashMap::new();
     for e in episodes {
         let Ok(sha) = Sha256::parse(&e.sha256) else {
             findings.push(VerifyFinding {
+                device: e.device,
                 episode_id: e.episode_id,
                 state: "unreadable".into(),
                 expected_sha256: e.sha256,
@@ -123,40 +206,17 @@ pub async fn verify(
             });
             continue;
         };
-        // One blocking call: find the object (see `ObjectStore::locate`),
-        // then hash it.
-        let (store, s) = (objects.clone(), sha.clone());
-        let (path, hashed) = tokio::task::spawn_blocking(move || {
-            let path = store.locate(&s);
-            let hashed = hash_file(&path);
-            (path, hashed)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            (
-                objects.path_of(&sha),
-                Err(std::io::Error::other(e.to_string())),
-            )
-        });
-        let (state, actual, detail) = match hashed {
-            Ok((actual, size)) if actual == sha && size == e.size => {
-                ("ok", Some(actual.to_string()), None)
+        let key = (e.sha256.clone(), e.size);
+        let (state, actual, detail) = match hashed.get(&key) {
+            Some(found) => found.clone(),
+            None => {
+                let found = rehash(objects, &sha, e.size).await;
+                hashed.insert(key, found.clone());
+                found
             }
-            Ok((actual, size)) => (
-                "mismatch",
-                Some(actual.to_string()),
-                Some(format!("{}: {size} bytes, sha256 {actual}", path.display())),
-            ),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                ("missing", None, Some(format!("{}: {err}", path.display())))
-            }
-            Err(err) => (
-                "unreadable",
-                None,
-                Some(format!("{}: {err}", path.display())),
-            ),
         };
         findings.push(VerifyFinding {
+            device: e.device,
             episode_id: e.episode_id,
             state: state.into(),
             expected_sha256: e.sha256,
@@ -165,4 +225,40 @@ pub async fn verify(
         });
     }
     Ok(findings)
+}
+
+/// Finds an object (see `ObjectStore::locate`) and hashes it, in one
+/// blocking call.
+async fn rehash(objects: &ObjectStore, sha: &Sha256, expected_size: u64) -> Hashed {
+    let (store, s) = (objects.clone(), sha.clone());
+    let (path, hashed) = tokio::task::spawn_blocking(move || {
+        let path = store.locate(&s);
+        let hashed = hash_file(&path);
+        (path, hashed)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        (
+            objects.path_of(sha),
+            Err(std::io::Error::other(e.to_string())),
+        )
+    });
+    match hashed {
+        Ok((actual, size)) if actual == *sha && size == expected_size => {
+            ("ok", Some(actual.to_string()), None)
+        }
+        Ok((actual, size)) => (
+            "mismatch",
+            Some(actual.to_string()),
+            Some(format!("{}: {size} bytes, sha256 {actual}", path.display())),
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            ("missing", None, Some(format!("{}: {err}", path.display())))
+        }
+        Err(err) => (
+            "unreadable",
+            None,
+            Some(format!("{}: {err}", path.display())),
+        ),
+    }
 }
