@@ -15,12 +15,15 @@
 //! - `shutdown`: SIGTERM with uploads in flight.
 //! - `startup`: ready at once, the sweep of left-overs after READY, logs.
 //! - `postgres`: the same contract on a PostgreSQL index.
+//! - `migration`: an index made by the previous release, upgraded in
+//!   place (SQLite and PostgreSQL).
 //! - `tls`: HTTPS with a configured certificate.
 
 mod cli;
 mod crash;
 mod devices;
 mod limits;
+mod migration;
 mod postgres;
 mod protocol;
 mod race;
