@@ -7,6 +7,7 @@
 //!   two.
 //! - `devices`: ids scoped to their device; nothing of another device's
 //!   episodes on any device route.
+//! - `fleet`: 100 real agents whose spools all use the same ids.
 //! - `crash`: kill -9 during uploads, restart, nothing acknowledged lost.
 //! - `limits`: 408, 503, 507 on a full disk.
 //! - `cli`: the admin commands, exit codes, changes in force while serving.
@@ -22,6 +23,7 @@
 mod cli;
 mod crash;
 mod devices;
+mod fleet;
 mod limits;
 mod migration;
 mod postgres;
