@@ -294,17 +294,21 @@ macro_rules! impl_sql_index {
                     .collect();
                 let mut existing = std::collections::HashMap::new();
                 if !existing_keys.is_empty() {
-                    // A row value against a VALUES list: SQLite and
-                    // PostgreSQL both run it, and the primary key serves it.
+                    // One `(device = ? AND episode_id = ?)` per row, ORed:
+                    // both databases look each up by the primary key (a row
+                    // value against a VALUES list made SQLite scan the key's
+                    // whole index).
                     let mut q = sqlx::QueryBuilder::<Db>::new(format!(
-                        "SELECT {} FROM episodes WHERE (device, episode_id) IN (VALUES ",
+                        "SELECT {} FROM episodes WHERE ",
                         $crate::store::sql::EPISODE_COLUMNS
                     ));
                     for (n, e) in existing_keys.iter().enumerate() {
-                        q.push(if n == 0 { "(" } else { ", (" });
-                        q.push_bind(&e.device).push(", ").push_bind(&e.episode_id).push(")");
+                        q.push(if n == 0 { "(device = " } else { " OR (device = " });
+                        q.push_bind(&e.device)
+                            .push(" AND episode_id = ")
+                            .push_bind(&e.episode_id)
+                            .push(")");
                     }
-                    q.push(")");
                     let found: Vec<$crate::store::sql::EpisodeRow> = q
                         .build_query_as()
                         .fetch_all(&mut *tx)

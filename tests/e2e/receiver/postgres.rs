@@ -181,3 +181,15 @@ fn postgres_index_decides_races_and_survives_kill9() {
     drop(rx);
     drop(db);
 }
+
+#[test]
+fn postgres_index_decides_races_per_device() {
+    let Some(db) = TestDb::create("postgres_index_decides_races_per_device") else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let rx = Arc::new(receiver(&db, data.path()));
+    super::race::race_across_two_devices(&rx, 10);
+    ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
+    drop(rx);
+}

@@ -76,10 +76,16 @@ fn concurrent_puts_of_one_id_store_it_exactly_once() {
 /// device the race is decided as above.
 #[test]
 fn concurrent_puts_of_one_id_from_two_devices_store_one_each() {
-    const ROUNDS: usize = 20;
     let rx = Arc::new(Receiver::start());
+    race_across_two_devices(&rx, 20);
+    ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
+}
+
+/// `rounds` rounds of one id raced by two devices with two versions each,
+/// on `rx` (any index); asserts one 201 per device and round.
+pub(super) fn race_across_two_devices(rx: &Arc<Receiver>, rounds: usize) {
     let tokens = Arc::new([rx.ready_device("racer-a"), rx.add_device("racer-b")]);
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let id = format!("race-{round}");
         // bodies[device][version]
         let seed = |d: usize, v: usize| (4 * round + 2 * d + v) as u64;
@@ -114,12 +120,11 @@ fn concurrent_puts_of_one_id_from_two_devices_store_one_each() {
             }
         }
     }
-    let rows = super::stored_by_device(&rx);
-    assert_eq!(rows.len(), 2 * ROUNDS, "one row per device and id");
+    let rows = super::stored_by_device(rx);
+    assert_eq!(rows.len(), 2 * rounds, "one row per device and id");
     assert_eq!(
-        object_files(&rx).len(),
-        2 * ROUNDS,
+        object_files(rx).len(),
+        2 * rounds,
         "the losers' objects are gone"
     );
-    ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
 }
