@@ -120,7 +120,20 @@ fn postgres_index_answers_every_upload_row() {
             .count(),
         1
     );
-    rx.cli_ok(["devices", "revoke", "pg-dev"]);
+    // A rename carries the episode along (ON UPDATE CASCADE) and keeps the
+    // token.
+    rx.cli_ok(["devices", "rename", "pg-dev", "pg-dev-2"]);
+    expect(
+        &rx.put(&token, "pg-1", COMMIT_A, &body),
+        200,
+        "already-present",
+    );
+    let rows = super::stored_by_device(&rx);
+    assert_eq!(
+        rows.keys().collect::<Vec<_>>(),
+        [&("pg-dev-2".to_string(), "pg-1".to_string())]
+    );
+    rx.cli_ok(["devices", "revoke", "pg-dev-2"]);
     expect(&rx.put(&token, "pg-3", COMMIT_A, &body), 403, "forbidden");
     assert_eq!(stored(&rx).len(), 1);
     let devices: serde_json::Value =
