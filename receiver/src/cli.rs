@@ -49,7 +49,8 @@ pub enum Admin {
         device: Option<String>,
         json: bool,
     },
-    /// `DEVICE/ID` each; all episodes when empty.
+    /// `DEVICE/ID` (or an id one device alone stored) each; all episodes
+    /// when empty.
     EpisodesVerify {
         refs: Vec<String>,
     },

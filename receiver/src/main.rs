@@ -94,8 +94,8 @@ enum EpisodesCmd {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Re-hash stored objects (all, or the given DEVICE/ID episodes); exit 1
-    /// on any problem.
+    /// Re-hash stored objects (all, or the given episodes: DEVICE/ID, or an
+    /// ID that one device alone stored); exit 1 on any problem.
     Verify {
         #[arg(value_name = "DEVICE/ID")]
         refs: Vec<String>,

@@ -124,17 +124,45 @@ pub async fn episode(
         .ok_or_else(|| OpError::NotFound(format!("episode {device}/{id} is not stored")))
 }
 
-/// An operator's name for an episode, `DEVICE/ID` (ids are scoped to their
-/// device; neither a device name nor an id can hold a `/`).
-pub fn parse_episode_ref(s: &str) -> Result<(String, String), OpError> {
-    s.split_once('/')
-        .filter(|(d, i)| EpisodeId::parse(d).is_ok() && EpisodeId::parse(i).is_ok())
-        .map(|(d, i)| (d.to_owned(), i.to_owned()))
-        .ok_or_else(|| {
-            OpError::Invalid(format!(
-                "{s:?}: name an episode as DEVICE/ID (ids are scoped to their device)"
-            ))
-        })
+/// How many devices a bare id that several stored names in its error.
+const AMBIGUOUS_SHOWN: u64 = 10;
+
+/// An operator's name for an episode: `DEVICE/ID` (ids are scoped to their
+/// device; neither part can hold a `/`), or an id alone when exactly one
+/// device stored it (SPEC §5's `verify [ID...]`). An id that several
+/// devices stored is bad usage: the error names them.
+pub async fn resolve(index: &Arc<dyn Index>, name: &str) -> Result<EpisodeInfo, OpError> {
+    let invalid = |why: String| OpError::Invalid(format!("episode {name:?}: {why}"));
+    if let Some((device, id)) = name.split_once('/') {
+        for part in [device, id] {
+            EpisodeId::parse(part).map_err(|e| invalid(e.to_string()))?;
+        }
+        return episode(index, device, id).await;
+    }
+    EpisodeId::parse(name).map_err(|e| invalid(e.to_string()))?;
+    let mut rows = index.episodes_with_id(name, AMBIGUOUS_SHOWN + 1).await?;
+    match rows.len() {
+        0 => Err(OpError::NotFound(format!(
+            "episode {name} is not stored by any device"
+        ))),
+        1 => Ok(rows.remove(0)),
+        n => {
+            let shown: Vec<String> = rows
+                .iter()
+                .take(AMBIGUOUS_SHOWN as usize)
+                .map(|e| format!("{}/{}", e.device, e.episode_id))
+                .collect();
+            let more = if n as u64 > AMBIGUOUS_SHOWN {
+                ", …"
+            } else {
+                ""
+            };
+            Err(invalid(format!(
+                "stored by several devices ({}{more}); name one as DEVICE/ID",
+                shown.join(", ")
+            )))
+        }
+    }
 }
 
 /// Allows a commit (upper case and surrounding space are accepted from
@@ -173,8 +201,8 @@ fn parse_commit(s: &str) -> Result<Commit, OpError> {
 /// What re-hashing one object found: state, actual sha256, detail.
 type Hashed = (&'static str, Option<String>, Option<String>);
 
-/// Re-hashes the objects of the given episodes (`DEVICE/ID` each; all when
-/// `refs` is empty), on the blocking pool, and returns one finding per
+/// Re-hashes the objects of the given episodes (each named as [`resolve`]
+/// takes it; all when `refs` is empty), on the blocking pool, and returns one finding per
 /// episode. An object shared by several episodes (the same bytes, from
 /// several devices or ids) is hashed once.
 pub async fn verify(
@@ -187,8 +215,7 @@ pub async fn verify(
     } else {
         let mut v = Vec::with_capacity(refs.len());
         for r in refs {
-            let (device, id) = parse_episode_ref(r)?;
-            v.push(episode(index, &device, &id).await?);
+            v.push(resolve(index, r).await?);
         }
         v
     };

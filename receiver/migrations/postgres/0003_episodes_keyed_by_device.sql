@@ -26,5 +26,8 @@ ALTER TABLE episodes DROP CONSTRAINT episodes_pkey;
 -- first; it also serves every lookup by device.
 ALTER TABLE episodes ADD PRIMARY KEY (device, episode_id);
 DROP INDEX episodes_device;
+-- An operator may name an episode by its id alone when one device has it
+-- (`episodes verify ID`): found without a scan.
+CREATE INDEX episodes_episode_id ON episodes (episode_id);
 ALTER TABLE episodes ADD CONSTRAINT episodes_device_fkey
     FOREIGN KEY (device) REFERENCES devices (name) ON UPDATE CASCADE;

@@ -44,6 +44,9 @@ ALTER TABLE episodes_keyed_by_device RENAME TO episodes;
 -- whether any row, of any device, still references a digest.
 CREATE INDEX episodes_sha256 ON episodes (sha256);
 CREATE INDEX episodes_stored_at ON episodes (stored_at);
+-- An operator may name an episode by its id alone when one device has it
+-- (`episodes verify ID`): found without a scan.
+CREATE INDEX episodes_episode_id ON episodes (episode_id);
 
 CREATE TRIGGER episodes_record_upload AFTER INSERT ON episodes
 BEGIN

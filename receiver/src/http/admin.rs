@@ -33,8 +33,8 @@ pub fn router() -> Router<SharedState> {
         .route("/devices/{name}/episodes/{id}", get(episode))
         .route("/devices/{name}/episodes/{id}/download", get(download))
         .route("/episodes", get(list_episodes))
-        .route("/episodes/{id}", get(unscoped))
-        .route("/episodes/{id}/download", get(unscoped))
+        .route("/episodes/{id}", get(episode_by_id))
+        .route("/episodes/{id}/download", get(download_by_id))
 }
 
 type PathParam<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
@@ -198,44 +198,51 @@ async fn episodes_of(
     ))
 }
 
-/// The routes of the release that had global ids: an id alone no longer
-/// names an episode, so they say where to look instead.
-async fn unscoped(
-    State(st): State<SharedState>,
-    h: HeaderMap,
-    id: PathParam<String>,
-) -> Result<Response, AppError> {
-    admin(&st, &h)?;
-    let id = param(id)?;
-    Err(AppError::not_found(format!(
-        "episode ids are scoped to their device: GET /v1/admin/devices/{{device}}/episodes/{id} \
-         (GET /v1/admin/episodes?device=NAME lists a device's episodes)"
-    )))
-}
-
-async fn lookup(st: &SharedState, p: PathParam<(String, String)>) -> Result<EpisodeInfo, AppError> {
-    let (device, id) = param(p)?;
-    Ok(ops::episode(&st.index, &device, &id).await?)
-}
-
 async fn episode(
     State(st): State<SharedState>,
     h: HeaderMap,
     p: PathParam<(String, String)>,
 ) -> Result<Json<EpisodeInfo>, AppError> {
     admin(&st, &h)?;
-    Ok(Json(lookup(&st, p).await?))
+    let (device, id) = param(p)?;
+    Ok(Json(ops::episode(&st.index, &device, &id).await?))
 }
 
-/// Streams the stored `tar.zst`. An unreadable object fails this request
-/// only.
+/// `/v1/admin/episodes/{id}` (the route of the release whose ids were
+/// global): the episode when exactly one device stored the id, 400 naming
+/// the devices when several did.
+async fn episode_by_id(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    id: PathParam<String>,
+) -> Result<Json<EpisodeInfo>, AppError> {
+    admin(&st, &h)?;
+    Ok(Json(ops::resolve(&st.index, &param(id)?).await?))
+}
+
 async fn download(
     State(st): State<SharedState>,
     h: HeaderMap,
     p: PathParam<(String, String)>,
 ) -> Result<Response, AppError> {
     admin(&st, &h)?;
-    let info = lookup(&st, p).await?;
+    let (device, id) = param(p)?;
+    send_object(&st, ops::episode(&st.index, &device, &id).await?).await
+}
+
+/// `/v1/admin/episodes/{id}/download`, resolved as [`episode_by_id`].
+async fn download_by_id(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    id: PathParam<String>,
+) -> Result<Response, AppError> {
+    admin(&st, &h)?;
+    send_object(&st, ops::resolve(&st.index, &param(id)?).await?).await
+}
+
+/// Streams the stored `tar.zst`. An unreadable object fails this request
+/// only.
+async fn send_object(st: &SharedState, info: EpisodeInfo) -> Result<Response, AppError> {
     let sha = Sha256::parse(&info.sha256).map_err(|_| AppError::internal())?;
     let file = st.objects.open(&sha).await.map_err(|e| {
         if e.source.kind() == std::io::ErrorKind::NotFound {

@@ -166,6 +166,9 @@ pub trait Index: Send + Sync + 'static {
 
     /// A device's episode of this id.
     fn episode<'a>(&'a self, device: &'a str, id: &'a str) -> BoxFut<'a, Option<EpisodeInfo>>;
+    /// Every device's episode of this id (at most `limit`), for an operator
+    /// who names an episode by its id alone.
+    fn episodes_with_id<'a>(&'a self, id: &'a str, limit: u64) -> BoxFut<'a, Vec<EpisodeInfo>>;
     /// [`Preflight`] for a PUT: the three reads above in one query; `None`
     /// for an unknown token.
     fn preflight<'a>(

@@ -567,6 +567,26 @@ macro_rules! impl_sql_index {
                 })
             }
 
+            fn episodes_with_id<'a>(
+                &'a self,
+                id: &'a str,
+                limit: u64,
+            ) -> $crate::store::BoxFut<'a, Vec<ferry_proto::admin::EpisodeInfo>> {
+                Box::pin(async move {
+                    let sql = format!(
+                        "SELECT {} FROM episodes WHERE episode_id = $1 ORDER BY device LIMIT $2",
+                        $crate::store::sql::EPISODE_COLUMNS
+                    );
+                    let rows: Vec<$crate::store::sql::EpisodeRow> = sqlx::query_as(&sql)
+                        .bind(id)
+                        .bind(limit.min(i64::MAX as u64) as i64)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::store::sql::classify)?;
+                    Ok(rows.into_iter().map($crate::store::sql::episode_info).collect())
+                })
+            }
+
             fn preflight<'a>(
                 &'a self,
                 token_hash: &'a [u8],

@@ -429,6 +429,10 @@ mod tests {
             .unwrap();
         assert_eq!(p.episode, None, "another device's episode is not shown");
         assert_eq!(idx.episode("d2", "only-d1").await.unwrap(), None);
+        let everyones = idx.episodes_with_id("ep-1", 10).await.unwrap();
+        let owners: Vec<&str> = everyones.iter().map(|e| e.device.as_str()).collect();
+        assert_eq!(owners, ["d1", "d2", "d3"]);
+        assert_eq!(idx.episodes_with_id("ep-1", 2).await.unwrap().len(), 2);
         assert_eq!(idx.list_episodes(Some("d2"), None).await.unwrap().len(), 1);
         assert_eq!(idx.list_episodes(None, None).await.unwrap().len(), 4);
         assert_eq!(idx.list_episodes(None, Some(2)).await.unwrap().len(), 2);

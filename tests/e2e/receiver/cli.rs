@@ -189,13 +189,21 @@ fn episodes_list_and_verify_name_every_damaged_object() {
         "{stdout}"
     );
     assert!(!stdout.contains("v-2:"), "{stdout}");
-    // Only the given episodes, named DEVICE/ID; an id alone is bad usage.
+    // Only the given episodes, named DEVICE/ID (or by the id alone, which
+    // one device stored here).
     assert!(rx.cli(["episodes", "verify", "dev/v-2"]).status.success());
+    assert!(rx.cli(["episodes", "verify", "v-2"]).status.success());
     assert_eq!(
         rx.cli(["episodes", "verify", "dev/v-0"]).status.code(),
         Some(1)
     );
-    for (name, code) in [("dev/nope", 1), ("other/v-2", 1), ("v-2", 2), ("dev/", 2)] {
+    for (name, code) in [
+        ("dev/nope", 1),
+        ("other/v-2", 1),
+        ("nope", 1),
+        ("dev/", 2),
+        ("a/b/c", 2),
+    ] {
         let out = rx.cli(["episodes", "verify", name]);
         assert_eq!(out.status.code(), Some(code), "{name}: {out:?}");
     }
@@ -249,6 +257,15 @@ fn devices_rename_keeps_token_and_episodes_and_lists_filter_by_device() {
         (&"lab-7".into(), &1.into())
     );
     ferry_tests::assert_ok(&rx.cli(["episodes", "verify", "lab-7/ep-0001"]), "verify");
+    // Two devices stored ep-0001: the id alone is ambiguous, and the error
+    // names both.
+    let out = rx.cli(["episodes", "verify", "ep-0001"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("host-8/ep-0001") && err.contains("lab-7/ep-0001"),
+        "{err}"
+    );
     // Taken, unknown, unchanged and malformed names.
     for (old, new, code) in [
         ("lab-7", "host-8", 1),

@@ -57,6 +57,21 @@ fn another_devices_episode_answers_as_if_absent_on_every_device_route() {
         );
     }
 
+    // An operator who names ep-0001 by its id alone is told whose it is.
+    let admin = format!("Bearer {}", rx.admin_token);
+    let r = rx.request(
+        "GET",
+        "/v1/admin/episodes/ep-0001",
+        &[("Authorization", &admin)],
+        b"",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let detail = r.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.contains("dev-a/ep-0001") && detail.contains("dev-b/ep-0001"),
+        "{detail}"
+    );
+
     let rows = stored_by_device(&rx);
     assert_eq!(rows.len(), 4);
     assert_eq!(
