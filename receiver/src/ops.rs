@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use std::collections::HashMap;
-
 use ferry_proto::admin::{
     AllowCommit, CommitInfo, DeviceInfo, EpisodeInfo, NewDevice, VerifyFinding,
 };
@@ -202,9 +200,11 @@ fn parse_commit(s: &str) -> Result<Commit, OpError> {
 type Hashed = (&'static str, Option<String>, Option<String>);
 
 /// Re-hashes the objects of the given episodes (each named as [`resolve`]
-/// takes it; all when `refs` is empty), on the blocking pool, and returns one finding per
-/// episode. An object shared by several episodes (the same bytes, from
-/// several devices or ids) is hashed once.
+/// takes it; all when `refs` is empty), on the blocking pool, and returns
+/// one finding per episode, in the order listed. An object shared by
+/// several episodes (the same bytes, from several devices or ids) is hashed
+/// once: they are visited in digest order, so only the last result needs
+/// keeping.
 pub async fn verify(
     index: &Arc<dyn Index>,
     objects: &ObjectStore,
@@ -219,11 +219,15 @@ pub async fn verify(
         }
         v
     };
-    let mut findings = Vec::with_capacity(episodes.len());
-    let mut hashed: HashMap<(String, u64), Hashed> = HashMap::new();
-    for e in episodes {
+    let mut order: Vec<usize> = (0..episodes.len()).collect();
+    order.sort_by_key(|&i| (&episodes[i].sha256, episodes[i].size));
+    let mut slots: Vec<Option<EpisodeInfo>> = episodes.into_iter().map(Some).collect();
+    let mut findings: Vec<Option<VerifyFinding>> = vec![None; slots.len()];
+    let mut last: Option<((String, u64), Hashed)> = None;
+    for i in order {
+        let Some(e) = slots[i].take() else { continue };
         let Ok(sha) = Sha256::parse(&e.sha256) else {
-            findings.push(VerifyFinding {
+            findings[i] = Some(VerifyFinding {
                 device: e.device,
                 episode_id: e.episode_id,
                 state: "unreadable".into(),
@@ -234,15 +238,15 @@ pub async fn verify(
             continue;
         };
         let key = (e.sha256.clone(), e.size);
-        let (state, actual, detail) = match hashed.get(&key) {
-            Some(found) => found.clone(),
-            None => {
+        let (state, actual, detail) = match &last {
+            Some((k, found)) if *k == key => found.clone(),
+            _ => {
                 let found = rehash(objects, &sha, e.size).await;
-                hashed.insert(key, found.clone());
+                last = Some((key, found.clone()));
                 found
             }
         };
-        findings.push(VerifyFinding {
+        findings[i] = Some(VerifyFinding {
             device: e.device,
             episode_id: e.episode_id,
             state: state.into(),
@@ -251,7 +255,7 @@ pub async fn verify(
             detail,
         });
     }
-    Ok(findings)
+    Ok(findings.into_iter().flatten().collect())
 }
 
 /// Finds an object (see `ObjectStore::locate`) and hashes it, in one

@@ -86,6 +86,21 @@ fn another_devices_episode_answers_as_if_absent_on_every_device_route() {
     // Identical bytes are stored once: three objects for four rows.
     assert_eq!(object_files(&rx).len(), 3);
     ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
+    // Damage to the shared object is reported for both of its rows.
+    let shared = ferry_tests::object_path(&rx.data_dir, &sha256_hex(&theirs));
+    let mut bytes = std::fs::read(&shared).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&shared, bytes).unwrap();
+    let out = rx.cli(["episodes", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "dev-a/ep-0001: MISMATCH",
+        "dev-b/ep-0001: MISMATCH",
+        "2 ok, 2 mismatch",
+    ] {
+        assert!(stdout.contains(name), "{name}: {stdout}");
+    }
 }
 
 /// `devices rename` while one of the device's uploads is between its
