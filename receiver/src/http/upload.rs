@@ -250,7 +250,7 @@ async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
         match state.objects.stat(&up.sha256).await {
             Ok(Some(_)) => return Ok(already_present(&up.id, existing.sha256, existing.size)),
             Ok(None) => tracing::error!(
-                episode_id = %up.id, sha256 = %up.sha256,
+                episode_id = %up.id, device = up.device, sha256 = %up.sha256,
                 "indexed episode has no object; accepting the upload to repair it"
             ),
             Err(e) => return Err(e.into()),
@@ -259,7 +259,7 @@ async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
 
     let free = state.objects.free_bytes().await?;
     if free < up.length {
-        tracing::warn!(free, needed = up.length, episode_id = %up.id, "not enough free space for an upload");
+        tracing::warn!(free, needed = up.length, episode_id = %up.id, device = up.device, "not enough free space for an upload");
         return Err(AppError(Reply::InsufficientStorage {
             detail: "the receiver does not have space for this episode now; try again later".into(),
         }));
@@ -369,7 +369,7 @@ async fn receive(state: &SharedState, up: &Upload, body: Body) -> Result<Respons
             ))
         }
         Ok(Ok(None)) | Err(_) => {
-            tracing::error!(episode_id = %up.id, "upload writer ended without a result");
+            tracing::error!(episode_id = %up.id, device = up.device, "upload writer ended without a result");
             return Err(AppError::internal());
         }
     };
