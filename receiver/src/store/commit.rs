@@ -248,7 +248,10 @@ fn make_durable(store: &ObjectStore, written: Vec<Written>) -> Vec<Durable> {
 /// Whether an index error is about the rows (worth retrying them one by
 /// one, for each its own answer) rather than about reaching the database.
 fn about_the_rows(e: &IndexError) -> bool {
-    matches!(e, IndexError::Db(sqlx::Error::Database(_)))
+    matches!(
+        e,
+        IndexError::Db(sqlx::Error::Database(_)) | IndexError::DeviceRenamed(_)
+    )
 }
 
 /// All rows in one transaction; when that fails because of the rows, each

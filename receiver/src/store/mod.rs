@@ -31,6 +31,12 @@ pub enum IndexError {
     /// The database's disk is full: answer 507.
     #[error("index database is out of space: {0}")]
     Full(sqlx::Error),
+    /// A row names a device that no longer exists (the foreign key refused
+    /// it): the device was renamed while its upload was between its header
+    /// checks and its row. Answer 503: its retry is checked under the new
+    /// name.
+    #[error("the episode's device was renamed during its upload: {0}")]
+    DeviceRenamed(sqlx::Error),
     /// Any other database failure: answer 500 (or 503 on /readyz).
     #[error("index database error: {0}")]
     Db(#[from] sqlx::Error),
@@ -45,6 +51,9 @@ impl IndexError {
     pub fn again(&self) -> IndexError {
         match self {
             IndexError::Full(e) => IndexError::Full(sqlx::Error::Protocol(e.to_string())),
+            IndexError::DeviceRenamed(e) => {
+                IndexError::DeviceRenamed(sqlx::Error::Protocol(e.to_string()))
+            }
             IndexError::Db(e) => IndexError::Db(sqlx::Error::Protocol(e.to_string())),
             IndexError::Setup(s) => IndexError::Setup(s.clone()),
         }

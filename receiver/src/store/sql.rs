@@ -14,9 +14,21 @@ const SQLITE_FULL: i64 = 13;
 /// PostgreSQL's SQLSTATE classes for "out of disk space" (53100) and other
 /// insufficient resources that mean "cannot store now".
 const PG_DISK_FULL: &str = "53100";
+/// SQLite's extended result code and PostgreSQL's SQLSTATE for a foreign
+/// key violation: a row naming a device that does not exist.
+const SQLITE_CONSTRAINT_FOREIGNKEY: &str = "787";
+const PG_FOREIGN_KEY_VIOLATION: &str = "23503";
 
 /// Classifies a database error by its code, never by its message.
 pub(crate) fn classify(err: sqlx::Error) -> IndexError {
+    if let sqlx::Error::Database(db) = &err {
+        if db
+            .code()
+            .is_some_and(|c| c == SQLITE_CONSTRAINT_FOREIGNKEY || c == PG_FOREIGN_KEY_VIOLATION)
+        {
+            return IndexError::DeviceRenamed(err);
+        }
+    }
     let full = match &err {
         sqlx::Error::Database(db) => {
             if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {

@@ -470,10 +470,10 @@ mod tests {
         // A row checked under the old name that arrives after the rename
         // is refused by the foreign key, not stored under a name no device
         // has.
-        assert!(idx
-            .insert_episodes(&[row("d1", "late", 'e', 15)])
-            .await
-            .is_err());
+        assert!(matches!(
+            idx.insert_episodes(&[row("d1", "late", 'e', 15)]).await,
+            Err(crate::store::IndexError::DeviceRenamed(_))
+        ));
         assert_eq!(idx.list_episodes(None, None).await.unwrap().len(), 4);
     }
 }

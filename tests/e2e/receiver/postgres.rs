@@ -206,3 +206,14 @@ fn postgres_index_decides_races_per_device() {
     ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
     drop(rx);
 }
+
+#[test]
+fn postgres_index_refuses_a_row_under_a_renamed_device() {
+    let Some(db) = TestDb::create("postgres_index_refuses_a_row_under_a_renamed_device") else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let rx = receiver(&db, data.path());
+    super::devices::rename_during_an_upload(&rx);
+    drop(rx);
+}
