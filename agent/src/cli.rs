@@ -62,7 +62,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub enum Cmd {
     /// The daemon: scan, pack and ship until SIGTERM.
     Run,
-    /// Ship everything that is ready, then exit (0: nothing left pending).
+    /// Ship everything that is ready, then exit (0: nothing left pending and
+    /// nothing parked in conflict/ by this drain; 1 otherwise).
     Drain {
         /// Give up after this long (exit 1 if episodes remain pending).
         #[arg(long, value_parser = parse_duration, value_name = "DUR")]

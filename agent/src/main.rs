@@ -229,20 +229,31 @@ async fn daemon(cfg: Config, mode: Mode) -> ExitCode {
             tracing::info!("stopped");
             ExitCode::SUCCESS
         }
-        Mode::Drain { .. } if finished.pending == 0 => {
+        Mode::Drain { .. } if finished.pending == 0 && finished.conflicts == 0 => {
             tracing::info!("drained: nothing left pending");
             ExitCode::SUCCESS
         }
+        // SPEC §5: 1, the operation failed. Episodes parked in conflict/ are
+        // not pending, but they were not delivered either.
         Mode::Drain { .. } => {
-            eprintln!(
-                "ferry-agent: {} episode(s) still pending{}",
-                finished.pending,
-                if finished.timed_out {
-                    " at the timeout"
-                } else {
-                    ""
-                }
-            );
+            if finished.pending > 0 {
+                eprintln!(
+                    "ferry-agent: {} episode(s) still pending{}",
+                    finished.pending,
+                    if finished.timed_out {
+                        " at the timeout"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if finished.conflicts > 0 {
+                eprintln!(
+                    "ferry-agent: {} episode(s) parked in conflict/ by this drain: the receiver \
+                     holds other bytes under their ids; see `ferry-agent doctor`",
+                    finished.conflicts
+                );
+            }
             ExitCode::FAILURE
         }
     }

@@ -87,6 +87,10 @@ pub enum Mode {
 pub struct Finished {
     /// Ready episodes still in `episodes/` at the end.
     pub pending: u64,
+    /// Episodes this run parked in `conflict/` (409: the receiver holds
+    /// other bytes under the id). Nothing is pending for them, but nothing
+    /// is fine either: `drain` exits 1.
+    pub conflicts: u64,
     pub timed_out: bool,
 }
 
@@ -184,6 +188,8 @@ pub struct Agent {
     quarantined: AtomicU64,
     /// Episodes that left `episodes/` (retired, quarantined, parked).
     moved: AtomicU64,
+    /// Episodes parked in `conflict/` by this run.
+    conflicts: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -261,6 +267,7 @@ impl Agent {
             pending: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
             moved: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
         };
         Ok((Arc::new(agent), lockf))
     }
@@ -321,6 +328,7 @@ impl Agent {
         }
         let mut finished = Finished {
             pending: 0,
+            conflicts: 0,
             timed_out: false,
         };
         loop {
@@ -414,6 +422,7 @@ impl Agent {
         }
         shutdown.stop.cancel();
         while background.join_next().await.is_some() {}
+        finished.conflicts = self.conflicts.load(Ordering::Relaxed);
         finished
     }
 
@@ -724,7 +733,10 @@ impl Agent {
                     detail.error
                 );
                 match moved {
-                    Ok(()) => tracing::error!("{msg}"),
+                    Ok(()) => {
+                        self.conflicts.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("{msg}")
+                    }
                     Err(e) => tracing::error!("{msg}; but moving it failed: {e}"),
                 }
                 self.left_episodes();

@@ -29,7 +29,8 @@ pub struct DeviceInfo {
     pub bytes: u64,
 }
 
-/// One stored episode.
+/// One stored episode. Ids are scoped to their device: an episode is named
+/// by `device` and `episode_id` together.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpisodeInfo {
     pub episode_id: String,
@@ -56,6 +57,13 @@ pub struct AddDevice {
     pub name: String,
 }
 
+/// Body of `POST /v1/admin/devices/{name}/rename`: the new name. The
+/// device keeps its token and its episodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenameDevice {
+    pub name: String,
+}
+
 /// Answer of `POST /v1/admin/devices`: the only time the token is shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewDevice {
@@ -66,6 +74,7 @@ pub struct NewDevice {
 /// One finding of `episodes verify`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyFinding {
+    pub device: String,
     pub episode_id: String,
     /// `ok`, `mismatch`, `missing` or `unreadable`.
     pub state: String,

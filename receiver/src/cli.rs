@@ -41,11 +41,18 @@ pub enum Admin {
     DevicesRevoke {
         name: String,
     },
+    DevicesRename {
+        old: String,
+        new: String,
+    },
     EpisodesList {
+        device: Option<String>,
         json: bool,
     },
+    /// `DEVICE/ID` (or an id one device alone stored) each; all episodes
+    /// when empty.
     EpisodesVerify {
-        ids: Vec<String>,
+        refs: Vec<String>,
     },
 }
 
@@ -142,21 +149,25 @@ async fn execute(config: &Config, index: &Arc<dyn Index>, cmd: Admin) -> Result<
             ops::revoke_device(index, &name).await?;
             eprintln!("revoked device {name}");
         }
-        Admin::EpisodesList { json } => {
-            let list = index.list_episodes(None).await?;
+        Admin::DevicesRename { old, new } => {
+            ops::rename_device(index, &old, &new).await?;
+            eprintln!("renamed device {old} to {new}; it keeps its token and its episodes");
+        }
+        Admin::EpisodesList { device, json } => {
+            let list = ops::list_episodes(index, device.as_deref(), None).await?;
             if json {
                 return Ok(print_json(&list));
             }
             for e in list {
                 println!(
-                    "{}  {}  {}  {}  {}  {}",
-                    e.episode_id, e.sha256, e.size, e.commit, e.device, e.stored_at
+                    "{}/{}  {}  {}  {}  {}",
+                    e.device, e.episode_id, e.sha256, e.size, e.commit, e.stored_at
                 );
             }
         }
-        Admin::EpisodesVerify { ids } => {
+        Admin::EpisodesVerify { refs } => {
             let objects = ObjectStore::new(config.objects_dir.clone(), config.tmp_dir());
-            let findings = ops::verify(index, &objects, &ids).await?;
+            let findings = ops::verify(index, &objects, &refs).await?;
             return Ok(report(&findings));
         }
     }
@@ -169,7 +180,8 @@ fn report(findings: &[VerifyFinding]) -> i32 {
     for f in findings.iter().filter(|f| f.state != "ok") {
         bad += 1;
         println!(
-            "{}: {} (expected sha256 {}{}){}",
+            "{}/{}: {} (expected sha256 {}{}){}",
+            f.device,
             f.episode_id,
             f.state.to_uppercase(),
             f.expected_sha256,

@@ -79,14 +79,27 @@ enum DevicesCmd {
     List(JsonFlag),
     /// Revoke a device's token.
     Revoke { name: String },
+    /// Rename a device; it keeps its token and its episodes (a re-imaged
+    /// device that ships again under its old token is still recognised).
+    Rename { old: String, new: String },
 }
 
 #[derive(Debug, Subcommand)]
 enum EpisodesCmd {
-    /// List stored episodes, newest first.
-    List(JsonFlag),
-    /// Re-hash stored objects (all, or the given ids); exit 1 on any problem.
-    Verify { ids: Vec<String> },
+    /// List stored episodes, newest first, as DEVICE/ID.
+    List {
+        /// Only this device's episodes.
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Re-hash stored objects (all, or the given episodes: DEVICE/ID, or an
+    /// ID that one device alone stored); exit 1 on any problem.
+    Verify {
+        #[arg(value_name = "DEVICE/ID")]
+        refs: Vec<String>,
+    },
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -188,8 +201,12 @@ fn main() -> ExitCode {
         Command::Devices(DevicesCmd::Add { name }) => Admin::DevicesAdd { name },
         Command::Devices(DevicesCmd::List(j)) => Admin::DevicesList { json: j.json },
         Command::Devices(DevicesCmd::Revoke { name }) => Admin::DevicesRevoke { name },
-        Command::Episodes(EpisodesCmd::List(j)) => Admin::EpisodesList { json: j.json },
-        Command::Episodes(EpisodesCmd::Verify { ids }) => Admin::EpisodesVerify { ids },
+        Command::Devices(DevicesCmd::Rename { old, new }) => Admin::DevicesRename { old, new },
+        Command::Episodes(EpisodesCmd::List { device, json }) => Admin::EpisodesList {
+            device,
+            json: json.json,
+        },
+        Command::Episodes(EpisodesCmd::Verify { refs }) => Admin::EpisodesVerify { refs },
     };
     init_logging(config.log_format, "warn");
     let code = runtime.block_on(cli::run(&config, admin));

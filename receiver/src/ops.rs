@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use ferry_proto::admin::{AllowCommit, CommitInfo, NewDevice, VerifyFinding};
+use ferry_proto::admin::{
+    AllowCommit, CommitInfo, DeviceInfo, EpisodeInfo, NewDevice, VerifyFinding,
+};
 use ferry_proto::{Commit, EpisodeId, Sha256};
 
 use crate::store::objects::{hash_file, ObjectStore};
-use crate::store::{unix_now, AddDevice, Index, IndexError};
+use crate::store::{unix_now, AddDevice, Index, IndexError, RenameDevice};
 use crate::tokens;
 
 /// Why an operator operation failed.
@@ -59,6 +61,108 @@ pub async fn revoke_device(index: &Arc<dyn Index>, name: &str) -> Result<(), OpE
     }
 }
 
+/// Renames a device. It keeps its token and its episodes, so a device
+/// re-imaged under a new host name ships on with its old token file and a
+/// re-ship of an episode it stored before is still answered 200.
+pub async fn rename_device(
+    index: &Arc<dyn Index>,
+    old: &str,
+    new: &str,
+) -> Result<DeviceInfo, OpError> {
+    check_device_name(new)?;
+    if old == new {
+        return Err(OpError::Invalid(format!(
+            "device {old:?} already has that name"
+        )));
+    }
+    match index.rename_device(old, new).await? {
+        RenameDevice::Renamed => {}
+        RenameDevice::NoSuchDevice => {
+            return Err(OpError::NotFound(format!("no device named {old:?}")))
+        }
+        RenameDevice::NameTaken => {
+            return Err(OpError::Exists(format!(
+                "a device named {new:?} already exists (revoked devices keep their name)"
+            )))
+        }
+    }
+    device(index, new).await
+}
+
+/// One device, or `NotFound`.
+pub async fn device(index: &Arc<dyn Index>, name: &str) -> Result<DeviceInfo, OpError> {
+    index
+        .device(name)
+        .await?
+        .ok_or_else(|| OpError::NotFound(format!("no device named {name:?}")))
+}
+
+/// Stored episodes, newest first: one device's (which must exist, so that a
+/// misspelt name is an error rather than an empty list) or every device's.
+pub async fn list_episodes(
+    index: &Arc<dyn Index>,
+    device: Option<&str>,
+    limit: Option<u64>,
+) -> Result<Vec<EpisodeInfo>, OpError> {
+    if let Some(name) = device {
+        self::device(index, name).await?;
+    }
+    Ok(index.list_episodes(device, limit).await?)
+}
+
+/// A device's episode, or `NotFound`.
+pub async fn episode(
+    index: &Arc<dyn Index>,
+    device: &str,
+    id: &str,
+) -> Result<EpisodeInfo, OpError> {
+    index
+        .episode(device, id)
+        .await?
+        .ok_or_else(|| OpError::NotFound(format!("episode {device}/{id} is not stored")))
+}
+
+/// How many devices a bare id that several stored names in its error.
+const AMBIGUOUS_SHOWN: u64 = 10;
+
+/// An operator's name for an episode: `DEVICE/ID` (ids are scoped to their
+/// device; neither part can hold a `/`), or an id alone when exactly one
+/// device stored it (SPEC §5's `verify [ID...]`). An id that several
+/// devices stored is bad usage: the error names them.
+pub async fn resolve(index: &Arc<dyn Index>, name: &str) -> Result<EpisodeInfo, OpError> {
+    let invalid = |why: String| OpError::Invalid(format!("episode {name:?}: {why}"));
+    if let Some((device, id)) = name.split_once('/') {
+        for part in [device, id] {
+            EpisodeId::parse(part).map_err(|e| invalid(e.to_string()))?;
+        }
+        return episode(index, device, id).await;
+    }
+    EpisodeId::parse(name).map_err(|e| invalid(e.to_string()))?;
+    let mut rows = index.episodes_with_id(name, AMBIGUOUS_SHOWN + 1).await?;
+    match rows.len() {
+        0 => Err(OpError::NotFound(format!(
+            "episode {name} is not stored by any device"
+        ))),
+        1 => Ok(rows.remove(0)),
+        n => {
+            let shown: Vec<String> = rows
+                .iter()
+                .take(AMBIGUOUS_SHOWN as usize)
+                .map(|e| format!("{}/{}", e.device, e.episode_id))
+                .collect();
+            let more = if n as u64 > AMBIGUOUS_SHOWN {
+                ", …"
+            } else {
+                ""
+            };
+            Err(invalid(format!(
+                "stored by several devices ({}{more}); name one as DEVICE/ID",
+                shown.join(", ")
+            )))
+        }
+    }
+}
+
 /// Allows a commit (upper case and surrounding space are accepted from
 /// humans) and returns its allow-list entry.
 pub async fn allow_commit(
@@ -92,29 +196,39 @@ fn parse_commit(s: &str) -> Result<Commit, OpError> {
     Commit::parse_lenient(s).map_err(|e| OpError::Invalid(e.to_string()))
 }
 
-/// Re-hashes the objects of the given episodes (all when `ids` is empty),
-/// on the blocking pool, and returns one finding per episode.
+/// What re-hashing one object found: state, actual sha256, detail.
+type Hashed = (&'static str, Option<String>, Option<String>);
+
+/// Re-hashes the objects of the given episodes (each named as [`resolve`]
+/// takes it; all when `refs` is empty), on the blocking pool, and returns
+/// one finding per episode, in the order listed. An object shared by
+/// several episodes (the same bytes, from several devices or ids) is hashed
+/// once: they are visited in digest order, so only the last result needs
+/// keeping.
 pub async fn verify(
     index: &Arc<dyn Index>,
     objects: &ObjectStore,
-    ids: &[String],
+    refs: &[String],
 ) -> Result<Vec<VerifyFinding>, OpError> {
-    let episodes = if ids.is_empty() {
-        index.list_episodes(None).await?
+    let episodes = if refs.is_empty() {
+        index.list_episodes(None, None).await?
     } else {
-        let mut v = Vec::with_capacity(ids.len());
-        for id in ids {
-            match index.episode(id).await? {
-                Some(e) => v.push(e),
-                None => return Err(OpError::NotFound(format!("episode {id:?} is not stored"))),
-            }
+        let mut v = Vec::with_capacity(refs.len());
+        for r in refs {
+            v.push(resolve(index, r).await?);
         }
         v
     };
-    let mut findings = Vec::with_capacity(episodes.len());
-    for e in episodes {
+    let mut order: Vec<usize> = (0..episodes.len()).collect();
+    order.sort_by_key(|&i| (&episodes[i].sha256, episodes[i].size));
+    let mut slots: Vec<Option<EpisodeInfo>> = episodes.into_iter().map(Some).collect();
+    let mut findings: Vec<Option<VerifyFinding>> = vec![None; slots.len()];
+    let mut last: Option<((String, u64), Hashed)> = None;
+    for i in order {
+        let Some(e) = slots[i].take() else { continue };
         let Ok(sha) = Sha256::parse(&e.sha256) else {
-            findings.push(VerifyFinding {
+            findings[i] = Some(VerifyFinding {
+                device: e.device,
                 episode_id: e.episode_id,
                 state: "unreadable".into(),
                 expected_sha256: e.sha256,
@@ -123,40 +237,17 @@ pub async fn verify(
             });
             continue;
         };
-        // One blocking call: find the object (see `ObjectStore::locate`),
-        // then hash it.
-        let (store, s) = (objects.clone(), sha.clone());
-        let (path, hashed) = tokio::task::spawn_blocking(move || {
-            let path = store.locate(&s);
-            let hashed = hash_file(&path);
-            (path, hashed)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            (
-                objects.path_of(&sha),
-                Err(std::io::Error::other(e.to_string())),
-            )
-        });
-        let (state, actual, detail) = match hashed {
-            Ok((actual, size)) if actual == sha && size == e.size => {
-                ("ok", Some(actual.to_string()), None)
+        let key = (e.sha256.clone(), e.size);
+        let (state, actual, detail) = match &last {
+            Some((k, found)) if *k == key => found.clone(),
+            _ => {
+                let found = rehash(objects, &sha, e.size).await;
+                last = Some((key, found.clone()));
+                found
             }
-            Ok((actual, size)) => (
-                "mismatch",
-                Some(actual.to_string()),
-                Some(format!("{}: {size} bytes, sha256 {actual}", path.display())),
-            ),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                ("missing", None, Some(format!("{}: {err}", path.display())))
-            }
-            Err(err) => (
-                "unreadable",
-                None,
-                Some(format!("{}: {err}", path.display())),
-            ),
         };
-        findings.push(VerifyFinding {
+        findings[i] = Some(VerifyFinding {
+            device: e.device,
             episode_id: e.episode_id,
             state: state.into(),
             expected_sha256: e.sha256,
@@ -164,5 +255,41 @@ pub async fn verify(
             detail,
         });
     }
-    Ok(findings)
+    Ok(findings.into_iter().flatten().collect())
+}
+
+/// Finds an object (see `ObjectStore::locate`) and hashes it, in one
+/// blocking call.
+async fn rehash(objects: &ObjectStore, sha: &Sha256, expected_size: u64) -> Hashed {
+    let (store, s) = (objects.clone(), sha.clone());
+    let (path, hashed) = tokio::task::spawn_blocking(move || {
+        let path = store.locate(&s);
+        let hashed = hash_file(&path);
+        (path, hashed)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        (
+            objects.path_of(sha),
+            Err(std::io::Error::other(e.to_string())),
+        )
+    });
+    match hashed {
+        Ok((actual, size)) if actual == *sha && size == expected_size => {
+            ("ok", Some(actual.to_string()), None)
+        }
+        Ok((actual, size)) => (
+            "mismatch",
+            Some(actual.to_string()),
+            Some(format!("{}: {size} bytes, sha256 {actual}", path.display())),
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            ("missing", None, Some(format!("{}: {err}", path.display())))
+        }
+        Err(err) => (
+            "unreadable",
+            None,
+            Some(format!("{}: {err}", path.display())),
+        ),
+    }
 }

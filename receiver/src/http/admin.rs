@@ -1,15 +1,19 @@
 //! The admin API under `/v1/admin/`, guarded by the admin token
 //! (`admin_token_file`; without one configured every route answers 401).
 //! The JSON shapes are `ferry_proto::admin`, the same as `--json` output.
+//! An episode is named by its device and its id:
+//! `/v1/admin/devices/{device}/episodes/{id}`.
 
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use ferry_proto::admin::{AddDevice, AllowCommit, CommitInfo, DeviceInfo, EpisodeInfo, NewDevice};
+use ferry_proto::admin::{
+    AddDevice, AllowCommit, CommitInfo, DeviceInfo, EpisodeInfo, NewDevice, RenameDevice,
+};
 use ferry_proto::{headers, BadRequest, Reply, Sha256};
 use serde::Deserialize;
 use serde_json::json;
@@ -24,10 +28,16 @@ pub fn router() -> Router<SharedState> {
         .route("/commits/{commit}", delete(revoke_commit))
         .route("/devices", get(list_devices).post(add_device))
         .route("/devices/{name}", delete(revoke_device))
+        .route("/devices/{name}/rename", post(rename_device))
+        .route("/devices/{name}/episodes", get(device_episodes))
+        .route("/devices/{name}/episodes/{id}", get(episode))
+        .route("/devices/{name}/episodes/{id}/download", get(download))
         .route("/episodes", get(list_episodes))
-        .route("/episodes/{id}", get(episode))
-        .route("/episodes/{id}/download", get(download))
+        .route("/episodes/{id}", get(episode_by_id))
+        .route("/episodes/{id}/download", get(download_by_id))
 }
+
+type PathParam<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
 
 /// Checks `Authorization: Bearer <admin token>` in constant time.
 fn admin(state: &SharedState, h: &HeaderMap) -> Result<(), AppError> {
@@ -67,9 +77,7 @@ fn body<T>(j: Result<Json<T>, JsonRejection>) -> Result<T, AppError> {
         .map_err(|e| AppError::bad_request(BadRequest::Invalid, e.body_text()))
 }
 
-fn param(
-    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<String, AppError> {
+fn param<T>(p: PathParam<T>) -> Result<T, AppError> {
     p.map(|Path(s)| s).map_err(|_| {
         AppError::bad_request(BadRequest::Invalid, "the path parameter is not valid UTF-8")
     })
@@ -96,7 +104,7 @@ async fn allow_commit(
 async fn revoke_commit(
     State(st): State<SharedState>,
     h: HeaderMap,
-    c: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    c: PathParam<String>,
 ) -> Result<Response, AppError> {
     admin(&st, &h)?;
     let c = param(c)?;
@@ -125,7 +133,7 @@ async fn add_device(
 async fn revoke_device(
     State(st): State<SharedState>,
     h: HeaderMap,
-    n: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    n: PathParam<String>,
 ) -> Result<Response, AppError> {
     admin(&st, &h)?;
     let name = param(n)?;
@@ -133,60 +141,114 @@ async fn revoke_device(
     Ok(Json(json!({"status": "revoked", "name": name})).into_response())
 }
 
+/// Renames a device; it keeps its token and its episodes.
+async fn rename_device(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    n: PathParam<String>,
+    j: Result<Json<RenameDevice>, JsonRejection>,
+) -> Result<Json<DeviceInfo>, AppError> {
+    admin(&st, &h)?;
+    let old = param(n)?;
+    let new = body(j)?.name;
+    Ok(Json(ops::rename_device(&st.index, &old, &new).await?))
+}
+
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     limit: Option<u64>,
+    device: Option<String>,
 }
 
+type ListParams = Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>;
+
+/// Episodes, newest first (at most `limit`, default 1000), of every device
+/// or of `?device=NAME`.
 async fn list_episodes(
     State(st): State<SharedState>,
     h: HeaderMap,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    q: ListParams,
 ) -> Result<Json<Vec<EpisodeInfo>>, AppError> {
     admin(&st, &h)?;
-    let q = q.map_err(|e| AppError::bad_request(BadRequest::Invalid, e.body_text()))?;
-    Ok(Json(
-        st.index
-            .list_episodes(Some(q.limit.unwrap_or(1000)))
-            .await?,
-    ))
+    episodes_of(&st, None, q).await
 }
 
-async fn lookup(
+/// One device's episodes, as [`list_episodes`] with `?device=NAME`.
+async fn device_episodes(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    n: PathParam<String>,
+    q: ListParams,
+) -> Result<Json<Vec<EpisodeInfo>>, AppError> {
+    admin(&st, &h)?;
+    episodes_of(&st, Some(param(n)?), q).await
+}
+
+/// The episodes of `device` (else of the query's device, else of all).
+async fn episodes_of(
     st: &SharedState,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<EpisodeInfo, AppError> {
-    let id = param(id)?;
-    st.index
-        .episode(&id)
-        .await?
-        .ok_or_else(|| AppError::not_found(format!("episode {id:?} is not stored")))
+    device: Option<String>,
+    q: ListParams,
+) -> Result<Json<Vec<EpisodeInfo>>, AppError> {
+    let Query(q) = q.map_err(|e| AppError::bad_request(BadRequest::Invalid, e.body_text()))?;
+    let device = device.or(q.device);
+    let limit = Some(q.limit.unwrap_or(1000));
+    Ok(Json(
+        ops::list_episodes(&st.index, device.as_deref(), limit).await?,
+    ))
 }
 
 async fn episode(
     State(st): State<SharedState>,
     h: HeaderMap,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    p: PathParam<(String, String)>,
 ) -> Result<Json<EpisodeInfo>, AppError> {
     admin(&st, &h)?;
-    Ok(Json(lookup(&st, id).await?))
+    let (device, id) = param(p)?;
+    Ok(Json(ops::episode(&st.index, &device, &id).await?))
+}
+
+/// `/v1/admin/episodes/{id}` (the route of the release whose ids were
+/// global): the episode when exactly one device stored the id, 400 naming
+/// the devices when several did.
+async fn episode_by_id(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    id: PathParam<String>,
+) -> Result<Json<EpisodeInfo>, AppError> {
+    admin(&st, &h)?;
+    Ok(Json(ops::resolve(&st.index, &param(id)?).await?))
+}
+
+async fn download(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    p: PathParam<(String, String)>,
+) -> Result<Response, AppError> {
+    admin(&st, &h)?;
+    let (device, id) = param(p)?;
+    send_object(&st, ops::episode(&st.index, &device, &id).await?).await
+}
+
+/// `/v1/admin/episodes/{id}/download`, resolved as [`episode_by_id`].
+async fn download_by_id(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+    id: PathParam<String>,
+) -> Result<Response, AppError> {
+    admin(&st, &h)?;
+    send_object(&st, ops::resolve(&st.index, &param(id)?).await?).await
 }
 
 /// Streams the stored `tar.zst`. An unreadable object fails this request
 /// only.
-async fn download(
-    State(st): State<SharedState>,
-    h: HeaderMap,
-    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Response, AppError> {
-    admin(&st, &h)?;
-    let info = lookup(&st, id).await?;
+async fn send_object(st: &SharedState, info: EpisodeInfo) -> Result<Response, AppError> {
     let sha = Sha256::parse(&info.sha256).map_err(|_| AppError::internal())?;
     let file = st.objects.open(&sha).await.map_err(|e| {
         if e.source.kind() == std::io::ErrorKind::NotFound {
-            tracing::error!(path = %e.path.display(), episode_id = info.episode_id, "stored episode has no object");
+            tracing::error!(path = %e.path.display(), device = info.device, episode_id = info.episode_id, "stored episode has no object");
             AppError(Reply::NotFound {
-                detail: format!("episode {} is indexed but its object is missing", info.episode_id),
+                detail: format!("episode {}/{} is indexed but its object is missing", info.device, info.episode_id),
             })
         } else {
             e.into()

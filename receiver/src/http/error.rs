@@ -51,6 +51,14 @@ impl From<IndexError> for AppError {
                     detail: "the receiver's index is out of space; try again later".into(),
                 })
             }
+            IndexError::DeviceRenamed(_) => {
+                tracing::warn!(error = %e, "an upload is answered 503: retried, it is checked under the device's new name");
+                Self(Reply::Overloaded {
+                    retry_after_secs: 1,
+                    detail: "this device was renamed while the upload was in flight; retry it"
+                        .into(),
+                })
+            }
             _ => {
                 tracing::error!(error = %e, "index database failure");
                 Self::internal()

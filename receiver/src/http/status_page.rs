@@ -54,7 +54,7 @@ pub async fn page(State(st): State<SharedState>) -> Result<Response, AppError> {
     let totals = st.index.totals().await?;
     let mut devices = st.index.list_devices().await?;
     let commits = st.index.list_commits().await?;
-    let episodes = st.index.list_episodes(Some(RECENT_EPISODES)).await?;
+    let episodes = st.index.list_episodes(None, Some(RECENT_EPISODES)).await?;
     let now = SystemTime::now();
     devices.sort_by_key(|d| !falling_behind(d, now));
     let behind = devices.iter().filter(|d| falling_behind(d, now)).count();

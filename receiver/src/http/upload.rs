@@ -5,8 +5,13 @@
 //! header, `Content-Length` (required, at most `max_episode_size`), the
 //! allow-list, an existing record, free space, an upload slot. Only then is
 //! the body streamed to a temporary file while it is hashed; a verified body
-//! is made durable and renamed into place, and the unique key of the index
-//! decides which of two racing uploads of one id stored it.
+//! is made durable and renamed into place, and the unique key of the index,
+//! (device, id), decides which of two racing uploads of one id stored it.
+//!
+//! An id names an episode of the authenticated device only: another
+//! device's episode of the same id is never read, compared or shown, so a
+//! device learns nothing of it (HEAD answers 404, a PUT is this device's
+//! own first store).
 
 use std::time::Instant;
 
@@ -245,7 +250,7 @@ async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
         match state.objects.stat(&up.sha256).await {
             Ok(Some(_)) => return Ok(already_present(&up.id, existing.sha256, existing.size)),
             Ok(None) => tracing::error!(
-                episode_id = %up.id, sha256 = %up.sha256,
+                episode_id = %up.id, device = up.device, sha256 = %up.sha256,
                 "indexed episode has no object; accepting the upload to repair it"
             ),
             Err(e) => return Err(e.into()),
@@ -254,7 +259,7 @@ async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
 
     let free = state.objects.free_bytes().await?;
     if free < up.length {
-        tracing::warn!(free, needed = up.length, episode_id = %up.id, "not enough free space for an upload");
+        tracing::warn!(free, needed = up.length, episode_id = %up.id, device = up.device, "not enough free space for an upload");
         return Err(AppError(Reply::InsufficientStorage {
             detail: "the receiver does not have space for this episode now; try again later".into(),
         }));
@@ -375,7 +380,7 @@ async fn receive(state: &SharedState, up: &Upload, body: Body) -> Result<Respons
             ))
         }
         Ok(Ok(None)) | Err(_) => {
-            tracing::error!(episode_id = %up.id, "upload writer ended without a result");
+            tracing::error!(episode_id = %up.id, device = up.device, "upload writer ended without a result");
             return Err(AppError::internal());
         }
     };
@@ -437,15 +442,16 @@ async fn store(
 }
 
 /// `HEAD /v1/episodes/{id}`: 200 with `X-Ferry-Sha256` (and the size as
-/// `Content-Length`) when stored, 404 otherwise.
+/// `Content-Length`) when the authenticated device stored this id, 404
+/// otherwise (also when another device did).
 pub async fn head_episode(State(state): State<SharedState>, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
     let result = async {
-        authenticate(&state, &parts.headers).await?;
+        let device = authenticate(&state, &parts.headers).await?;
         let id = episode_id(&state, &mut parts).await?;
         let info = state
             .index
-            .episode(id.as_str())
+            .episode(&device, id.as_str())
             .await?
             .ok_or_else(|| AppError::not_found(format!("episode {id} is not stored")))?;
         let mut resp = StatusCode::OK.into_response();

@@ -248,7 +248,10 @@ fn make_durable(store: &ObjectStore, written: Vec<Written>) -> Vec<Durable> {
 /// Whether an index error is about the rows (worth retrying them one by
 /// one, for each its own answer) rather than about reaching the database.
 fn about_the_rows(e: &IndexError) -> bool {
-    matches!(e, IndexError::Db(sqlx::Error::Database(_)))
+    matches!(
+        e,
+        IndexError::Db(sqlx::Error::Database(_)) | IndexError::DeviceRenamed(_)
+    )
 }
 
 /// All rows in one transaction; when that fails because of the rows, each
@@ -404,6 +407,56 @@ mod tests {
             store.stat(&loser).await.unwrap().is_none(),
             "the loser's object is discarded"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_keeps_an_object_another_device_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, store) = setup(dir.path()).await;
+        index.add_device("d2", &[2; 32], 0).await.unwrap();
+        let committer = Committer::spawn(index.clone(), store.clone(), CommitStats::default());
+        let w = |b: &'static [u8]| written(&store, b);
+        let on = |device: &str, id: &str, w: &Written| NewEpisode {
+            device: device.into(),
+            ..row(id, w)
+        };
+        // The same bytes from two devices, under the same id: two rows, one
+        // object.
+        let (x1, x2) = (w(b"shared").await, w(b"shared").await);
+        let sha_x = x1.sha256.clone();
+        let (r1, r2) = (on("d1", "ep", &x1), on("d2", "ep", &x2));
+        assert_eq!(committer.commit(x1, r1).await.unwrap(), Inserted::Created);
+        assert_eq!(committer.commit(x2, r2).await.unwrap(), Inserted::Created);
+        // d1 stores other bytes as "mine", then loses a race for "mine"
+        // with the shared bytes: those bytes are still d2's, so they stay.
+        let a = w(b"d1 only").await;
+        let ra = on("d1", "mine", &a);
+        assert_eq!(committer.commit(a, ra).await.unwrap(), Inserted::Created);
+        let x3 = w(b"shared").await;
+        let r3 = on("d1", "mine", &x3);
+        assert!(matches!(
+            committer.commit(x3, r3).await.unwrap(),
+            Inserted::Exists(_)
+        ));
+        assert!(
+            store.stat(&sha_x).await.unwrap().is_some(),
+            "d2's object is kept"
+        );
+        // Bytes nobody references are collected as before.
+        let y = w(b"nobody's").await;
+        let (ry, sha_y) = (on("d2", "mine", &y), y.sha256.clone());
+        let d2_mine = w(b"d2 first").await;
+        let r = on("d2", "mine", &d2_mine);
+        assert_eq!(
+            committer.commit(d2_mine, r).await.unwrap(),
+            Inserted::Created
+        );
+        assert!(matches!(
+            committer.commit(y, ry).await.unwrap(),
+            Inserted::Exists(_)
+        ));
+        assert!(store.stat(&sha_y).await.unwrap().is_none());
+        assert_eq!(index.totals().await.unwrap().episodes, 4);
     }
 
     #[tokio::test]

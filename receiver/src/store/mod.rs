@@ -31,6 +31,12 @@ pub enum IndexError {
     /// The database's disk is full: answer 507.
     #[error("index database is out of space: {0}")]
     Full(sqlx::Error),
+    /// A row names a device that no longer exists (the foreign key refused
+    /// it): the device was renamed while its upload was between its header
+    /// checks and its row. Answer 503: its retry is checked under the new
+    /// name.
+    #[error("the episode's device was renamed during its upload: {0}")]
+    DeviceRenamed(sqlx::Error),
     /// Any other database failure: answer 500 (or 503 on /readyz).
     #[error("index database error: {0}")]
     Db(#[from] sqlx::Error),
@@ -45,6 +51,9 @@ impl IndexError {
     pub fn again(&self) -> IndexError {
         match self {
             IndexError::Full(e) => IndexError::Full(sqlx::Error::Protocol(e.to_string())),
+            IndexError::DeviceRenamed(e) => {
+                IndexError::DeviceRenamed(sqlx::Error::Protocol(e.to_string()))
+            }
             IndexError::Db(e) => IndexError::Db(sqlx::Error::Protocol(e.to_string())),
             IndexError::Setup(s) => IndexError::Setup(s.clone()),
         }
@@ -70,14 +79,24 @@ pub struct NewEpisode {
     pub stored_at: i64,
 }
 
-/// Result of [`Index::insert_episodes`]: the unique key on `episode_id`
-/// decides which of two racing uploads is first.
+/// Result of [`Index::insert_episodes`]: the unique key on
+/// `(device, episode_id)` decides which of two racing uploads of one device
+/// is first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
     /// This insert created the row.
     Created,
-    /// A row with this id already existed (the race was lost); here it is.
+    /// The device already had a row with this id (the race was lost); here
+    /// it is.
     Exists(EpisodeInfo),
+}
+
+/// Result of [`Index::rename_device`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameDevice {
+    Renamed,
+    NoSuchDevice,
+    NameTaken,
 }
 
 /// Result of [`Index::add_device`].
@@ -96,7 +115,9 @@ pub struct CommitStatus {
 
 /// What a PUT needs from the index before it reads a body, read in one
 /// round trip (none at all for an unknown token): the device the token
-/// belongs to, the commit's standing and any stored episode of the id.
+/// belongs to, the commit's standing and that device's stored episode of
+/// the id, if any (another device's episode of the same id is none of its
+/// business).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Preflight {
     pub device: DeviceAuth,
@@ -131,7 +152,12 @@ pub trait Index: Send + Sync + 'static {
     ) -> BoxFut<'a, AddDevice>;
     /// Revokes a device; `false` when there is no such device.
     fn revoke_device<'a>(&'a self, name: &'a str) -> BoxFut<'a, bool>;
+    /// Renames a device in one transaction; its token and its episodes go
+    /// with it (the episodes' `device` follows by `ON UPDATE CASCADE`).
+    fn rename_device<'a>(&'a self, old: &'a str, new: &'a str) -> BoxFut<'a, RenameDevice>;
     fn list_devices(&self) -> BoxFut<'_, Vec<DeviceInfo>>;
+    /// One device as [`Index::list_devices`] shows it; `None` when unknown.
+    fn device<'a>(&'a self, name: &'a str) -> BoxFut<'a, Option<DeviceInfo>>;
 
     /// Adds (or updates) an allow-list entry. With `head`, it becomes the one
     /// head commit. An existing note is kept when `note` is `None`.
@@ -147,7 +173,11 @@ pub trait Index: Send + Sync + 'static {
     fn list_commits(&self) -> BoxFut<'_, Vec<CommitInfo>>;
     fn commit_status<'a>(&'a self, commit: &'a str) -> BoxFut<'a, CommitStatus>;
 
-    fn episode<'a>(&'a self, id: &'a str) -> BoxFut<'a, Option<EpisodeInfo>>;
+    /// A device's episode of this id.
+    fn episode<'a>(&'a self, device: &'a str, id: &'a str) -> BoxFut<'a, Option<EpisodeInfo>>;
+    /// Every device's episode of this id (at most `limit`), for an operator
+    /// who names an episode by its id alone.
+    fn episodes_with_id<'a>(&'a self, id: &'a str, limit: u64) -> BoxFut<'a, Vec<EpisodeInfo>>;
     /// [`Preflight`] for a PUT: the three reads above in one query; `None`
     /// for an unknown token.
     fn preflight<'a>(
@@ -157,13 +187,19 @@ pub trait Index: Send + Sync + 'static {
         episode_id: &'a str,
     ) -> BoxFut<'a, Option<Preflight>>;
     /// Inserts the rows of stored episodes in one transaction (one synced
-    /// commit), one result per row, in order; the unique key decides races,
-    /// within the batch too. The devices' last upload is recorded by the
-    /// INSERT itself (trigger `episodes_record_upload`).
+    /// commit), one result per row, in order; the unique key (device, id)
+    /// decides races, within the batch too. The devices' last upload is
+    /// recorded by the INSERT itself (trigger `episodes_record_upload`).
     fn insert_episodes<'a>(&'a self, rows: &'a [NewEpisode]) -> BoxFut<'a, Vec<Inserted>>;
-    /// Episodes, newest first; all of them when `limit` is `None`.
-    fn list_episodes(&self, limit: Option<u64>) -> BoxFut<'_, Vec<EpisodeInfo>>;
-    /// Whether any row references an object.
+    /// Episodes (of one device, or of all), newest first; all of them when
+    /// `limit` is `None`.
+    fn list_episodes<'a>(
+        &'a self,
+        device: Option<&'a str>,
+        limit: Option<u64>,
+    ) -> BoxFut<'a, Vec<EpisodeInfo>>;
+    /// Whether any row, of any device, references an object: objects are
+    /// content-addressed and shared by every row with the same bytes.
     fn sha_referenced<'a>(&'a self, sha256: &'a str) -> BoxFut<'a, bool>;
     fn totals(&self) -> BoxFut<'_, Totals>;
 }

@@ -14,9 +14,21 @@ const SQLITE_FULL: i64 = 13;
 /// PostgreSQL's SQLSTATE classes for "out of disk space" (53100) and other
 /// insufficient resources that mean "cannot store now".
 const PG_DISK_FULL: &str = "53100";
+/// SQLite's extended result code and PostgreSQL's SQLSTATE for a foreign
+/// key violation: a row naming a device that does not exist.
+const SQLITE_CONSTRAINT_FOREIGNKEY: &str = "787";
+const PG_FOREIGN_KEY_VIOLATION: &str = "23503";
 
 /// Classifies a database error by its code, never by its message.
 pub(crate) fn classify(err: sqlx::Error) -> IndexError {
+    if let sqlx::Error::Database(db) = &err {
+        if db
+            .code()
+            .is_some_and(|c| c == SQLITE_CONSTRAINT_FOREIGNKEY || c == PG_FOREIGN_KEY_VIOLATION)
+        {
+            return IndexError::DeviceRenamed(err);
+        }
+    }
     let full = match &err {
         sqlx::Error::Database(db) => {
             if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
@@ -126,13 +138,14 @@ pub(crate) fn episode_info(r: EpisodeRow) -> EpisodeInfo {
 
 /// One round trip for everything a PUT reads before its body: no row for an
 /// unknown token; otherwise the device, whether the commit is allowed, the
-/// head commit, and the episode's row when the id is stored (all NULL when
-/// not). Plain SQL that SQLite and PostgreSQL both run.
+/// head commit, and the device's own row of the id when it stored one (all
+/// NULL when not: another device's row of the same id is not joined).
+/// Plain SQL that SQLite and PostgreSQL both run.
 pub(crate) const PREFLIGHT: &str = "SELECT d.name, d.token_hash, d.revoked, \
      EXISTS (SELECT 1 FROM commits WHERE commit_id = $2), \
      (SELECT commit_id FROM commits WHERE head = $3 LIMIT 1), \
      e.episode_id, e.sha256, e.size, e.commit_id, e.device, e.stored_at \
-     FROM devices d LEFT JOIN episodes e ON e.episode_id = $4 \
+     FROM devices d LEFT JOIN episodes e ON e.device = d.name AND e.episode_id = $4 \
      WHERE d.token_hash = $1";
 
 pub(crate) type PreflightRow = (
@@ -172,11 +185,22 @@ pub(crate) fn preflight(row: PreflightRow) -> super::Preflight {
 }
 
 pub(crate) type DeviceRow = (String, bool, i64, Option<i64>, Option<i64>, i64, i64);
-pub(crate) const LIST_DEVICES: &str =
-    "SELECT d.name, d.revoked, d.created_at, d.last_seen_at, d.last_upload_at, \
-     (SELECT COUNT(*) FROM episodes e WHERE e.device = d.name), \
-     (SELECT CAST(COALESCE(SUM(e.size), 0) AS BIGINT) FROM episodes e WHERE e.device = d.name) \
-     FROM devices d ORDER BY d.name";
+/// The columns of [`DeviceRow`], for every device or one.
+macro_rules! select_devices {
+    () => {
+        "SELECT d.name, d.revoked, d.created_at, d.last_seen_at, d.last_upload_at, \
+         (SELECT COUNT(*) FROM episodes e WHERE e.device = d.name), \
+         (SELECT CAST(COALESCE(SUM(e.size), 0) AS BIGINT) FROM episodes e WHERE e.device = d.name) \
+         FROM devices d"
+    };
+}
+pub(crate) const LIST_DEVICES: &str = concat!(select_devices!(), " ORDER BY d.name");
+pub(crate) const ONE_DEVICE: &str = concat!(select_devices!(), " WHERE d.name = $1");
+
+/// Renames a device unless the new name is taken; the episodes follow by
+/// the foreign key's `ON UPDATE CASCADE`, in the same statement.
+pub(crate) const RENAME_DEVICE: &str = "UPDATE devices SET name = $2 WHERE name = $1 \
+     AND NOT EXISTS (SELECT 1 FROM devices WHERE name = $2)";
 
 pub(crate) fn device_info(r: DeviceRow) -> DeviceInfo {
     DeviceInfo {
@@ -208,7 +232,7 @@ macro_rules! impl_sql_index {
         impl $ty {
             /// Inserts a batch of rows in one transaction (one synced
             /// commit), one result per row, in order. The unique key on
-            /// `episode_id` decides races, within the batch too.
+            /// `(device, episode_id)` decides races, within the batch too.
             async fn insert_batch(
                 pool: $pool,
                 rows: &[$crate::store::NewEpisode],
@@ -230,8 +254,8 @@ macro_rules! impl_sql_index {
             /// size, and a second only when some ids were already stored:
             /// one multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING`
             /// (the unique key decides, within the batch too: a later row
-            /// with an id already in the batch is not sent and answers as
-            /// existing; the trigger `episodes_record_upload` records each
+            /// with a device and id already in the batch is not sent and
+            /// answers as existing; the trigger `episodes_record_upload` records each
             /// device's last upload in the same statement), then one
             /// `SELECT` of the rows that were already there. Every
             /// statement is a round trip to the database, so per-row
@@ -243,8 +267,9 @@ macro_rules! impl_sql_index {
             ) -> Result<Vec<$crate::store::Inserted>, $crate::store::IndexError> {
                 type Db = <$pool as $crate::store::sql::HasDb>::Db;
                 let classify = $crate::store::sql::classify;
+                let key = |e: &$crate::store::NewEpisode| (e.device.clone(), e.episode_id.clone());
                 let mut seen = std::collections::HashSet::new();
-                let first: Vec<bool> = rows.iter().map(|e| seen.insert(e.episode_id.as_str())).collect();
+                let first: Vec<bool> = rows.iter().map(|e| seen.insert(key(e))).collect();
                 // One transaction, so that the answers are all or nothing:
                 // a failed SELECT must not leave rows committed that are
                 // then answered as failed.
@@ -265,38 +290,44 @@ macro_rules! impl_sql_index {
                             .push_bind(e.stored_at);
                     },
                 );
-                q.push(" ON CONFLICT (episode_id) DO NOTHING RETURNING episode_id");
-                let created: std::collections::HashSet<String> = q
-                    .build_query_scalar::<String>()
+                q.push(" ON CONFLICT (device, episode_id) DO NOTHING RETURNING device, episode_id");
+                let created: std::collections::HashSet<(String, String)> = q
+                    .build_query_as::<(String, String)>()
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(classify)?
                     .into_iter()
                     .collect();
 
-                let is_created = |i: usize| first[i] && created.contains(&rows[i].episode_id);
-                let existing_ids: Vec<&str> = (0..rows.len())
+                let is_created = |i: usize| first[i] && created.contains(&key(&rows[i]));
+                let existing_keys: Vec<&$crate::store::NewEpisode> = (0..rows.len())
                     .filter(|&i| !is_created(i))
-                    .map(|i| rows[i].episode_id.as_str())
+                    .map(|i| &rows[i])
                     .collect();
                 let mut existing = std::collections::HashMap::new();
-                if !existing_ids.is_empty() {
+                if !existing_keys.is_empty() {
+                    // One `(device = ? AND episode_id = ?)` per row, ORed:
+                    // both databases look each up by the primary key (a row
+                    // value against a VALUES list made SQLite scan the key's
+                    // whole index).
                     let mut q = sqlx::QueryBuilder::<Db>::new(format!(
-                        "SELECT {} FROM episodes WHERE episode_id IN (",
+                        "SELECT {} FROM episodes WHERE ",
                         $crate::store::sql::EPISODE_COLUMNS
                     ));
-                    let mut list = q.separated(", ");
-                    for id in &existing_ids {
-                        list.push_bind(*id);
+                    for (n, e) in existing_keys.iter().enumerate() {
+                        q.push(if n == 0 { "(device = " } else { " OR (device = " });
+                        q.push_bind(&e.device)
+                            .push(" AND episode_id = ")
+                            .push_bind(&e.episode_id)
+                            .push(")");
                     }
-                    q.push(")");
                     let found: Vec<$crate::store::sql::EpisodeRow> = q
                         .build_query_as()
                         .fetch_all(&mut *tx)
                         .await
                         .map_err(classify)?;
                     for r in found {
-                        existing.insert(r.0.clone(), $crate::store::sql::episode_info(r));
+                        existing.insert((r.4.clone(), r.0.clone()), $crate::store::sql::episode_info(r));
                     }
                 }
 
@@ -304,12 +335,12 @@ macro_rules! impl_sql_index {
                 for (i, e) in rows.iter().enumerate() {
                     if is_created(i) {
                         out.push($crate::store::Inserted::Created);
-                    } else if let Some(info) = existing.get(&e.episode_id) {
+                    } else if let Some(info) = existing.get(&key(e)) {
                         out.push($crate::store::Inserted::Exists(info.clone()));
                     } else {
                         return Err($crate::store::IndexError::Setup(format!(
-                            "episode {} conflicted on insert but is not in the index",
-                            e.episode_id
+                            "episode {}/{} conflicted on insert but is not in the index",
+                            e.device, e.episode_id
                         )));
                     }
                 }
@@ -402,6 +433,43 @@ macro_rules! impl_sql_index {
                 })
             }
 
+            fn rename_device<'a>(
+                &'a self,
+                old: &'a str,
+                new: &'a str,
+            ) -> $crate::store::BoxFut<'a, $crate::store::RenameDevice> {
+                Box::pin(async move {
+                    let done = $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                        sqlx::query($crate::store::sql::RENAME_DEVICE)
+                            .bind(old)
+                            .bind(new)
+                            .execute(&mut **conn)
+                            .await
+                    })?;
+                    if done.rows_affected() > 0 {
+                        return Ok($crate::store::RenameDevice::Renamed);
+                    }
+                    Ok(match self.device(old).await? {
+                        None => $crate::store::RenameDevice::NoSuchDevice,
+                        Some(_) => $crate::store::RenameDevice::NameTaken,
+                    })
+                })
+            }
+
+            fn device<'a>(
+                &'a self,
+                name: &'a str,
+            ) -> $crate::store::BoxFut<'a, Option<ferry_proto::admin::DeviceInfo>> {
+                Box::pin(async move {
+                    let row: Option<$crate::store::sql::DeviceRow> = sqlx::query_as($crate::store::sql::ONE_DEVICE)
+                        .bind(name)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::store::sql::classify)?;
+                    Ok(row.map($crate::store::sql::device_info))
+                })
+            }
+
             fn list_devices(&self) -> $crate::store::BoxFut<'_, Vec<ferry_proto::admin::DeviceInfo>> {
                 Box::pin(async move {
                     let rows: Vec<$crate::store::sql::DeviceRow> = sqlx::query_as($crate::store::sql::LIST_DEVICES)
@@ -491,18 +559,43 @@ macro_rules! impl_sql_index {
                 })
             }
 
-            fn episode<'a>(&'a self, id: &'a str) -> $crate::store::BoxFut<'a, Option<ferry_proto::admin::EpisodeInfo>> {
+            fn episode<'a>(
+                &'a self,
+                device: &'a str,
+                id: &'a str,
+            ) -> $crate::store::BoxFut<'a, Option<ferry_proto::admin::EpisodeInfo>> {
                 Box::pin(async move {
                     let sql = format!(
-                        "SELECT {} FROM episodes WHERE episode_id = $1",
+                        "SELECT {} FROM episodes WHERE device = $1 AND episode_id = $2",
                         $crate::store::sql::EPISODE_COLUMNS
                     );
                     let row: Option<$crate::store::sql::EpisodeRow> = sqlx::query_as(&sql)
+                        .bind(device)
                         .bind(id)
                         .fetch_optional(&self.pool)
                         .await
                         .map_err($crate::store::sql::classify)?;
                     Ok(row.map($crate::store::sql::episode_info))
+                })
+            }
+
+            fn episodes_with_id<'a>(
+                &'a self,
+                id: &'a str,
+                limit: u64,
+            ) -> $crate::store::BoxFut<'a, Vec<ferry_proto::admin::EpisodeInfo>> {
+                Box::pin(async move {
+                    let sql = format!(
+                        "SELECT {} FROM episodes WHERE episode_id = $1 ORDER BY device LIMIT $2",
+                        $crate::store::sql::EPISODE_COLUMNS
+                    );
+                    let rows: Vec<$crate::store::sql::EpisodeRow> = sqlx::query_as(&sql)
+                        .bind(id)
+                        .bind(limit.min(i64::MAX as u64) as i64)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::store::sql::classify)?;
+                    Ok(rows.into_iter().map($crate::store::sql::episode_info).collect())
                 })
             }
 
@@ -533,15 +626,25 @@ macro_rules! impl_sql_index {
                 Box::pin(Self::insert_batch(self.pool.clone(), rows))
             }
 
-            fn list_episodes(&self, limit: Option<u64>) -> $crate::store::BoxFut<'_, Vec<ferry_proto::admin::EpisodeInfo>> {
+            fn list_episodes<'a>(
+                &'a self,
+                device: Option<&'a str>,
+                limit: Option<u64>,
+            ) -> $crate::store::BoxFut<'a, Vec<ferry_proto::admin::EpisodeInfo>> {
                 Box::pin(async move {
+                    // One device's rows are found by the primary key's
+                    // prefix, so that statement names the device outright.
+                    let filter = if device.is_some() { "WHERE device = $2" } else { "" };
                     let sql = format!(
-                        "SELECT {} FROM episodes ORDER BY stored_at DESC, episode_id LIMIT $1",
+                        "SELECT {} FROM episodes {filter} ORDER BY stored_at DESC, device, episode_id LIMIT $1",
                         $crate::store::sql::EPISODE_COLUMNS
                     );
                     let limit = limit.map(|l| l.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX);
-                    let rows: Vec<$crate::store::sql::EpisodeRow> = sqlx::query_as(&sql)
-                        .bind(limit)
+                    let mut query = sqlx::query_as(&sql).bind(limit);
+                    if let Some(d) = device {
+                        query = query.bind(d);
+                    }
+                    let rows: Vec<$crate::store::sql::EpisodeRow> = query
                         .fetch_all(&self.pool)
                         .await
                         .map_err($crate::store::sql::classify)?;

@@ -186,7 +186,7 @@ impl SqliteIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AddDevice, Index, Inserted, NewEpisode};
+    use crate::store::{AddDevice, Index, Inserted, NewEpisode, RenameDevice};
 
     async fn mode_of(path: &Path) -> String {
         let mut c = base_options(path).connect().await.unwrap();
@@ -358,7 +358,7 @@ mod tests {
         assert_eq!((p.device.name.as_str(), p.device.revoked), ("d1", true));
         assert_eq!(p.device.token_hash, vec![1; 32]);
         assert!(p.commit.allowed && p.commit.head_commit.is_none());
-        assert_eq!(p.episode, idx.episode("ep1").await.unwrap());
+        assert_eq!(p.episode, idx.episode("d1", "ep1").await.unwrap());
         assert_eq!(p.episode.unwrap().sha256, e.sha256);
         let p = idx.preflight(&[1; 32], &b, "nope").await.unwrap().unwrap();
         assert!(!p.commit.allowed && p.episode.is_none());
@@ -366,5 +366,114 @@ mod tests {
         let p = idx.preflight(&[1; 32], "", "").await.unwrap().unwrap();
         assert!(!p.commit.allowed);
         assert_eq!(p.commit.head_commit.as_deref(), Some(b.as_str()));
+    }
+
+    fn row(device: &str, id: &str, sha: char, at: i64) -> NewEpisode {
+        NewEpisode {
+            episode_id: id.into(),
+            sha256: sha.to_string().repeat(64),
+            size: 7,
+            commit: "a".repeat(40),
+            device: device.into(),
+            stored_at: at,
+        }
+    }
+
+    #[tokio::test]
+    async fn episodes_are_keyed_by_device_and_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = SqliteIndex::open(&dir.path().join("i.sqlite"))
+            .await
+            .unwrap();
+        for (name, hash) in [("d1", [1; 32]), ("d2", [2; 32]), ("d3", [3; 32])] {
+            idx.add_device(name, &hash, 1).await.unwrap();
+        }
+        // Two devices, one id, other bytes: both created, in one batch too;
+        // within one device the key still decides.
+        let batch = idx
+            .insert_episodes(&[
+                row("d1", "ep-1", 'a', 10),
+                row("d2", "ep-1", 'b', 11),
+                row("d2", "ep-1", 'c', 12),
+            ])
+            .await
+            .unwrap();
+        match &batch[..] {
+            [Inserted::Created, Inserted::Created, Inserted::Exists(e)] => {
+                assert_eq!(
+                    (e.device.as_str(), e.sha256.as_str()),
+                    ("d2", &*"b".repeat(64))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // A later batch: each device meets its own row.
+        match &idx
+            .insert_episodes(&[row("d2", "ep-1", 'a', 13), row("d3", "ep-1", 'a', 13)])
+            .await
+            .unwrap()[..]
+        {
+            [Inserted::Exists(e), Inserted::Created] => assert_eq!(e.sha256, "b".repeat(64)),
+            other => panic!("{other:?}"),
+        }
+        // The PUT's read sees only the token's own device's row.
+        let p = idx.preflight(&[3; 32], "", "ep-1").await.unwrap().unwrap();
+        assert_eq!(p.episode.unwrap().sha256, "a".repeat(64));
+        idx.insert_episodes(&[row("d1", "only-d1", 'd', 14)])
+            .await
+            .unwrap();
+        let p = idx
+            .preflight(&[2; 32], "", "only-d1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.episode, None, "another device's episode is not shown");
+        assert_eq!(idx.episode("d2", "only-d1").await.unwrap(), None);
+        let everyones = idx.episodes_with_id("ep-1", 10).await.unwrap();
+        let owners: Vec<&str> = everyones.iter().map(|e| e.device.as_str()).collect();
+        assert_eq!(owners, ["d1", "d2", "d3"]);
+        assert_eq!(idx.episodes_with_id("ep-1", 2).await.unwrap().len(), 2);
+        assert_eq!(idx.list_episodes(Some("d2"), None).await.unwrap().len(), 1);
+        assert_eq!(idx.list_episodes(None, None).await.unwrap().len(), 4);
+        assert_eq!(idx.list_episodes(None, Some(2)).await.unwrap().len(), 2);
+
+        // A rename carries the token and the episodes along.
+        assert_eq!(
+            idx.rename_device("d1", "d1-new").await.unwrap(),
+            RenameDevice::Renamed
+        );
+        assert_eq!(
+            idx.device_by_token_hash(&[1; 32])
+                .await
+                .unwrap()
+                .unwrap()
+                .name,
+            "d1-new"
+        );
+        let moved = idx.list_episodes(Some("d1-new"), None).await.unwrap();
+        assert_eq!(moved.len(), 2);
+        assert!(idx
+            .list_episodes(Some("d1"), None)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(idx.device("d1-new").await.unwrap().unwrap().episodes, 2);
+        assert_eq!(idx.device("d1").await.unwrap(), None);
+        assert_eq!(
+            idx.rename_device("d1", "x").await.unwrap(),
+            RenameDevice::NoSuchDevice
+        );
+        assert_eq!(
+            idx.rename_device("d2", "d3").await.unwrap(),
+            RenameDevice::NameTaken
+        );
+        // A row checked under the old name that arrives after the rename
+        // is refused by the foreign key, not stored under a name no device
+        // has.
+        assert!(matches!(
+            idx.insert_episodes(&[row("d1", "late", 'e', 15)]).await,
+            Err(crate::store::IndexError::DeviceRenamed(_))
+        ));
+        assert_eq!(idx.list_episodes(None, None).await.unwrap().len(), 4);
     }
 }

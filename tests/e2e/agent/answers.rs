@@ -65,8 +65,15 @@ fn row_409_moves_to_conflict_and_stops_shipping_it() {
     let dir = small(&spool, "ep-409", 2);
     let ours = pack_sha(&dir);
     assert_ne!(ours, theirs);
+    // Nothing is left pending, but this drain parked an episode: exit 1,
+    // saying how many.
     let out = spool.drain("60s");
-    assert_ok(&out, "drain with a conflict (nothing left pending)");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 episode(s) parked in conflict/"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(spool.ids_in("conflict"), ["ep-409"]);
     assert!(spool.ids_in("episodes").is_empty() && outbox(&spool).is_empty());
     let c = read_json(&spool.path().join("conflict/ep-409/conflict.json"));
@@ -80,7 +87,8 @@ fn row_409_moves_to_conflict_and_stops_shipping_it() {
         theirs,
         "the receiver's copy is untouched"
     );
-    // Not shipped again by itself, and doctor shows it.
+    // Not shipped again by itself (a drain that parks nothing exits 0),
+    // and doctor shows it.
     assert_ok(&spool.drain("60s"), "third drain");
     assert_eq!(spool.ids_in("conflict"), ["ep-409"]);
     let out = spool.agent("doctor").arg("--json").output().unwrap();

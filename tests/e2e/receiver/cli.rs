@@ -156,6 +156,10 @@ fn episodes_list_and_verify_name_every_damaged_object() {
     );
     let text = rx.cli_ok(["episodes", "list"]);
     assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.lines().all(|l| l.starts_with("dev/v-")),
+        "DEVICE/ID: {text}"
+    );
 
     let index = stored(&rx);
     let path_of = |id: &str| {
@@ -173,7 +177,7 @@ fn episodes_list_and_verify_name_every_damaged_object() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("v-0") && stdout.contains("MISMATCH"),
+        stdout.contains("dev/v-0") && stdout.contains("MISMATCH"),
         "{stdout}"
     );
     assert!(
@@ -185,14 +189,93 @@ fn episodes_list_and_verify_name_every_damaged_object() {
         "{stdout}"
     );
     assert!(!stdout.contains("v-2:"), "{stdout}");
-    // Only the given ids.
+    // Only the given episodes, named DEVICE/ID (or by the id alone, which
+    // one device stored here).
+    assert!(rx.cli(["episodes", "verify", "dev/v-2"]).status.success());
     assert!(rx.cli(["episodes", "verify", "v-2"]).status.success());
-    assert_eq!(rx.cli(["episodes", "verify", "v-0"]).status.code(), Some(1));
     assert_eq!(
-        rx.cli(["episodes", "verify", "nope"]).status.code(),
+        rx.cli(["episodes", "verify", "dev/v-0"]).status.code(),
         Some(1)
     );
+    for (name, code) in [
+        ("dev/nope", 1),
+        ("other/v-2", 1),
+        ("nope", 1),
+        ("dev/", 2),
+        ("a/b/c", 2),
+    ] {
+        let out = rx.cli(["episodes", "verify", name]);
+        assert_eq!(out.status.code(), Some(code), "{name}: {out:?}");
+    }
     assert_eq!(object_files(&rx).len(), 2);
+}
+
+#[test]
+fn devices_rename_keeps_token_and_episodes_and_lists_filter_by_device() {
+    let rx = Receiver::start();
+    let token = rx.ready_device("host-7");
+    let other = rx.add_device("host-8");
+    let body = sample_archive("ep-0001", 1);
+    expect(&rx.put(&token, "ep-0001", COMMIT_A, &body), 201, "stored");
+    expect(
+        &rx.put(&other, "ep-0001", COMMIT_A, &sample_archive("ep-0001", 2)),
+        201,
+        "stored",
+    );
+    let list = |dev: &str| -> serde_json::Value {
+        serde_json::from_str(&rx.cli_ok(["episodes", "list", "--device", dev, "--json"])).unwrap()
+    };
+    assert_eq!(list("host-7")[0]["device"], "host-7");
+    assert_eq!(list("host-7").as_array().unwrap().len(), 1);
+    assert_eq!(
+        rx.cli(["episodes", "list", "--device", "nope"])
+            .status
+            .code(),
+        Some(1)
+    );
+
+    // The host was re-imaged as lab-7: same token file, same episodes.
+    let out = rx.cli(["devices", "rename", "host-7", "lab-7"]);
+    ferry_tests::assert_ok(&out, "devices rename");
+    assert_eq!(list("lab-7")[0]["episode_id"], "ep-0001");
+    assert_eq!(
+        rx.cli(["episodes", "list", "--device", "host-7"])
+            .status
+            .code(),
+        Some(1)
+    );
+    expect(
+        &rx.put(&token, "ep-0001", COMMIT_A, &body),
+        200,
+        "already-present",
+    );
+    let devices: serde_json::Value =
+        serde_json::from_str(&rx.cli_ok(["devices", "list", "--json"])).unwrap();
+    assert_eq!(devices[0]["name"], "host-8");
+    assert_eq!(
+        (&devices[1]["name"], &devices[1]["episodes"]),
+        (&"lab-7".into(), &1.into())
+    );
+    ferry_tests::assert_ok(&rx.cli(["episodes", "verify", "lab-7/ep-0001"]), "verify");
+    // Two devices stored ep-0001: the id alone is ambiguous, and the error
+    // names both.
+    let out = rx.cli(["episodes", "verify", "ep-0001"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("host-8/ep-0001") && err.contains("lab-7/ep-0001"),
+        "{err}"
+    );
+    // Taken, unknown, unchanged and malformed names.
+    for (old, new, code) in [
+        ("lab-7", "host-8", 1),
+        ("host-7", "x", 1),
+        ("lab-7", "lab-7", 2),
+        ("lab-7", "a b", 2),
+    ] {
+        let out = rx.cli(["devices", "rename", old, new]);
+        assert_eq!(out.status.code(), Some(code), "{old} → {new}: {out:?}");
+    }
 }
 
 fn receiver(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {

@@ -3,7 +3,11 @@
 //!
 //! - `protocol`: every row of SPEC §2, decided before the body where the
 //!   headers settle it.
-//! - `race`: concurrent PUTs of one id, many rounds.
+//! - `race`: concurrent PUTs of one id, many rounds, by one device and by
+//!   two.
+//! - `devices`: ids scoped to their device; nothing of another device's
+//!   episodes on any device route.
+//! - `fleet`: 100 real agents whose spools all use the same ids.
 //! - `crash`: kill -9 during uploads, restart, nothing acknowledged lost.
 //! - `limits`: 408, 503, 507 on a full disk.
 //! - `cli`: the admin commands, exit codes, changes in force while serving.
@@ -12,11 +16,16 @@
 //! - `shutdown`: SIGTERM with uploads in flight.
 //! - `startup`: ready at once, the sweep of left-overs after READY, logs.
 //! - `postgres`: the same contract on a PostgreSQL index.
+//! - `migration`: an index made by the previous release, upgraded in
+//!   place (SQLite and PostgreSQL).
 //! - `tls`: HTTPS with a configured certificate.
 
 mod cli;
 mod crash;
+mod devices;
+mod fleet;
 mod limits;
+mod migration;
 mod postgres;
 mod protocol;
 mod race;
@@ -243,18 +252,25 @@ pub fn temp_files(rx: &Receiver) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `episodes list --json` as id → sha256.
+/// `episodes list --json` as id → sha256 (for tests with one device).
 pub fn stored(rx: &Receiver) -> std::collections::BTreeMap<String, String> {
+    stored_by_device(rx)
+        .into_iter()
+        .map(|((_, id), sha)| (id, sha))
+        .collect()
+}
+
+/// `episodes list --json` as (device, id) → sha256: ids are scoped to
+/// their device.
+pub fn stored_by_device(rx: &Receiver) -> std::collections::BTreeMap<(String, String), String> {
     let v: serde_json::Value =
         serde_json::from_str(&rx.cli_ok(["episodes", "list", "--json"])).unwrap();
     v.as_array()
         .unwrap()
         .iter()
         .map(|e| {
-            (
-                e["episode_id"].as_str().unwrap().to_string(),
-                e["sha256"].as_str().unwrap().to_string(),
-            )
+            let s = |k: &str| e[k].as_str().unwrap().to_string();
+            ((s("device"), s("episode_id")), s("sha256"))
         })
         .collect()
 }

@@ -14,12 +14,12 @@ use super::{expect, stored};
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// A database created for one test and dropped with it.
-struct TestDb {
+pub(super) struct TestDb {
     name: String,
 }
 
 impl TestDb {
-    fn create(test: &str) -> Option<TestDb> {
+    pub(super) fn create(test: &str) -> Option<TestDb> {
         let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
         if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
             ferry_tests::skip(test, "SKIPPED (no PostgreSQL on 127.0.0.1:5432)");
@@ -43,7 +43,7 @@ impl TestDb {
         Some(TestDb { name })
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("{SERVER}/{}", self.name)
     }
 }
@@ -76,7 +76,7 @@ fn psql(sql: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn receiver(db: &TestDb, data: &std::path::Path) -> Receiver {
+pub(super) fn receiver(db: &TestDb, data: &std::path::Path) -> Receiver {
     let url = db.url();
     Receiver::start_in(data, &[("FERRY_RECEIVER_DATABASE_URL", url.as_str())])
 }
@@ -120,7 +120,20 @@ fn postgres_index_answers_every_upload_row() {
             .count(),
         1
     );
-    rx.cli_ok(["devices", "revoke", "pg-dev"]);
+    // A rename carries the episode along (ON UPDATE CASCADE) and keeps the
+    // token.
+    rx.cli_ok(["devices", "rename", "pg-dev", "pg-dev-2"]);
+    expect(
+        &rx.put(&token, "pg-1", COMMIT_A, &body),
+        200,
+        "already-present",
+    );
+    let rows = super::stored_by_device(&rx);
+    assert_eq!(
+        rows.keys().collect::<Vec<_>>(),
+        [&("pg-dev-2".to_string(), "pg-1".to_string())]
+    );
+    rx.cli_ok(["devices", "revoke", "pg-dev-2"]);
     expect(&rx.put(&token, "pg-3", COMMIT_A, &body), 403, "forbidden");
     assert_eq!(stored(&rx).len(), 1);
     let devices: serde_json::Value =
@@ -180,4 +193,27 @@ fn postgres_index_decides_races_and_survives_kill9() {
     ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
     drop(rx);
     drop(db);
+}
+
+#[test]
+fn postgres_index_decides_races_per_device() {
+    let Some(db) = TestDb::create("postgres_index_decides_races_per_device") else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let rx = Arc::new(receiver(&db, data.path()));
+    super::race::race_across_two_devices(&rx, 10);
+    ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
+    drop(rx);
+}
+
+#[test]
+fn postgres_index_refuses_a_row_under_a_renamed_device() {
+    let Some(db) = TestDb::create("postgres_index_refuses_a_row_under_a_renamed_device") else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let rx = receiver(&db, data.path());
+    super::devices::rename_during_an_upload(&rx);
+    drop(rx);
 }

@@ -1,6 +1,7 @@
-//! Concurrent PUTs of one id: the unique key of the index decides. Run many
-//! rounds; every round has exactly one 201, the same bytes get 200, other
-//! bytes 409, one row, and the stored object is the winner's.
+//! Concurrent PUTs of one id: the unique key of the index, (device, id),
+//! decides. Run many rounds; within one device every round has exactly one
+//! 201, the same bytes get 200, other bytes 409, one row, and the stored
+//! object is the winner's. Two devices racing for one id get one 201 each.
 
 use std::sync::{Arc, Barrier};
 
@@ -68,4 +69,62 @@ fn concurrent_puts_of_one_id_store_it_exactly_once() {
     assert_eq!(object_files(&rx).len(), ROUNDS);
     ferry_tests::wait_for("no temp files", || temp_files(&rx).is_empty().then_some(()));
     ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
+}
+
+/// The key is (device, id): the same id raced by two devices, each with two
+/// versions, stores one episode per device (two 201s per round); within a
+/// device the race is decided as above.
+#[test]
+fn concurrent_puts_of_one_id_from_two_devices_store_one_each() {
+    let rx = Arc::new(Receiver::start());
+    race_across_two_devices(&rx, 20);
+    ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
+}
+
+/// `rounds` rounds of one id raced by two devices with two versions each,
+/// on `rx` (any index); asserts one 201 per device and round.
+pub(super) fn race_across_two_devices(rx: &Arc<Receiver>, rounds: usize) {
+    let tokens = Arc::new([rx.ready_device("racer-a"), rx.add_device("racer-b")]);
+    for round in 0..rounds {
+        let id = format!("race-{round}");
+        // bodies[device][version]
+        let seed = |d: usize, v: usize| (4 * round + 2 * d + v) as u64;
+        let bodies = Arc::new([0, 1].map(|d| [0, 1].map(|v| sample_archive(&id, seed(d, v)))));
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (rx, tokens, bodies, barrier, id) = (
+                    rx.clone(),
+                    tokens.clone(),
+                    bodies.clone(),
+                    barrier.clone(),
+                    id.clone(),
+                );
+                std::thread::spawn(move || {
+                    let (d, v) = (t % 2, (t / 2) % 2);
+                    barrier.wait();
+                    let r = rx.put(&tokens[d], &id, COMMIT_A, &bodies[d][v]);
+                    (d, v, r.status)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for d in 0..2 {
+            let mine: Vec<_> = results.iter().filter(|r| r.0 == d).collect();
+            let winners: Vec<_> = mine.iter().filter(|r| r.2 == 201).collect();
+            assert_eq!(winners.len(), 1, "round {round}, device {d}: {results:?}");
+            let won = winners[0].1;
+            for (_, v, status) in &mine {
+                let expected = if *v == won { [200, 201] } else { [409, 409] };
+                assert!(expected.contains(status), "round {round}: {results:?}");
+            }
+        }
+    }
+    let rows = super::stored_by_device(rx);
+    assert_eq!(rows.len(), 2 * rounds, "one row per device and id");
+    assert_eq!(
+        object_files(rx).len(),
+        2 * rounds,
+        "the losers' objects are gone"
+    );
 }

@@ -148,6 +148,10 @@ fn admin_api_requires_the_admin_token() {
         ("GET", "/v1/admin/episodes"),
         ("GET", "/v1/admin/episodes/x"),
         ("GET", "/v1/admin/episodes/x/download"),
+        ("POST", "/v1/admin/devices/x/rename"),
+        ("GET", "/v1/admin/devices/x/episodes"),
+        ("GET", "/v1/admin/devices/x/episodes/y"),
+        ("GET", "/v1/admin/devices/x/episodes/y/download"),
     ];
     let device = rx.add_device("not-admin");
     for (m, p) in paths {
@@ -222,16 +226,43 @@ fn admin_api_manages_commits_devices_and_episodes() {
     let list = rx.request("GET", "/v1/admin/episodes", &a, b"").json();
     assert_eq!(list[0]["episode_id"], "adm-1");
     assert_eq!(list[0]["device"], "cam-1");
+    // An episode is named by its device and id.
     let one = rx
-        .request("GET", "/v1/admin/episodes/adm-1", &a, b"")
+        .request("GET", "/v1/admin/devices/cam-1/episodes/adm-1", &a, b"")
         .json();
     assert_eq!(one["sha256"], sha256_hex(&body).as_str());
     assert_eq!(one["commit"], COMMIT_A);
-    assert_eq!(
-        rx.request("GET", "/v1/admin/episodes/nope", &a, b"").status,
-        404
+    assert_eq!(one["device"], "cam-1");
+    for p in [
+        "/v1/admin/devices/cam-1/episodes/nope",
+        "/v1/admin/devices/cam-2/episodes/adm-1",
+        "/v1/admin/devices/cam-2/episodes",
+        "/v1/admin/episodes?device=cam-2",
+    ] {
+        assert_eq!(rx.request("GET", p, &a, b"").status, 404, "{p}");
+    }
+    // The id alone still names it while one device alone stored it.
+    let r = rx.request("GET", "/v1/admin/episodes/adm-1", &a, b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["device"], "cam-1");
+    let r = rx.request("GET", "/v1/admin/episodes/adm-1/download", &a, b"");
+    assert_eq!((r.status, r.body.as_slice()), (200, body.as_slice()));
+    let r = rx.request("GET", "/v1/admin/episodes/nope", &a, b"");
+    assert_eq!(r.status, 404);
+    for p in [
+        "/v1/admin/devices/cam-1/episodes",
+        "/v1/admin/episodes?device=cam-1",
+    ] {
+        let list = rx.request("GET", p, &a, b"").json();
+        assert_eq!(list.as_array().unwrap().len(), 1, "{p}: {list}");
+        assert_eq!(list[0]["episode_id"], "adm-1", "{p}");
+    }
+    let dl = rx.request(
+        "GET",
+        "/v1/admin/devices/cam-1/episodes/adm-1/download",
+        &a,
+        b"",
     );
-    let dl = rx.request("GET", "/v1/admin/episodes/adm-1/download", &a, b"");
     assert_eq!(dl.status, 200);
     assert_eq!(dl.body, body);
     assert_eq!(
@@ -242,8 +273,44 @@ fn admin_api_manages_commits_devices_and_episodes() {
     assert_eq!(devices[0]["episodes"], 1);
     assert_eq!(devices[0]["bytes"], body.len() as u64);
 
+    // A rename keeps the token and the episodes.
+    let r = rx.request(
+        "POST",
+        "/v1/admin/devices/cam-1/rename",
+        &a,
+        b"{\"name\":\"cam-9\"}",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
-        rx.request("DELETE", "/v1/admin/devices/cam-1", &a, b"")
+        (&r.json()["name"], &r.json()["episodes"]),
+        (&"cam-9".into(), &1.into())
+    );
+    let auth = format!("Bearer {token}");
+    let whoami = rx.request("GET", "/v1/whoami", &[("Authorization", &auth)], b"");
+    assert_eq!(whoami.json()["device"], "cam-9");
+    expect(
+        &rx.put(&token, "adm-1", COMMIT_A, &body),
+        200,
+        "already-present",
+    );
+    let r = rx.request("GET", "/v1/admin/devices/cam-9/episodes/adm-1", &a, b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (from, to, code) in [
+        ("cam-1", "x", 404),
+        ("cam-9", "cam-9", 400),
+        ("cam-9", "a/b", 400),
+    ] {
+        let body = format!("{{\"name\":\"{to}\"}}");
+        let p = format!("/v1/admin/devices/{from}/rename");
+        assert_eq!(
+            rx.request("POST", &p, &a, body.as_bytes()).status,
+            code,
+            "{from} → {to}"
+        );
+    }
+
+    assert_eq!(
+        rx.request("DELETE", "/v1/admin/devices/cam-9", &a, b"")
             .status,
         200
     );

@@ -837,11 +837,14 @@ fn durable_floor(
 // 5. scale
 
 /// Put `rows` synthetic rows into the receiver's SQLite index with the
-/// sqlite3 tool, in one transaction.
+/// sqlite3 tool, in one transaction, under a device of their own (the
+/// index's foreign key wants its row; the sqlite3 tool would not check).
 fn fill_index(data_dir: &Path, rows: u64) -> Result<()> {
     let db = data_dir.join("index.sqlite");
     let sql = format!(
-        "BEGIN; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {rows}) \
+        "BEGIN; INSERT OR IGNORE INTO devices (name, token_hash, revoked, created_at) \
+         VALUES ('scale-dev', randomblob(32), 0, 1700000000); \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < {rows}) \
          INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) \
          SELECT printf('scale-%09d', i), printf('%064x', i), 10240, '{COMMIT}', 'scale-dev', 1700000000 + i FROM n; COMMIT;"
     );
