@@ -25,7 +25,7 @@ use http_body_util::BodyExt;
 use super::{admit, authenticate, reply, token_hash, unknown_token, AppError, SharedState};
 use crate::config::render_remediation;
 use crate::store::objects::Chunk;
-use crate::store::{unix_now, CommitStatus, Inserted, NewEpisode, Preflight};
+use crate::store::{unix_now, CommitStatus, Inserted, NewEpisode, Preflight, Standing};
 
 /// Seconds a client is asked to wait when every upload slot is taken.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -438,6 +438,45 @@ async fn store(
         }
         // Lost the race to other bytes: the commit stage discarded ours.
         Inserted::Exists(info) => Ok(conflict(&up.id, info.sha256, &up.sha256)),
+        // Revoked while the body streamed: nothing was stored.
+        Inserted::Refused(why) => {
+            tracing::info!(
+                episode_id = %up.id, device = up.device, commit = %up.commit, ?why,
+                "upload refused at commit: standing changed while its body streamed"
+            );
+            Err(refused_at_commit(state, up, why).await)
+        }
+    }
+}
+
+/// The answer for an upload whose device or commit lost its standing while
+/// its body streamed: what the headers would be answered now.
+async fn refused_at_commit(state: &SharedState, up: &Upload, why: Standing) -> AppError {
+    match why {
+        Standing::DeviceRevoked => AppError(Reply::Forbidden {
+            detail: format!(
+                "device {} was revoked during this upload; nothing was stored",
+                up.device
+            ),
+        }),
+        Standing::DeviceGone => AppError(Reply::Overloaded {
+            retry_after_secs: 1,
+            detail: "this device was renamed while the upload was in flight; retry it".into(),
+        }),
+        Standing::CommitNotAllowed => {
+            let status = match state.index.commit_status(up.commit.as_str()).await {
+                Ok(s) => s,
+                Err(e) => return e.into(),
+            };
+            match check_commit(state, &up.commit, &status) {
+                Err(e) => e,
+                // Allowed again since: the retry will be stored.
+                Ok(()) => AppError(Reply::Overloaded {
+                    retry_after_secs: 1,
+                    detail: "the commit's standing changed during this upload; retry it".into(),
+                }),
+            }
+        }
     }
 }
 

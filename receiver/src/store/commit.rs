@@ -127,7 +127,9 @@ impl Committer {
 
     /// Commits one verified upload with its index row; resolves once its
     /// batch is durable and indexed (or failed). `Inserted::Exists` with
-    /// other bytes means a lost race for the id: the object was discarded.
+    /// other bytes means a lost race for the id, and `Inserted::Refused` a
+    /// device or commit revoked during the upload: in both cases the object
+    /// was discarded unless another row references it.
     pub async fn commit(&self, written: Written, row: NewEpisode) -> Answer {
         let (reply, answer) = oneshot::channel();
         let stopped =
@@ -204,6 +206,8 @@ async fn commit_batch(
                     let ours = info.sha256 == row.sha256;
                     (Ok(Inserted::Exists(info)), !ours)
                 }
+                // Stored nothing: its object goes unless another row has it.
+                Some(Ok(Inserted::Refused(why))) => (Ok(Inserted::Refused(why)), true),
                 Some(Err(e)) => (Err(CommitError::Index(e)), true),
                 None => (
                     Err(CommitError::Index(IndexError::Setup(
@@ -346,6 +350,10 @@ mod tests {
         let index: Arc<dyn Index> =
             Arc::new(SqliteIndex::open(&dir.join("i.sqlite")).await.unwrap());
         index.add_device("d1", &[1; 32], 0).await.unwrap();
+        index
+            .allow_commit(&"c".repeat(40), true, None, 0)
+            .await
+            .unwrap();
         let store = ObjectStore::new(dir.join("objects"), dir.join("tmp"));
         store.prepare().await.unwrap();
         (index, store)

@@ -89,6 +89,22 @@ pub enum Inserted {
     /// The device already had a row with this id (the race was lost); here
     /// it is.
     Exists(EpisodeInfo),
+    /// Not inserted: the device or the commit lost its standing while the
+    /// upload was in flight (checked in the insert itself).
+    Refused(Standing),
+}
+
+/// Why a row was refused at insert time (issue 13, item 12): the standing
+/// checked before the body is checked again in the statement that inserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// The device was revoked: answer 403.
+    DeviceRevoked,
+    /// No device has this name any more (it was renamed): answer 503, the
+    /// retry is checked under the new name.
+    DeviceGone,
+    /// The commit was taken off the allow-list: answer 412.
+    CommitNotAllowed,
 }
 
 /// Result of [`Index::rename_device`].

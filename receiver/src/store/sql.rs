@@ -276,8 +276,13 @@ macro_rules! impl_sql_index {
                 use sqlx::Connection as _;
                 let mut tx = (&mut **conn).begin().await.map_err(classify)?;
 
+                // The standing checked before the body (device not
+                // revoked, commit allowed) is checked again here, in the
+                // statement that inserts: an upload whose device or commit
+                // was revoked while its body streamed stores nothing.
                 let mut q = sqlx::QueryBuilder::<Db>::new(
-                    "INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) ",
+                    "INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) \
+                     SELECT column1, column2, column3, column4, column5, column6 FROM (",
                 );
                 q.push_values(
                     rows.iter().zip(&first).filter(|(_, f)| **f).map(|(e, _)| e),
@@ -290,7 +295,11 @@ macro_rules! impl_sql_index {
                             .push_bind(e.stored_at);
                     },
                 );
-                q.push(" ON CONFLICT (device, episode_id) DO NOTHING RETURNING device, episode_id");
+                q.push(
+                    ") AS v WHERE EXISTS (SELECT 1 FROM devices d WHERE d.name = v.column5 AND NOT d.revoked) \
+                     AND EXISTS (SELECT 1 FROM commits c WHERE c.commit_id = v.column4) \
+                     ON CONFLICT (device, episode_id) DO NOTHING RETURNING device, episode_id",
+                );
                 let created: std::collections::HashSet<(String, String)> = q
                     .build_query_as::<(String, String)>()
                     .fetch_all(&mut *tx)
@@ -331,21 +340,80 @@ macro_rules! impl_sql_index {
                     }
                 }
 
+                let refused: Vec<&$crate::store::NewEpisode> = (0..rows.len())
+                    .filter(|&i| !is_created(i) && !existing.contains_key(&key(&rows[i])))
+                    .map(|i| &rows[i])
+                    .collect();
+                let standing = Self::standing_on(&mut tx, &refused).await?;
+
                 let mut out = Vec::with_capacity(rows.len());
                 for (i, e) in rows.iter().enumerate() {
                     if is_created(i) {
                         out.push($crate::store::Inserted::Created);
                     } else if let Some(info) = existing.get(&key(e)) {
                         out.push($crate::store::Inserted::Exists(info.clone()));
+                    } else if let Some(why) = standing(e) {
+                        out.push($crate::store::Inserted::Refused(why));
                     } else {
                         return Err($crate::store::IndexError::Setup(format!(
-                            "episode {}/{} conflicted on insert but is not in the index",
+                            "episode {}/{} was neither inserted nor refused",
                             e.device, e.episode_id
                         )));
                     }
                 }
                 tx.commit().await.map_err(classify)?;
                 Ok(out)
+            }
+
+            /// Why each of `rows` was refused by the insert's standing
+            /// check, read in the same transaction (`None`: it was not).
+            async fn standing_on(
+                tx: &mut sqlx::Transaction<'_, <$pool as $crate::store::sql::HasDb>::Db>,
+                rows: &[&$crate::store::NewEpisode],
+            ) -> Result<
+                impl Fn(&$crate::store::NewEpisode) -> Option<$crate::store::Standing>,
+                $crate::store::IndexError,
+            > {
+                type Db = <$pool as $crate::store::sql::HasDb>::Db;
+                let classify = $crate::store::sql::classify;
+                let mut devices = std::collections::HashMap::<String, bool>::new();
+                let mut allowed = std::collections::HashSet::<String>::new();
+                if !rows.is_empty() {
+                    let mut q = sqlx::QueryBuilder::<Db>::new("SELECT name, revoked FROM devices WHERE name IN (");
+                    let mut list = q.separated(", ");
+                    for e in rows {
+                        list.push_bind(&e.device);
+                    }
+                    q.push(")");
+                    devices = q
+                        .build_query_as::<(String, bool)>()
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(classify)?
+                        .into_iter()
+                        .collect();
+                    let mut q = sqlx::QueryBuilder::<Db>::new("SELECT commit_id FROM commits WHERE commit_id IN (");
+                    let mut list = q.separated(", ");
+                    for e in rows {
+                        list.push_bind(&e.commit);
+                    }
+                    q.push(")");
+                    allowed = q
+                        .build_query_scalar::<String>()
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(classify)?
+                        .into_iter()
+                        .collect();
+                }
+                Ok(move |e: &$crate::store::NewEpisode| match devices.get(&e.device) {
+                    None => Some($crate::store::Standing::DeviceGone),
+                    Some(true) => Some($crate::store::Standing::DeviceRevoked),
+                    Some(false) if !allowed.contains(&e.commit) => {
+                        Some($crate::store::Standing::CommitNotAllowed)
+                    }
+                    Some(false) => None,
+                })
             }
 
         }

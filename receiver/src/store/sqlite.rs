@@ -186,7 +186,7 @@ impl SqliteIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AddDevice, Index, Inserted, NewEpisode, RenameDevice};
+    use crate::store::{AddDevice, Index, Inserted, NewEpisode, RenameDevice, Standing};
 
     async fn mode_of(path: &Path) -> String {
         let mut c = base_options(path).connect().await.unwrap();
@@ -262,15 +262,6 @@ mod tests {
         );
         let d = idx.device_by_token_hash(&[1; 32]).await.unwrap().unwrap();
         assert_eq!((d.name.as_str(), d.revoked), ("d1", false));
-        assert!(idx.revoke_device("d1").await.unwrap());
-        assert!(!idx.revoke_device("nope").await.unwrap());
-        assert!(
-            idx.device_by_token_hash(&[1; 32])
-                .await
-                .unwrap()
-                .unwrap()
-                .revoked
-        );
 
         let (a, b) = ("a".repeat(40), "b".repeat(40));
         idx.allow_commit(&a, true, Some("first"), 1).await.unwrap();
@@ -351,6 +342,16 @@ mod tests {
         let t = idx.totals().await.unwrap();
         assert_eq!((t.episodes, t.bytes, t.devices, t.commits), (2, 10, 1, 1));
 
+        assert!(idx.revoke_device("d1").await.unwrap());
+        assert!(!idx.revoke_device("nope").await.unwrap());
+        assert!(
+            idx.device_by_token_hash(&[1; 32])
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked
+        );
+
         // The PUT's one read: nothing for an unknown token; for a known one
         // the device, the commit's standing with the head, and the episode.
         assert_eq!(idx.preflight(&[9; 32], &a, "ep1").await.unwrap(), None);
@@ -388,6 +389,9 @@ mod tests {
         for (name, hash) in [("d1", [1; 32]), ("d2", [2; 32]), ("d3", [3; 32])] {
             idx.add_device(name, &hash, 1).await.unwrap();
         }
+        idx.allow_commit(&"a".repeat(40), true, None, 1)
+            .await
+            .unwrap();
         // Two devices, one id, other bytes: both created, in one batch too;
         // within one device the key still decides.
         let batch = idx
@@ -468,12 +472,55 @@ mod tests {
             RenameDevice::NameTaken
         );
         // A row checked under the old name that arrives after the rename
-        // is refused by the foreign key, not stored under a name no device
-        // has.
-        assert!(matches!(
-            idx.insert_episodes(&[row("d1", "late", 'e', 15)]).await,
-            Err(crate::store::IndexError::DeviceRenamed(_))
-        ));
+        // is refused by the insert's standing check (and the foreign key
+        // behind it), not stored under a name no device has.
+        assert_eq!(
+            idx.insert_episodes(&[row("d1", "late", 'e', 15)])
+                .await
+                .unwrap(),
+            [Inserted::Refused(Standing::DeviceGone)]
+        );
         assert_eq!(idx.list_episodes(None, None).await.unwrap().len(), 4);
+    }
+
+    /// Issue 13, item 12: the standing checked before the body is checked
+    /// again by the insert; a device or commit revoked meanwhile stores
+    /// nothing, row by row within one batch.
+    #[tokio::test]
+    async fn revocation_during_an_upload_is_seen_by_the_insert() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = SqliteIndex::open(&dir.path().join("i.sqlite"))
+            .await
+            .unwrap();
+        for (name, hash) in [("d1", [1; 32]), ("d2", [2; 32])] {
+            idx.add_device(name, &hash, 1).await.unwrap();
+        }
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        idx.allow_commit(&a, true, None, 1).await.unwrap();
+        idx.allow_commit(&b, false, None, 1).await.unwrap();
+        assert!(idx.revoke_device("d2").await.unwrap());
+        assert!(idx.revoke_commit(&b).await.unwrap());
+        let mut on_b = row("d1", "ep-b", 'b', 10);
+        on_b.commit = b.clone();
+        let got = idx
+            .insert_episodes(&[
+                row("d1", "ep-a", 'a', 10),
+                row("d2", "ep-a", 'a', 10),
+                on_b,
+                row("gone", "ep-a", 'a', 10),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            [
+                Inserted::Created,
+                Inserted::Refused(Standing::DeviceRevoked),
+                Inserted::Refused(Standing::CommitNotAllowed),
+                Inserted::Refused(Standing::DeviceGone),
+            ]
+        );
+        let stored = idx.list_episodes(None, None).await.unwrap();
+        assert_eq!(stored.len(), 1, "{stored:?}");
     }
 }

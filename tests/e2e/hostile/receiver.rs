@@ -311,3 +311,81 @@ fn one_device_takes_every_upload_slot() {
     assert_eq!(r.status, 201, "{}", r.text());
     drop(held);
 }
+
+/// Item 12: a device or commit revoked while an upload's body streams is
+/// seen at commit: the answer is 403 or 412 with its JSON, and nothing is
+/// stored (no row, no object).
+#[test]
+fn revocation_is_rechecked_at_commit() {
+    let rx = Receiver::start();
+    let (a, b) = (ferry_tests::COMMIT_A, ferry_tests::COMMIT_B);
+    rx.allow(a, true);
+    rx.allow(b, false);
+    let cases: [(&str, &str, &[&str], u16, &str); 2] = [
+        (
+            "revoked-dev",
+            a,
+            &["devices", "revoke", "revoked-dev"],
+            403,
+            "forbidden",
+        ),
+        (
+            "other-dev",
+            b,
+            &["commits", "revoke", b],
+            412,
+            "commit-rejected",
+        ),
+    ];
+    for (device, commit, revoke, status, reply) in cases {
+        let token = rx.add_device(device);
+        let body = ferry_tests::sample_archive("mid", 3);
+        let sha = ferry_tests::sha256_hex(&body);
+        let mut s = TcpStream::connect(rx.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let head = ferry_tests::request_head(
+            rx.addr,
+            "PUT",
+            "/v1/episodes/mid",
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("X-Ferry-Commit", commit),
+                ("X-Ferry-Sha256", &sha),
+            ],
+            body.len(),
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let half = body.len() / 2;
+        s.write_all(&body[..half]).unwrap();
+        // The headers were accepted: the upload is in flight.
+        ferry_tests::wait_for("upload in flight", || {
+            let m = rx.request("GET", "/metrics", &[], b"").text();
+            m.lines()
+                .any(|l| l.starts_with("ferry_uploads_in_flight ") && !l.ends_with(" 0"))
+                .then_some(())
+        });
+        rx.cli_ok(revoke);
+        s.write_all(&body[half..]).unwrap();
+        let r = read_response(&mut s);
+        assert_eq!(r.status, status, "{device}: {}", r.text());
+        assert_eq!(r.json()["status"], reply, "{device}");
+    }
+    let listed = rx.cli_ok(["episodes", "list", "--json"]);
+    assert_eq!(listed.trim(), "[]", "{listed}");
+    let objects: Vec<_> = walkdir(&rx.data_dir.join("objects"));
+    assert!(objects.is_empty(), "objects left: {objects:?}");
+}
+
+/// Files below `dir` (dot files aside).
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else if !e.file_name().to_string_lossy().starts_with('.') {
+            out.push(p);
+        }
+    }
+    out
+}

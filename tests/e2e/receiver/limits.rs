@@ -83,7 +83,9 @@ fn over_capacity_answers_503_with_retry_after() {
     let first = archive_of_size("first", 1, 200_000);
     let second = archive_of_size("second", 2, 1000);
     let held = hold_upload(&rx, &token, "first", &first, 1000);
-    let r = rx.put(&token, "second", COMMIT_A, &second);
+    // Another device: the same one would meet its own limit (429) first.
+    let other = rx.add_device("busy-2");
+    let r = rx.put(&other, "second", COMMIT_A, &second);
     let j = expect(&r, 503, "overloaded");
     let retry: u64 = r
         .header("retry-after")

@@ -78,7 +78,15 @@ fn psql(sql: &str) -> bool {
 
 pub(super) fn receiver(db: &TestDb, data: &std::path::Path) -> Receiver {
     let url = db.url();
-    Receiver::start_in(data, &[("FERRY_RECEIVER_DATABASE_URL", url.as_str())])
+    // Every thread of the race tests gets an upload slot (one device holds
+    // at most 4 by default).
+    Receiver::start_in(
+        data,
+        &[
+            ("FERRY_RECEIVER_DATABASE_URL", url.as_str()),
+            ("FERRY_RECEIVER_MAX_UPLOADS_PER_DEVICE", "8"),
+        ],
+    )
 }
 
 #[test]

@@ -12,9 +12,16 @@ use super::{object_files, stored, temp_files};
 const ROUNDS: usize = 50;
 const THREADS: usize = 8;
 
+/// A receiver on which every racing thread gets an upload slot: one device
+/// holds at most `max_uploads_per_device` of them (4 by default).
+fn racing_receiver(dir: &std::path::Path) -> Receiver {
+    Receiver::start_in(dir, &[("FERRY_RECEIVER_MAX_UPLOADS_PER_DEVICE", "8")])
+}
+
 #[test]
 fn concurrent_puts_of_one_id_store_it_exactly_once() {
-    let rx = Arc::new(Receiver::start());
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Arc::new(racing_receiver(dir.path()));
     let token = Arc::new(rx.ready_device("racer"));
     for round in 0..ROUNDS {
         let id = format!("race-{round}");
@@ -76,7 +83,8 @@ fn concurrent_puts_of_one_id_store_it_exactly_once() {
 /// device the race is decided as above.
 #[test]
 fn concurrent_puts_of_one_id_from_two_devices_store_one_each() {
-    let rx = Arc::new(Receiver::start());
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Arc::new(racing_receiver(dir.path()));
     race_across_two_devices(&rx, 20);
     ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
 }
