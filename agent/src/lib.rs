@@ -6,8 +6,8 @@
 //! `fsio` (crash-safe moves, errno), `scan`, `pack`, `ship`, `classify`
 //! (what happened → `proto::Outcome`), `retire` / `quarantine` / `conflict`
 //! (the actions), `backoff`, `sweep`, `notify` (systemd), `state`
-//! (`.ferry-agent-state.json`), `run` (daemon loop and drain), `doctor`,
-//! `status`, `cli`.
+//! (`.ferry-agent-state.json`), `run` (daemon loop and drain), `textfile`
+//! (metrics for node_exporter), `doctor`, `status`, `cli`.
 
 pub mod backoff;
 pub mod classify;
@@ -29,3 +29,4 @@ pub mod spool;
 pub mod state;
 pub mod status;
 pub mod sweep;
+pub mod textfile;
