@@ -3,5 +3,6 @@
 //! real files and real faults. One test binary; one module per area.
 
 mod agent;
+mod fleet;
 mod receiver;
 mod reliability;
