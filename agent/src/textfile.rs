@@ -136,81 +136,68 @@ pub struct Gauges {
     pub quarantine: u64,
 }
 
-/// Renders the text exposition format.
-pub fn render(m: &Metrics, progress: &Progress, g: Gauges, outbox_bytes: u64) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP ferry_agent_{name} {help}");
-        let _ = writeln!(out, "# TYPE ferry_agent_{name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "ferry_agent_{name}{labels} {v}");
-        }
-    };
-    let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
-    metric(
+/// Name (after `ferry_agent_`), type and help of each metric, in the
+/// order `render` gives their samples.
+const METRICS: [(&str, &str, &str); 12] = [
+    (
         "pending_episodes",
         "gauge",
         "Finished episodes waiting to be shipped.",
-        &[("", g.pending)],
-    );
-    metric(
-        "outbox_bytes",
-        "gauge",
-        "Bytes of tarballs in the outbox.",
-        &[("", outbox_bytes)],
-    );
-    metric(
+    ),
+    ("outbox_bytes", "gauge", "Bytes of tarballs in the outbox."),
+    (
         "quarantine_episodes",
         "gauge",
         "Episodes in quarantine/ now.",
-        &[("", g.quarantine)],
-    );
-    metric(
+    ),
+    (
         "shipped_total",
         "counter",
-        "Episodes shipped and retired since the agent started.",
-        &[("", get(&m.shipped))],
-    );
-    let labels: Vec<String> = KINDS
-        .iter()
-        .map(|k| format!("{{kind=\"{}\"}}", kind_name(*k)))
-        .collect();
-    let by_kind: Vec<(&str, u64)> = labels
-        .iter()
-        .zip(&m.quarantined)
-        .map(|(l, c)| (l.as_str(), get(c)))
-        .collect();
-    metric(
+        "Episodes shipped since the agent started.",
+    ),
+    (
         "quarantined_total",
         "counter",
-        "Episodes quarantined since the agent started, by kind.",
-        &by_kind,
-    );
-    metric(
+        "Episodes quarantined since the start, by kind.",
+    ),
+    (
         "conflicts_total",
         "counter",
-        "Episodes parked in conflict/ since the agent started.",
-        &[("", get(&m.conflicts))],
-    );
-    metric(
+        "Episodes parked in conflict/ since the start.",
+    ),
+    (
         "last_success_timestamp_seconds",
         "gauge",
-        "When an episode was last shipped (Unix time; 0: never).",
-        &[("", get(&m.last_success))],
-    );
-    metric(
+        "Last episode shipped (Unix time; 0: never).",
+    ),
+    (
         "last_error_timestamp_seconds",
         "gauge",
-        "When the agent last recorded an error (Unix time; 0: never).",
-        &[("", get(&m.last_error))],
-    );
-    let sent = get(&progress.sent);
-    metric(
+        "Last error recorded (Unix time; 0: never).",
+    ),
+    (
         "sent_bytes_total",
         "counter",
         "Upload body bytes sent since the agent started.",
-        &[("", sent)],
-    );
+    ),
+    ("uploads_in_flight", "gauge", "Uploads in progress."),
+    (
+        "upload_size_bytes",
+        "gauge",
+        "Bytes to send by the uploads since none was in flight.",
+    ),
+    (
+        "upload_sent_bytes",
+        "gauge",
+        "Bytes of upload_size_bytes sent so far.",
+    ),
+];
+
+/// Renders the text exposition format.
+pub fn render(m: &Metrics, progress: &Progress, g: Gauges, outbox_bytes: u64) -> String {
+    let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
+    let one = |v: u64| vec![(String::new(), v)];
+    let sent = get(&progress.sent);
     let uploads = get(&m.uploads);
     let (size, done) = if uploads == 0 {
         (0, 0)
@@ -218,24 +205,33 @@ pub fn render(m: &Metrics, progress: &Progress, g: Gauges, outbox_bytes: u64) ->
         let size = get(&m.run_size);
         (size, sent.saturating_sub(get(&m.run_sent_base)).min(size))
     };
-    metric(
-        "uploads_in_flight",
-        "gauge",
-        "Uploads in progress.",
-        &[("", uploads)],
-    );
-    metric(
-        "upload_size_bytes",
-        "gauge",
-        "Bytes to send by the uploads started since none was in flight.",
-        &[("", size)],
-    );
-    metric(
-        "upload_sent_bytes",
-        "gauge",
-        "Bytes of upload_size_bytes sent so far.",
-        &[("", done)],
-    );
+    let by_kind = KINDS
+        .iter()
+        .zip(&m.quarantined)
+        .map(|(k, c)| (format!("{{kind=\"{}\"}}", kind_name(*k)), get(c)))
+        .collect();
+    let samples: [Vec<(String, u64)>; 12] = [
+        one(g.pending),
+        one(outbox_bytes),
+        one(g.quarantine),
+        one(get(&m.shipped)),
+        by_kind,
+        one(get(&m.conflicts)),
+        one(get(&m.last_success)),
+        one(get(&m.last_error)),
+        one(sent),
+        one(uploads),
+        one(size),
+        one(done),
+    ];
+    let mut out = String::new();
+    for ((name, kind, help), samples) in METRICS.iter().zip(samples) {
+        let _ = writeln!(out, "# HELP ferry_agent_{name} {help}");
+        let _ = writeln!(out, "# TYPE ferry_agent_{name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "ferry_agent_{name}{labels} {v}");
+        }
+    }
     out
 }
 
