@@ -187,3 +187,56 @@ fn a_metrics_textfile_not_named_prom_is_a_config_error() {
         "{err}"
     );
 }
+
+/// A slow upload (a bandwidth limit) shows in the file while it runs: one
+/// upload in flight, part of its bytes sent.
+#[test]
+fn the_metrics_show_an_upload_in_progress() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "dev-progress");
+    let prom_dir = tempfile::tempdir().unwrap();
+    let prom = prom_dir.path().join("ferry-agent.prom");
+    make_episode(
+        spool.path(),
+        "ep-slow",
+        Some(COMMIT_A),
+        &[("a.bin", &noise(7, 1_500_000))],
+    );
+    let mut agent = Daemon::start(
+        &spool,
+        &[
+            ("FERRY_AGENT_METRICS_TEXTFILE", prom.to_str().unwrap()),
+            ("FERRY_AGENT_BANDWIDTH_LIMIT", "256KiB"),
+        ],
+    );
+    let log = || read(&agent.log);
+    let mut seen = None;
+    until("an upload part-way in the metrics", log, || {
+        let t = read(&prom);
+        let (sent, size) = (
+            value(&t, "ferry_agent_upload_sent_bytes").unwrap_or(0.0),
+            value(&t, "ferry_agent_upload_size_bytes").unwrap_or(0.0),
+        );
+        let part_way =
+            value(&t, "ferry_agent_uploads_in_flight") == Some(1.0) && sent > 0.0 && sent < size;
+        if part_way {
+            seen = Some((sent, size, value(&t, "ferry_agent_outbox_bytes")));
+        }
+        part_way
+    });
+    let (_, size, outbox) = seen.unwrap();
+    assert!(size > 1_500_000.0, "the tarball's size: {size}");
+    assert_eq!(outbox, Some(size), "the tarball is in the outbox meanwhile");
+    until("the upload done in the metrics", log, || {
+        let t = read(&prom);
+        value(&t, "ferry_agent_shipped_total") == Some(1.0)
+            && value(&t, "ferry_agent_uploads_in_flight") == Some(0.0)
+            && value(&t, "ferry_agent_upload_size_bytes") == Some(0.0)
+    });
+    assert!(
+        agent.sigterm(Duration::from_secs(30)).success(),
+        "{}",
+        agent.log()
+    );
+}
