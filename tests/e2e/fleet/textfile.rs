@@ -56,6 +56,15 @@ fn promtool_check(text: &str) -> (bool, String) {
     (out.status.success() && said.trim().is_empty(), said)
 }
 
+/// A receiver that allows `COMMIT_A`, a device spool on it, and the
+/// directory for its metrics file.
+fn device(name: &str) -> (Receiver, Spool, tempfile::TempDir) {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, name);
+    (rx, spool, tempfile::tempdir().unwrap())
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -68,10 +77,7 @@ fn the_agent_writes_valid_metrics_after_each_change() {
     ) {
         return;
     }
-    let rx = Receiver::start();
-    rx.allow(COMMIT_A, true);
-    let spool = Spool::new(&rx, "dev-metrics");
-    let prom_dir = tempfile::tempdir().unwrap();
+    let (_rx, spool, prom_dir) = device("dev-metrics");
     let prom = prom_dir.path().join("ferry-agent.prom");
     make_episode(
         spool.path(),
@@ -192,10 +198,7 @@ fn a_metrics_textfile_not_named_prom_is_a_config_error() {
 /// upload in flight, part of its bytes sent.
 #[test]
 fn the_metrics_show_an_upload_in_progress() {
-    let rx = Receiver::start();
-    rx.allow(COMMIT_A, true);
-    let spool = Spool::new(&rx, "dev-progress");
-    let prom_dir = tempfile::tempdir().unwrap();
+    let (_rx, spool, prom_dir) = device("dev-progress");
     let prom = prom_dir.path().join("ferry-agent.prom");
     make_episode(
         spool.path(),
