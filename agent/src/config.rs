@@ -50,6 +50,7 @@ pub struct RawConfig {
     pub bandwidth_limit: Option<toml::Value>,
     pub log_format: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub metrics_textfile: Option<String>,
 }
 
 /// The keys, for the environment layer and for messages.
@@ -70,6 +71,7 @@ pub const KEYS: &[&str] = &[
     "bandwidth_limit",
     "log_format",
     "shutdown_grace",
+    "metrics_textfile",
 ];
 
 /// Values given on the command line (the flags of SPEC §5).
@@ -110,6 +112,8 @@ pub struct Config {
     pub bandwidth_limit: Option<u64>,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    /// Where to write the metrics for node_exporter's textfile collector.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// Where the configuration file is looked for when `--config` is not given.
@@ -195,6 +199,7 @@ impl RawConfig {
             "bandwidth_limit" => self.bandwidth_limit.as_ref().map(v),
             "log_format" => self.log_format.clone(),
             "shutdown_grace" => self.shutdown_grace.clone(),
+            "metrics_textfile" => self.metrics_textfile.clone(),
             _ => None,
         }
     }
@@ -219,6 +224,7 @@ impl RawConfig {
             "bandwidth_limit" => self.bandwidth_limit = t,
             "log_format" => self.log_format = s,
             "shutdown_grace" => self.shutdown_grace = s,
+            "metrics_textfile" => self.metrics_textfile = s,
             _ => {}
         }
     }
@@ -275,6 +281,7 @@ impl RawConfig {
             bandwidth_limit,
             log_format,
             shutdown_grace: r.duration("shutdown_grace", "10s")?,
+            metrics_textfile: r.metrics_textfile()?,
         };
         if cfg.scan_interval.is_zero() {
             return Err(r.invalid("scan_interval", "must be greater than zero"));
@@ -294,6 +301,21 @@ struct Resolver<'a> {
 impl Resolver<'_> {
     fn text(&self, key: &str) -> Option<String> {
         self.raw.get(key)
+    }
+
+    /// node_exporter's textfile collector reads only `*.prom` files: any
+    /// other name would be written and never collected.
+    fn metrics_textfile(&self) -> Result<Option<PathBuf>, ConfigError> {
+        match self
+            .text("metrics_textfile")
+            .filter(|s| !s.trim().is_empty())
+        {
+            Some(s) if !s.ends_with(".prom") => Err(self.invalid(
+                "metrics_textfile",
+                "must end in .prom (node_exporter's textfile collector reads only *.prom files)",
+            )),
+            s => Ok(s.map(PathBuf::from)),
+        }
     }
 
     fn invalid(&self, key: &'static str, message: &str) -> ConfigError {

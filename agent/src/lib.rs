@@ -9,7 +9,8 @@
 //! `proto::Outcome`), `retire` / `quarantine` / `conflict` (the actions),
 //! `backoff`, `sweep`, `notify` (systemd), `state`
 //! (`.ferry-agent-state.json`), `run` (daemon loop and drain), `doctor`,
-//! `status`, `cli`. Files are opened through `ferry_durable::safe`; no
+//! `status`, `cli`, `textfile` (metrics for
+//! node_exporter). Files are opened through `ferry_durable::safe`; no
 //! `unsafe` here.
 
 #![forbid(unsafe_code)]
@@ -36,4 +37,5 @@ pub mod spool;
 pub mod state;
 pub mod status;
 pub mod sweep;
+pub mod textfile;
 pub mod walk;

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Default)]
 pub struct Progress {
     pub counter: AtomicU64,
+    /// Upload body bytes handed to the HTTP client (the metrics textfile).
+    pub sent: AtomicU64,
     active: AtomicUsize,
 }
 
@@ -28,6 +30,11 @@ impl Progress {
     pub fn active(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::SeqCst);
         ActiveGuard(self.clone())
+    }
+
+    /// Counts upload body bytes handed to the HTTP client.
+    pub fn add_sent(&self, n: usize) {
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub fn in_flight(&self) -> usize {

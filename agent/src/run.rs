@@ -30,6 +30,7 @@ use crate::scan;
 use crate::ship::{Answer, Shipper, UploadResult};
 use crate::spool::{self, MetaError, Spool};
 use crate::state::AgentState;
+use crate::textfile::{self, Gauges};
 use crate::{classify, conflict, fsio, outbox, retire, sweep};
 
 /// Ready episodes taken per pass (memory bound of the scan).
@@ -190,6 +191,7 @@ pub struct Agent {
     moved: AtomicU64,
     /// Episodes parked in `conflict/` by this run.
     conflicts: AtomicU64,
+    metrics: Arc<textfile::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -247,6 +249,10 @@ impl Agent {
         let shipper = Shipper::new(&cfg, progress.clone())?;
         let sp = spool.clone();
         let state = blocking(move || AgentState::load(&sp.state_file())).await;
+        let metrics = textfile::Metrics::new(
+            state.last_success_at.as_deref(),
+            state.last_error_at.as_deref(),
+        );
         let agent = Agent {
             pack_opts: PackOptions::new(cfg.zstd_level),
             gate: Gate::new(cfg.backoff_max),
@@ -268,6 +274,7 @@ impl Agent {
             quarantined: AtomicU64::new(0),
             moved: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
+            metrics: Arc::new(metrics),
         };
         Ok((Arc::new(agent), lockf))
     }
@@ -308,6 +315,11 @@ impl Agent {
         {
             let (a, c) = (self.clone(), shutdown.stop.clone());
             background.spawn(async move { a.recheck_loop(c).await });
+        }
+        if let Some(path) = self.cfg.metrics_textfile.clone() {
+            let (a, c) = (self.clone(), shutdown.stop.clone());
+            let (m, p, outbox) = (a.metrics.clone(), a.progress(), a.spool.dir(spool::OUTBOX));
+            background.spawn(textfile::writer(path, outbox, m, p, move || a.gauges(), c));
         }
         let deadline = match mode {
             Mode::Drain { timeout: Some(t) } => Some(Instant::now() + t),
@@ -581,6 +593,7 @@ impl Agent {
             };
             let (result, token_problem) = {
                 let _active = self.progress.active();
+                let _upload = self.metrics.upload(packed.size, &self.progress);
                 let tarball = self.spool.tarball(&id);
                 tracing::debug!(episode = %id, size = packed.size, sha256 = %packed.sha256, "uploading");
                 self.shipper
@@ -696,6 +709,7 @@ impl Agent {
                         *lock(&self.device_logged) = None;
                         tracing::info!(episode = %id, sha256 = %sha.map(|s| s.as_str()).unwrap_or(""), answer = %detail.error, "shipped");
                         self.left_episodes();
+                        self.metrics.shipped();
                         let now = spool::now_wall();
                         let st = {
                             let mut st = lock(&self.state);
@@ -740,6 +754,7 @@ impl Agent {
                     Err(e) => tracing::error!("{msg}; but moving it failed: {e}"),
                 }
                 self.left_episodes();
+                self.metrics.conflict();
                 self.record_error(&msg).await;
                 false
             }
@@ -796,6 +811,7 @@ impl Agent {
                 }
                 self.left_episodes();
                 self.quarantined.fetch_add(1, Ordering::Relaxed);
+                self.metrics.quarantined(kind);
                 let rem = reason.remediation.clone().unwrap_or_default();
                 if kind == QuarantineKind::CommitRejected {
                     let first = commit.is_none_or(|c| lock(&self.logged_412).insert(c.clone()));
@@ -896,7 +912,16 @@ impl Agent {
         self.moved.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The gauges of the metrics textfile.
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            pending: self.pending.load(Ordering::Relaxed),
+            quarantine: self.quarantined.load(Ordering::Relaxed),
+        }
+    }
+
     async fn record_error(&self, msg: &str) {
+        self.metrics.error();
         let now = spool::now_wall();
         let st = {
             let mut st = lock(&self.state);

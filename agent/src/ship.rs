@@ -326,6 +326,7 @@ impl BodyState {
         self.progress
             .counter
             .fetch_add(slice.len() as u64, Ordering::Relaxed);
+        self.progress.add_sent(slice.len());
         touch(&self.last, self.start);
         Some(Ok(slice))
     }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use ferry_receiver::cli::{self, Admin, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use ferry_receiver::config::{Config, LogFormat, RawConfig};
+use ferry_receiver::healthcheck::{self, ProbeError, Target};
 use ferry_receiver::ServeError;
 
 #[derive(Debug, Parser)]
@@ -45,6 +46,17 @@ enum Command {
     /// Stored episodes.
     #[command(subcommand)]
     Episodes(EpisodesCmd),
+    /// GET /healthz of a running receiver: exit 0 on 200, 1 otherwise (for
+    /// a container HEALTHCHECK; needs no shell tools).
+    Healthcheck {
+        /// The receiver's listen address (default: `listen` from the
+        /// configuration; 0.0.0.0 is probed on 127.0.0.1).
+        #[arg(long, value_name = "ADDR", conflicts_with = "url")]
+        listen: Option<String>,
+        /// The receiver's base URL instead (http:// only).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -149,10 +161,31 @@ fn keep_freed_body_memory() {
     }
 }
 
+fn healthcheck(config: &Config, url: Option<&str>) -> ExitCode {
+    let target = match url {
+        Some(u) => Target::from_url(u),
+        None if config.tls.is_some() => Err(ProbeError::Usage(
+            "the receiver serves TLS; healthcheck speaks plain HTTP only".into(),
+        )),
+        None => Ok(Target::from_listen(config.listen)),
+    };
+    match target.and_then(|t| healthcheck::probe(&t, healthcheck::TIMEOUT)) {
+        Ok(()) => ExitCode::from(EXIT_OK as u8),
+        Err(e @ ProbeError::Usage(_)) => {
+            eprintln!("ferry-receiver: healthcheck: {e}");
+            ExitCode::from(EXIT_USAGE as u8)
+        }
+        Err(e @ ProbeError::Unhealthy(_)) => {
+            eprintln!("ferry-receiver: unhealthy: {e}");
+            ExitCode::from(EXIT_FAILED as u8)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let listen = match &cli.command {
-        Command::Serve { listen } => listen.as_deref(),
+        Command::Serve { listen } | Command::Healthcheck { listen, .. } => listen.as_deref(),
         _ => None,
     };
     let config = match resolve(&cli, listen) {
@@ -162,6 +195,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE as u8);
         }
     };
+    if let Command::Healthcheck { url, .. } = &cli.command {
+        return healthcheck(&config, url.as_deref());
+    }
     if matches!(cli.command, Command::Serve { .. }) {
         keep_freed_body_memory();
     }
@@ -207,6 +243,7 @@ fn main() -> ExitCode {
             json: json.json,
         },
         Command::Episodes(EpisodesCmd::Verify { refs }) => Admin::EpisodesVerify { refs },
+        Command::Healthcheck { .. } => unreachable!("answered before the runtime starts"),
     };
     init_logging(config.log_format, "warn");
     let code = runtime.block_on(cli::run(&config, admin));

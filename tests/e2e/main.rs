@@ -3,6 +3,7 @@
 //! real files and real faults. One test binary; one module per area.
 
 mod agent;
+mod fleet;
 mod hostile;
 mod receiver;
 mod reliability;
