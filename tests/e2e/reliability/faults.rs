@@ -255,7 +255,11 @@ fn receiver_syncfs_eio_under_load_falls_back_to_fsync_per_file() {
         return;
     }
     let data = tempfile::tempdir().unwrap();
-    let mut rx = Receiver::start_in(data.path(), &[]);
+    // Load from one device: every upload of the batch gets a slot.
+    let mut rx = Receiver::start_in(
+        data.path(),
+        &[("FERRY_RECEIVER_MAX_UPLOADS_PER_DEVICE", "64")],
+    );
     rx.allow(COMMIT_A, true);
     let token = rx.add_device("syncfs-eio");
     rx.kill9();
