@@ -18,6 +18,7 @@
 //! another party can write to.
 
 pub mod fsio;
+pub mod process;
 pub mod safe;
 
 use std::fs::File;

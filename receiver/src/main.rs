@@ -2,6 +2,8 @@
 //! call the library, map the result to an exit code (0 ok, 1 failed, 2 bad
 //! usage or configuration; clap's own usage errors exit 2).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -140,13 +142,7 @@ fn resolve(cli: &Cli, listen: Option<&str>) -> Result<Config, String> {
 /// task-clock,page-faults`; docs/PERFORMANCE.md). glibc only; other C
 /// libraries keep their defaults.
 fn keep_freed_body_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
-    }
+    ferry_durable::process::keep_freed_memory(4 << 20, 16 << 20);
 }
 
 fn main() -> ExitCode {
