@@ -3,13 +3,15 @@
 //! An object lives at `<root>/<aa>/<sha256>` (`aa`: the first byte of its
 //! digest, in hex). The 256 shard directories are made when the store is
 //! prepared, so storing an object creates no directory. Uploads are
-//! written to `<tmp>/<random>.part` by a blocking writer thread that hashes as it writes. A verified upload
-//! is made durable under its temporary name, then renamed into place, and
-//! the rename made durable: so an object under its final name is always
-//! complete. Large uploads are fsynced by their writer; small ones are made
+//! written to `<tmp>/<random>.part` by a blocking writer thread that
+//! hashes as it writes. A verified upload is made durable under its
+//! temporary name, then renamed into place, and the rename made durable: so
+//! an object under its final name is always complete. Uploads of at least
+//! [`SYNC_ALONE`] bytes are fsynced by their writer; smaller ones are made
 //! durable a batch at a time by [`ObjectStore::sync_batch`] (see
-//! `store::commit`). Every blocking call runs off the async worker
-//! threads. Errors carry the path and the errno.
+//! `store::commit`). The file-system calls are `ferry_durable::fsio`'s.
+//! Every blocking call runs off the async worker threads. Errors carry the
+//! path and the errno.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -311,8 +313,9 @@ impl ObjectStore {
     }
 
     /// Starts writing one upload: returns the sender for body chunks and the
-    /// writer thread's result. Send [`Chunk::Finish`] to fsync and keep the
-    /// file; dropping the sender without it aborts and deletes the file.
+    /// writer thread's result. Send [`Chunk::Finish`] to complete and keep
+    /// the file (fsynced from [`SYNC_ALONE`] bytes up, else left to the
+    /// batch); dropping the sender without it aborts and deletes the file.
     pub fn begin_upload(
         &self,
     ) -> (
@@ -528,7 +531,9 @@ impl ObjectStore {
 #[derive(Debug)]
 pub enum Chunk {
     Data(Bytes),
-    /// The body is complete: flush, fsync and hand back the file.
+    /// The body is complete: write it out, fsync it if it is at least
+    /// [`SYNC_ALONE`] bytes (else start its writeback and leave the sync to
+    /// the batch), and hand back the file.
     Finish,
 }
 
@@ -538,9 +543,9 @@ fn random_name() -> String {
     hex::encode(b)
 }
 
-/// The writer thread: write and hash every chunk; on `Finish` flush and
-/// fsync; on a closed channel (client gone, shutdown, error elsewhere) or
-/// any error, delete the file.
+/// The writer thread: write and hash every chunk; on `Finish` complete the
+/// file (fsynced from [`SYNC_ALONE`] bytes up); on a closed channel (client
+/// gone, shutdown, error elsewhere) or any error, delete the file.
 fn write_upload(
     path: PathBuf,
     mut rx: mpsc::Receiver<Chunk>,
@@ -577,7 +582,7 @@ fn write_body(
     rx: &mut mpsc::Receiver<Chunk>,
 ) -> Result<Option<Body>, StoreError> {
     // Writeback starts, and a large body is flushed in steps, while it
-    // arrives: the fsync at the end flushes the last few megabytes only.
+    // arrives: the sync at the end flushes only the tail.
     let mut out = WritebackFile::new(file);
     let mut hasher = BodyHasher::Inline(sha2::Sha256::new());
     let mut size = 0u64;
