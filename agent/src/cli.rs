@@ -161,7 +161,7 @@ pub fn quarantine_cmd(spool: &Spool, cmd: &QuarantineCmd) -> Result<(), CliError
                     .map(|(id, r)| {
                         let mut v = r.to_json();
                         v["episode_id"] = serde_json::Value::String(id.to_string());
-                        v["kind"] = serde_json::Value::String(r.kind());
+                        v["kind"] = serde_json::Value::from(r.kind_str());
                         v
                     })
                     .collect();
@@ -173,7 +173,7 @@ pub fn quarantine_cmd(spool: &Spool, cmd: &QuarantineCmd) -> Result<(), CliError
                 for (id, r) in &rows {
                     println!(
                         "{id}\t{}\t{}\t{}\t{}",
-                        r.kind(),
+                        r.kind_str(),
                         r.status_code.map_or("-".to_string(), |c| c.to_string()),
                         r.quarantined_at_wall.as_deref().unwrap_or("-"),
                         one_line(&r.error, 120)
@@ -194,7 +194,7 @@ pub fn quarantine_cmd(spool: &Spool, cmd: &QuarantineCmd) -> Result<(), CliError
             let r = quarantine::read_reason(spool, &id).map_err(io)?;
             let mut v = r.to_json();
             v["episode_id"] = serde_json::Value::String(id.to_string());
-            v["kind"] = serde_json::Value::String(r.kind());
+            v["kind"] = serde_json::Value::from(r.kind_str());
             v["path"] = serde_json::Value::String(dir.display().to_string());
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             Ok(())

@@ -2,9 +2,11 @@
 //! library, map the result to an exit code (0 ok, 1 failed, 2 usage or
 //! configuration).
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use clap::Parser;
 use ferry_agent::cli::{self, Cli, CliError, Cmd};
@@ -28,27 +30,11 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Set by a SIGTERM/SIGINT that arrives before the async handlers are
-/// installed (an orchestrator stopping us during start-up): the daemon then
-/// shuts down cleanly instead of dying of the default action.
-static EARLY_SIGNAL: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn early_signal(_: libc::c_int) {
-    EARLY_SIGNAL.store(true, Ordering::SeqCst);
-}
-
-fn catch_early_signals() {
-    let handler: extern "C" fn(libc::c_int) = early_signal;
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe; tokio's handlers, installed later, chain to it.
-    unsafe {
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-    }
-}
-
 fn main() -> ExitCode {
-    catch_early_signals();
+    // A SIGTERM/SIGINT before the async handlers are installed (an
+    // orchestrator stopping us during start-up) then shuts the daemon down
+    // cleanly instead of killing it by the default action.
+    ferry_durable::process::catch_early_signals();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -76,12 +62,8 @@ fn main() -> ExitCode {
     };
     if !matches!(cli.cmd, Cmd::Run | Cmd::Drain { .. }) {
         // One-shot commands stop on a signal the ordinary way.
-        // SAFETY: restoring the default disposition.
-        unsafe {
-            libc::signal(libc::SIGTERM, libc::SIG_DFL);
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-        }
-        if EARLY_SIGNAL.load(Ordering::SeqCst) {
+        ferry_durable::process::default_signals();
+        if ferry_durable::process::early_signal_seen() {
             return ExitCode::FAILURE;
         }
     }
@@ -180,7 +162,7 @@ fn handle_signals(shutdown: Shutdown, grace: std::time::Duration, notifier: Noti
             return;
         };
         let mut first = true;
-        let mut early = EARLY_SIGNAL.load(Ordering::SeqCst);
+        let mut early = ferry_durable::process::early_signal_seen();
         loop {
             let name = if std::mem::take(&mut early) {
                 "a signal during start-up"

@@ -11,15 +11,10 @@ use serde_json::{Map, Value};
 use crate::fsio;
 use crate::spool::{self, Spool, REASON_FILE};
 
-/// The stable name of a quarantine kind, as written in the reason file.
+/// The stable name of a quarantine kind, as written in the reason file
+/// ([`QuarantineKind::as_str`]).
 pub fn kind_name(kind: QuarantineKind) -> &'static str {
-    match kind {
-        QuarantineKind::CommitRejected => "commit-rejected",
-        QuarantineKind::Refused => "refused",
-        QuarantineKind::RepeatedDigestMismatch => "repeated-digest-mismatch",
-        QuarantineKind::Unreadable => "unreadable",
-        QuarantineKind::NoCommit => "no-commit",
-    }
+    kind.as_str()
 }
 
 /// One `quarantine_reason.json`. Read leniently: every field may be
@@ -42,21 +37,28 @@ pub struct Reason {
 }
 
 impl Reason {
-    /// The kind, inferring it for files written before the field existed:
-    /// a 412 is a rejected commit.
-    pub fn kind(&self) -> String {
-        if let Some(k) = &self.kind {
-            return k.clone();
+    /// The kind, one of proto's closed set; inferred for files written
+    /// before the field existed (a 412 is a rejected commit, another
+    /// answer a refusal) or naming no kind; `None` when nothing says.
+    pub fn kind(&self) -> Option<QuarantineKind> {
+        if let Some(k) = self.kind.as_deref().and_then(QuarantineKind::parse) {
+            return Some(k);
         }
         match self.status_code {
-            Some(412) => kind_name(QuarantineKind::CommitRejected).into(),
-            Some(_) => kind_name(QuarantineKind::Refused).into(),
-            None => "unknown".into(),
+            Some(412) => Some(QuarantineKind::CommitRejected),
+            Some(_) => Some(QuarantineKind::Refused),
+            None => None,
         }
     }
 
+    /// [`Reason::kind`]'s name, `unknown` when there is none (operator
+    /// views).
+    pub fn kind_str(&self) -> &'static str {
+        self.kind().map_or("unknown", QuarantineKind::as_str)
+    }
+
     pub fn is_commit_rejected(&self) -> bool {
-        self.kind() == kind_name(QuarantineKind::CommitRejected)
+        self.kind() == Some(QuarantineKind::CommitRejected)
     }
 
     pub fn from_json(bytes: &[u8]) -> Reason {
@@ -254,7 +256,15 @@ mod tests {
     fn missing_and_odd_fields_are_tolerated() {
         let r = Reason::from_json(b"{\"status_code\": null, \"error\": \"EIO\"}");
         assert_eq!(r.status_code, None);
-        assert_eq!(r.kind(), "unknown");
+        assert_eq!(r.kind(), None);
+        assert_eq!(r.kind_str(), "unknown");
+        let r = Reason::from_json(br#"{"kind": "no-commit"}"#);
+        assert_eq!(r.kind(), Some(QuarantineKind::NoCommit));
+        // A kind no version wrote is read as what the status code says,
+        // and written back as it was.
+        let r = Reason::from_json(br#"{"kind": "frobbed", "status_code": 422}"#);
+        assert_eq!(r.kind(), Some(QuarantineKind::Refused));
+        assert_eq!(r.to_json()["kind"], "frobbed");
         let r = Reason::from_json(b"{\"status_code\": \"400\", \"attempts\": \"3\"}");
         assert_eq!(r.status_code, Some(400));
         assert_eq!(r.attempts, Some(3));

@@ -88,7 +88,7 @@ pub fn counts(s: &Spool) -> io::Result<Counts> {
     c.quarantined = ids.len() as u64 + bad.len() as u64;
     for id in ids {
         let kind = match quarantine::read_reason(s, &id) {
-            Ok(r) => r.kind(),
+            Ok(r) => r.kind_str().to_string(),
             Err(_) => "unreadable-reason".to_string(),
         };
         *c.quarantine_by_reason.entry(kind).or_default() += 1;

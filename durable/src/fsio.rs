@@ -1,11 +1,17 @@
 //! Crash-safe filesystem primitives (write temp → fsync → rename → fsync
-//! dir), disk space, the one-daemon lock, and errno classification, so
+//! dir), the batch syncs (`syncfs`, a file's own writeback state), disk
+//! space, file digests, the one-daemon lock, and errno classification, so
 //! that nothing decides by message text. Temporary files are made with
-//! [`crate::safe`]: `O_EXCL|O_NOFOLLOW` under a random name.
+//! [`crate::safe`]: `O_EXCL|O_NOFOLLOW` under a random name. Shared by the
+//! agent and the receiver; every system call through `rustix` where it has
+//! one.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+
+use sha2::Digest;
 
 use crate::safe::Dir;
 
@@ -111,7 +117,18 @@ fn is_dir_not_empty(e: &io::Error) -> bool {
 /// The device's disk is full (or the quota is): transient, never the
 /// episode's fault.
 pub fn is_disk_full(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    e.raw_os_error().is_some_and(is_out_of_space)
+}
+
+/// Whether an errno means "no space" (ENOSPC, EDQUOT).
+pub fn is_out_of_space(errno: i32) -> bool {
+    errno == libc::ENOSPC || errno == libc::EDQUOT
+}
+
+/// Whether an errno means "this storage cannot take writes now": out of
+/// space, or a read-only file system.
+pub fn is_storage_unavailable(errno: i32) -> bool {
+    is_out_of_space(errno) || errno == libc::EROFS
 }
 
 /// Symbolic name of an errno, for messages an operator greps for.
@@ -154,6 +171,47 @@ pub fn disk_space(path: &Path) -> io::Result<(u64, u64)> {
         st.f_bavail.saturating_mul(st.f_frsize),
         st.f_blocks.saturating_mul(st.f_frsize),
     ))
+}
+
+/// `syncfs` of the file system holding the open file or directory `fd`:
+/// one call that makes every file and directory written there durable.
+pub fn syncfs(fd: impl AsFd) -> io::Result<()> {
+    Ok(rustix::fs::syncfs(fd)?)
+}
+
+/// Waits for a file's writeback and reads its own writeback error state:
+/// `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` over the whole file,
+/// which reads and clears the file's errors just like fsync (after a
+/// `syncfs`, which reports a file system's errors to one caller only).
+pub fn wait_written(file: &File) -> io::Result<()> {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a valid open descriptor and the whole-file range (0, 0); no
+    // memory is passed to the kernel. (rustix has no sync_file_range.)
+    if unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// sha256 and size of a file, read in 1 MiB pieces.
+pub fn hash_file(path: &Path) -> io::Result<([u8; 32], u64)> {
+    let mut f = File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hasher.finalize().into(), size))
 }
 
 /// An exclusive advisory lock on a file, held for the life of the value.
@@ -208,7 +266,33 @@ mod tests {
     }
 
     #[test]
+    fn a_file_is_hashed_and_its_writeback_read_and_file_system_synced() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x");
+        fs::write(&p, b"hello world").unwrap();
+        let (digest, size) = hash_file(&p).unwrap();
+        assert_eq!(size, 11);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
+        let f = File::open(&p).unwrap();
+        wait_written(&f).unwrap();
+        syncfs(&f).unwrap();
+        assert_eq!(
+            hash_file(&d.path().join("missing"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOENT)
+        );
+    }
+
+    #[test]
     fn errno_is_classified_by_number() {
+        assert!(is_out_of_space(libc::ENOSPC) && is_out_of_space(libc::EDQUOT));
+        assert!(is_storage_unavailable(libc::EROFS));
+        assert!(!is_storage_unavailable(libc::EIO));
         assert!(is_disk_full(&io::Error::from_raw_os_error(libc::ENOSPC)));
         assert!(!is_disk_full(&io::Error::from_raw_os_error(libc::EIO)));
         assert_eq!(

@@ -6,18 +6,18 @@
 //! every [`WritebackFile::EVERY`] bytes, so the disk works while the file is
 //! still being produced. Writeback alone is not enough where the disk has a
 //! volatile write cache: the final fsync also flushes that cache, and a
-//! flush takes as long as the data the device holds unflushed. On the
-//! development VM (a virtio disk whose cache is the host's page cache) that
-//! was 0.12–0.16 s for 145 MB however early the writeback had started. So
-//! from [`WritebackFile::FLUSH_EVERY`] bytes on, a thread of the file's own
-//! also `fdatasync`s it every that many bytes while the writes go on, and
-//! the final fsync flushes only the tail.
+//! flush takes as long as the data the device holds unflushed, however
+//! early the writeback had started (docs/PERFORMANCE.md has the figures).
+//! So from [`WritebackFile::FLUSH_EVERY`] bytes on, a thread of the file's
+//! own also `fdatasync`s it every that many bytes while the writes go on,
+//! and the final fsync flushes only the tail.
 //!
 //! [`fsio`] holds the crash-safe moves and errno classification, [`safe`]
 //! the descriptor-relative, non-following file access for directories
 //! another party can write to.
 
 pub mod fsio;
+pub mod process;
 pub mod safe;
 
 use std::fs::File;
@@ -64,9 +64,9 @@ impl WritebackFile {
     pub const EVERY: u64 = 8 << 20;
 
     /// A flush (`fdatasync`, on the flusher thread) is asked for every this
-    /// many bytes. On the development VM 16 and 32 MiB did equally well
-    /// (the final fsync of 145 MB fell from 0.12–0.14 s to about 0.01 s);
-    /// 32 MiB costs fewer flushes on a device where each has a price.
+    /// many bytes. 16 and 32 MiB shortened the final fsync equally
+    /// (docs/PERFORMANCE.md); 32 MiB costs fewer flushes on a device where
+    /// each has a price.
     pub const FLUSH_EVERY: u64 = 32 << 20;
 
     /// Wraps a file opened for writing at offset 0.

@@ -51,8 +51,10 @@ pub struct Strikes {
 }
 
 /// Why an episode is quarantined. The agent writes it into
-/// `quarantine_reason.json` and the 412 kind is the one it re-checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `quarantine_reason.json` (field `kind`, as [`QuarantineKind::as_str`])
+/// and the 412 kind is the one it re-checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum QuarantineKind {
     /// 412: the commit is not allowed. Re-queued by itself once the
     /// receiver allows the commit.
@@ -67,6 +69,32 @@ pub enum QuarantineKind {
     Unreadable,
     /// No commit in `meta.json`: quarantined without shipping.
     NoCommit,
+}
+
+impl QuarantineKind {
+    pub const ALL: [QuarantineKind; 5] = [
+        QuarantineKind::CommitRejected,
+        QuarantineKind::Refused,
+        QuarantineKind::RepeatedDigestMismatch,
+        QuarantineKind::Unreadable,
+        QuarantineKind::NoCommit,
+    ];
+
+    /// The stable name of the kind, as written in the reason file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuarantineKind::CommitRejected => "commit-rejected",
+            QuarantineKind::Refused => "refused",
+            QuarantineKind::RepeatedDigestMismatch => "repeated-digest-mismatch",
+            QuarantineKind::Unreadable => "unreadable",
+            QuarantineKind::NoCommit => "no-commit",
+        }
+    }
+
+    /// The kind named `name`; `None` for a name no kind has.
+    pub fn parse(name: &str) -> Option<QuarantineKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
 }
 
 /// What the agent does next with the episode.
@@ -146,6 +174,21 @@ pub fn decide(outcome: Outcome<'_>, strikes: Strikes) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quarantine_kinds_serialise_to_their_names_and_parse_back() {
+        for k in QuarantineKind::ALL {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+            assert_eq!(serde_json::from_str::<QuarantineKind>(&json).unwrap(), k);
+            assert_eq!(QuarantineKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(
+            QuarantineKind::RepeatedDigestMismatch.as_str(),
+            "repeated-digest-mismatch"
+        );
+        assert_eq!(QuarantineKind::parse("unknown"), None);
+    }
 
     fn answered(status: u16) -> Action {
         decide(

@@ -71,13 +71,74 @@ pub struct NewDevice {
     pub token: String,
 }
 
+/// The `status` of a revocation's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Revoked {
+    Revoked,
+}
+
+/// Answer of `DELETE /v1/admin/commits/{commit}`. (Fields in alphabetical
+/// order, as this body was always written.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRevoked {
+    pub commit: String,
+    pub status: Revoked,
+}
+
+/// Answer of `DELETE /v1/admin/devices/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRevoked {
+    pub name: String,
+    pub status: Revoked,
+}
+
+/// What `episodes verify` found of one episode's object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifyState {
+    /// Its bytes hash to the indexed sha256 and size.
+    Ok,
+    /// Its bytes hash to something else, or it has another size.
+    Mismatch,
+    /// There is no object for it.
+    Missing,
+    /// It (or its index row) could not be read.
+    Unreadable,
+}
+
+impl VerifyState {
+    /// Every state, in the order a summary lists them.
+    pub const ALL: [VerifyState; 4] = [
+        VerifyState::Ok,
+        VerifyState::Mismatch,
+        VerifyState::Missing,
+        VerifyState::Unreadable,
+    ];
+
+    /// The string this state is serialised as.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyState::Ok => "ok",
+            VerifyState::Mismatch => "mismatch",
+            VerifyState::Missing => "missing",
+            VerifyState::Unreadable => "unreadable",
+        }
+    }
+}
+
+impl std::fmt::Display for VerifyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One finding of `episodes verify`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyFinding {
     pub device: String,
     pub episode_id: String,
-    /// `ok`, `mismatch`, `missing` or `unreadable`.
-    pub state: String,
+    pub state: VerifyState,
     pub expected_sha256: String,
     pub actual_sha256: Option<String>,
     pub detail: Option<String>,

@@ -9,6 +9,8 @@
 //! It does no IO and has no async code: everything here is a pure function
 //! of its inputs, unit-tested beside the code.
 
+#![forbid(unsafe_code)]
+
 pub mod action;
 pub mod admin;
 pub mod headers;

@@ -157,6 +157,36 @@ pub struct WhoAmI {
     pub protocol: String,
 }
 
+/// The `status` of a health answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthStatus {
+    /// `GET /healthz`: the process answers.
+    Ok,
+    /// `GET /readyz`: the index and the storage are usable.
+    Ready,
+    /// `GET /readyz` (503): they are not; `detail` says which.
+    NotReady,
+}
+
+/// The body of `GET /healthz` and `GET /readyz`. (Fields in alphabetical
+/// order, as these bodies were always written.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub status: HealthStatus,
+}
+
+impl Health {
+    pub fn new(status: HealthStatus) -> Self {
+        Self {
+            detail: None,
+            status,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +302,42 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
+    }
+
+    #[test]
+    fn health_bodies_are_the_status_and_the_detail_when_not_ready() {
+        let ok = serde_json::to_string(&Health::new(HealthStatus::Ok)).unwrap();
+        assert_eq!(ok, r#"{"status":"ok"}"#);
+        let not = Health {
+            detail: Some("index database not usable".into()),
+            status: HealthStatus::NotReady,
+        };
+        assert_eq!(
+            serde_json::to_string(&not).unwrap(),
+            r#"{"detail":"index database not usable","status":"not-ready"}"#
+        );
+    }
+
+    #[test]
+    fn verify_states_and_revocations_keep_their_wire_strings() {
+        use crate::admin::{CommitRevoked, DeviceRevoked, Revoked, VerifyState};
+        for s in VerifyState::ALL {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<VerifyState>(&json).unwrap(), s);
+        }
+        fn json(v: &impl Serialize) -> String {
+            serde_json::to_string(v).unwrap()
+        }
+        let commit = CommitRevoked {
+            commit: "abc".into(),
+            status: Revoked::Revoked,
+        };
+        let device = DeviceRevoked {
+            name: "dev".into(),
+            status: Revoked::Revoked,
+        };
+        assert_eq!(json(&commit), r#"{"commit":"abc","status":"revoked"}"#);
+        assert_eq!(json(&device), r#"{"name":"dev","status":"revoked"}"#);
     }
 }

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use ferry_proto::admin::{AllowCommit, VerifyFinding};
+use ferry_proto::admin::{AllowCommit, VerifyFinding, VerifyState};
 
 use crate::config::Config;
 use crate::ops::{self, OpError};
@@ -177,13 +177,13 @@ async fn execute(config: &Config, index: &Arc<dyn Index>, cmd: Admin) -> Result<
 /// Prints every finding that is not `ok` and a summary; 1 if any.
 fn report(findings: &[VerifyFinding]) -> i32 {
     let mut bad = 0;
-    for f in findings.iter().filter(|f| f.state != "ok") {
+    for f in findings.iter().filter(|f| f.state != VerifyState::Ok) {
         bad += 1;
         println!(
             "{}/{}: {} (expected sha256 {}{}){}",
             f.device,
             f.episode_id,
-            f.state.to_uppercase(),
+            f.state.as_str().to_uppercase(),
             f.expected_sha256,
             f.actual_sha256
                 .as_deref()
@@ -195,14 +195,14 @@ fn report(findings: &[VerifyFinding]) -> i32 {
                 .unwrap_or_default()
         );
     }
-    let count = |s: &str| findings.iter().filter(|f| f.state == s).count();
+    let counts: Vec<String> = VerifyState::ALL
+        .iter()
+        .map(|s| format!("{} {s}", findings.iter().filter(|f| f.state == *s).count()))
+        .collect();
     println!(
-        "verified {} episodes: {} ok, {} mismatch, {} missing, {} unreadable",
+        "verified {} episodes: {}",
         findings.len(),
-        count("ok"),
-        count("mismatch"),
-        count("missing"),
-        count("unreadable")
+        counts.join(", ")
     );
     if bad > 0 {
         EXIT_FAILED

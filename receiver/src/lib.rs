@@ -5,6 +5,10 @@
 //!
 //! `main.rs` only parses flags; everything is here so that tests drive it.
 //! See `ARCHITECTURE.md` for the map.
+//!
+//! No `unsafe` here: system calls that need it live in `ferry-durable`.
+
+#![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod cli;

@@ -2,6 +2,8 @@
 //! call the library, map the result to an exit code (0 ok, 1 failed, 2 bad
 //! usage or configuration; clap's own usage errors exit 2).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -142,23 +144,16 @@ fn resolve(cli: &Cli, listen: Option<&str>) -> Result<Config, String> {
     raw.resolve().map_err(|e| e.to_string())
 }
 
-/// Upload bodies arrive in hyper's read buffers of up to ~400 KiB, which are
-/// freed on the writer and hashing threads once written and hashed. glibc's
-/// malloc gives such memory back to the kernel at once (its trim threshold
-/// starts at 128 KiB), so the next buffer faults in and zeroes fresh pages.
-/// Keeping up to 16 MiB freed per arena, and serving blocks below 4 MiB from
-/// the arenas, took five 145 MB uploads from 82–98k page faults and
-/// 1.22–1.35 s of CPU to 0.2–7k and 0.99–1.13 s (`perf stat -e
-/// task-clock,page-faults`; docs/PERFORMANCE.md). glibc only; other C
-/// libraries keep their defaults.
+/// Upload bodies arrive in hyper's read buffers of a few hundred KiB,
+/// which are freed on the writer and hashing threads once written and
+/// hashed. glibc's malloc gives such memory back to the kernel at once (its
+/// trim threshold starts at 128 KiB), so the next buffer faults in and
+/// zeroes fresh pages. Keeping up to 16 MiB freed per arena, and serving
+/// blocks below 4 MiB from the arenas, removes most of those page faults
+/// and the CPU they cost (docs/PERFORMANCE.md, `mallopt`). glibc only;
+/// other C libraries keep their defaults.
 fn keep_freed_body_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
-    }
+    ferry_durable::process::keep_freed_memory(4 << 20, 16 << 20);
 }
 
 fn healthcheck(config: &Config, url: Option<&str>) -> ExitCode {

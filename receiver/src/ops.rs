@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use ferry_proto::admin::{
-    AllowCommit, CommitInfo, DeviceInfo, EpisodeInfo, NewDevice, VerifyFinding,
+    AllowCommit, CommitInfo, DeviceInfo, EpisodeInfo, NewDevice, VerifyFinding, VerifyState,
 };
 use ferry_proto::{Commit, EpisodeId, Sha256};
 
@@ -197,7 +197,7 @@ fn parse_commit(s: &str) -> Result<Commit, OpError> {
 }
 
 /// What re-hashing one object found: state, actual sha256, detail.
-type Hashed = (&'static str, Option<String>, Option<String>);
+type Hashed = (VerifyState, Option<String>, Option<String>);
 
 /// Re-hashes the objects of the given episodes (each named as [`resolve`]
 /// takes it; all when `refs` is empty), on the blocking pool, and returns
@@ -230,7 +230,7 @@ pub async fn verify(
             findings[i] = Some(VerifyFinding {
                 device: e.device,
                 episode_id: e.episode_id,
-                state: "unreadable".into(),
+                state: VerifyState::Unreadable,
                 expected_sha256: e.sha256,
                 actual_sha256: None,
                 detail: Some("the index row holds no valid sha256".into()),
@@ -249,7 +249,7 @@ pub async fn verify(
         findings[i] = Some(VerifyFinding {
             device: e.device,
             episode_id: e.episode_id,
-            state: state.into(),
+            state,
             expected_sha256: e.sha256,
             actual_sha256: actual,
             detail,
@@ -276,18 +276,20 @@ async fn rehash(objects: &ObjectStore, sha: &Sha256, expected_size: u64) -> Hash
     });
     match hashed {
         Ok((actual, size)) if actual == *sha && size == expected_size => {
-            ("ok", Some(actual.to_string()), None)
+            (VerifyState::Ok, Some(actual.to_string()), None)
         }
         Ok((actual, size)) => (
-            "mismatch",
+            VerifyState::Mismatch,
             Some(actual.to_string()),
             Some(format!("{}: {size} bytes, sha256 {actual}", path.display())),
         ),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            ("missing", None, Some(format!("{}: {err}", path.display())))
-        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => (
+            VerifyState::Missing,
+            None,
+            Some(format!("{}: {err}", path.display())),
+        ),
         Err(err) => (
-            "unreadable",
+            VerifyState::Unreadable,
             None,
             Some(format!("{}: {err}", path.display())),
         ),

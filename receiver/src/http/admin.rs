@@ -14,9 +14,9 @@ use axum::{Json, Router};
 use ferry_proto::admin::{
     AddDevice, AllowCommit, CommitInfo, DeviceInfo, EpisodeInfo, NewDevice, RenameDevice,
 };
+use ferry_proto::admin::{CommitRevoked, DeviceRevoked, Revoked};
 use ferry_proto::{headers, BadRequest, Reply, Sha256};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{AppError, SharedState};
 use crate::ops::{self, OpError};
@@ -109,7 +109,11 @@ async fn revoke_commit(
     admin(&st, &h)?;
     let c = param(c)?;
     ops::revoke_commit(&st.index, &c).await?;
-    Ok(Json(json!({"status": "revoked", "commit": c})).into_response())
+    Ok(Json(CommitRevoked {
+        commit: c,
+        status: Revoked::Revoked,
+    })
+    .into_response())
 }
 
 async fn list_devices(
@@ -138,7 +142,11 @@ async fn revoke_device(
     admin(&st, &h)?;
     let name = param(n)?;
     ops::revoke_device(&st.index, &name).await?;
-    Ok(Json(json!({"status": "revoked", "name": name})).into_response())
+    Ok(Json(DeviceRevoked {
+        name,
+        status: Revoked::Revoked,
+    })
+    .into_response())
 }
 
 /// Renames a device; it keeps its token and its episodes.

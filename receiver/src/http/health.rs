@@ -8,12 +8,12 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use ferry_proto::reply::{Health, HealthStatus};
 
 use super::SharedState;
 
 pub async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+    Json(Health::new(HealthStatus::Ok)).into_response()
 }
 
 /// How long a readiness probe's result is reused. `/readyz` needs no
@@ -49,11 +49,14 @@ async fn ready_problems(state: &SharedState) -> Vec<&'static str> {
 pub async fn readyz(State(state): State<SharedState>) -> Response {
     let problems = ready_problems(&state).await;
     if problems.is_empty() {
-        Json(json!({"status": "ready"})).into_response()
+        Json(Health::new(HealthStatus::Ready)).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not-ready", "detail": problems.join("; ")})),
+            Json(Health {
+                detail: Some(problems.join("; ")),
+                status: HealthStatus::NotReady,
+            }),
         )
             .into_response()
     }

@@ -10,6 +10,9 @@ pub mod slots;
 pub mod status_page;
 pub mod upload;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

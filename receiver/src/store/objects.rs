@@ -3,21 +3,23 @@
 //! An object lives at `<root>/<aa>/<sha256>` (`aa`: the first byte of its
 //! digest, in hex). The 256 shard directories are made when the store is
 //! prepared, so storing an object creates no directory. Uploads are
-//! written to `<tmp>/<random>.part` by a blocking writer thread that hashes as it writes. A verified upload
-//! is made durable under its temporary name, then renamed into place, and
-//! the rename made durable: so an object under its final name is always
-//! complete. Large uploads are fsynced by their writer; small ones are made
+//! written to `<tmp>/<random>.part` by a blocking writer thread that
+//! hashes as it writes. A verified upload is made durable under its
+//! temporary name, then renamed into place, and the rename made durable: so
+//! an object under its final name is always complete. Uploads of at least
+//! [`SYNC_ALONE`] bytes are fsynced by their writer; smaller ones are made
 //! durable a batch at a time by [`ObjectStore::sync_batch`] (see
-//! `store::commit`). Every blocking call runs off the async worker
-//! threads. Errors carry the path and the errno.
+//! `store::commit`). The file-system calls are `ferry_durable::fsio`'s.
+//! Every blocking call runs off the async worker threads. Errors carry the
+//! path and the errno.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use ferry_durable::WritebackFile;
+use ferry_durable::{fsio, WritebackFile};
 use ferry_proto::Sha256;
 use rand::RngCore;
 use sha2::Digest;
@@ -43,16 +45,9 @@ pub const SYNCFS_MIN: usize = 8;
 /// every new object until the store held millions.
 pub const LAYOUT_MARK: &str = ".layout-v2";
 
-/// Whether an errno means "no space" (ENOSPC, EDQUOT): answer 507.
-pub fn is_out_of_space(errno: i32) -> bool {
-    errno == libc::ENOSPC || errno == libc::EDQUOT
-}
-
-/// Whether an errno means "this storage cannot take writes now" (out of
-/// space, or a read-only file system): answer 507 rather than 500.
-pub fn is_storage_unavailable(errno: i32) -> bool {
-    is_out_of_space(errno) || errno == libc::EROFS
-}
+/// Errno classes that answer 507 rather than 500: "no space" (ENOSPC,
+/// EDQUOT) and "cannot take writes now" (that, or a read-only file system).
+pub use ferry_durable::fsio::{is_out_of_space, is_storage_unavailable};
 
 /// A failed filesystem operation, with what was done and to which path.
 #[derive(Debug, thiserror::Error)]
@@ -303,11 +298,9 @@ impl ObjectStore {
         }
         let root = self.root.clone();
         let marked = blocking(move || {
+            // The moves are durable before the mark says they are done.
             fsync_dir(&root)?;
-            let f = File::create(&mark).map_err(|e| StoreError::new("create", &mark, e))?;
-            f.sync_all()
-                .map_err(|e| StoreError::new("fsync", &mark, e))?;
-            fsync_dir(&root)
+            fsio::write_atomic(&mark, b"").map_err(|e| StoreError::new("create", &mark, e))
         })
         .await;
         match marked {
@@ -320,8 +313,9 @@ impl ObjectStore {
     }
 
     /// Starts writing one upload: returns the sender for body chunks and the
-    /// writer thread's result. Send [`Chunk::Finish`] to fsync and keep the
-    /// file; dropping the sender without it aborts and deletes the file.
+    /// writer thread's result. Send [`Chunk::Finish`] to complete and keep
+    /// the file (fsynced from [`SYNC_ALONE`] bytes up, else left to the
+    /// batch); dropping the sender without it aborts and deletes the file.
     pub fn begin_upload(
         &self,
     ) -> (
@@ -371,7 +365,7 @@ impl ObjectStore {
             .iter()
             .map(|w| match w.synced {
                 true => Ok(()),
-                false => wait_written(&w.file)
+                false => fsio::wait_written(&w.file)
                     .map_err(|e| StoreError::new("write back", w.temp.path(), e)),
             })
             .collect()
@@ -454,13 +448,8 @@ impl ObjectStore {
 
     /// `syncfs` of the file system holding the store (blocking).
     fn syncfs(&self, op: &'static str) -> Result<(), StoreError> {
-        use std::os::fd::AsRawFd;
         let dir = File::open(&self.tmp).map_err(|e| StoreError::new("open", &self.tmp, e))?;
-        // SAFETY: a valid open descriptor; syncfs takes no memory.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(StoreError::new(op, &self.tmp, io::Error::last_os_error()));
-        }
-        Ok(())
+        fsio::syncfs(&dir).map_err(|e| StoreError::new(op, &self.tmp, e))
     }
 
     /// Deletes an object (only ever one this process stored and no row
@@ -513,7 +502,12 @@ impl ObjectStore {
     /// Free bytes for unprivileged writers on the temp file system.
     pub async fn free_bytes(&self) -> Result<u64, StoreError> {
         let tmp = self.tmp.clone();
-        blocking(move || free_bytes(&tmp).map_err(|e| StoreError::new("statvfs", &tmp, e))).await
+        blocking(move || {
+            fsio::disk_space(&tmp)
+                .map(|(free, _total)| free)
+                .map_err(|e| StoreError::new("statvfs", &tmp, e))
+        })
+        .await
     }
 
     /// Proves the storage takes writes: create, fsync and remove a small
@@ -537,7 +531,9 @@ impl ObjectStore {
 #[derive(Debug)]
 pub enum Chunk {
     Data(Bytes),
-    /// The body is complete: flush, fsync and hand back the file.
+    /// The body is complete: write it out, fsync it if it is at least
+    /// [`SYNC_ALONE`] bytes (else start its writeback and leave the sync to
+    /// the batch), and hand back the file.
     Finish,
 }
 
@@ -547,9 +543,9 @@ fn random_name() -> String {
     hex::encode(b)
 }
 
-/// The writer thread: write and hash every chunk; on `Finish` flush and
-/// fsync; on a closed channel (client gone, shutdown, error elsewhere) or
-/// any error, delete the file.
+/// The writer thread: write and hash every chunk; on `Finish` complete the
+/// file (fsynced from [`SYNC_ALONE`] bytes up); on a closed channel (client
+/// gone, shutdown, error elsewhere) or any error, delete the file.
 fn write_upload(
     path: PathBuf,
     mut rx: mpsc::Receiver<Chunk>,
@@ -586,7 +582,7 @@ fn write_body(
     rx: &mut mpsc::Receiver<Chunk>,
 ) -> Result<Option<Body>, StoreError> {
     // Writeback starts, and a large body is flushed in steps, while it
-    // arrives: the fsync at the end flushes the last few megabytes only.
+    // arrives: the sync at the end flushes only the tail.
     let mut out = WritebackFile::new(file);
     let mut hasher = BodyHasher::Inline(sha2::Sha256::new());
     let mut size = 0u64;
@@ -728,55 +724,15 @@ impl BodyHasher {
     }
 }
 
-/// Waits for a file's writeback and reads its own writeback error state:
-/// `sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)` over the whole file.
-fn wait_written(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: a valid open descriptor and the whole-file range (0, 0).
-    if unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// fsync of a directory, so renames and creations in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::new("fsync directory", dir, e))
-}
-
-fn free_bytes(dir: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    fsio::fsync_dir(dir).map_err(|e| StoreError::new("fsync directory", dir, e))
 }
 
 /// sha256 and size of a file, read in 1 MiB pieces (blocking).
 pub fn hash_file(path: &Path) -> io::Result<(Sha256, u64)> {
-    let mut f = File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((Sha256::from_bytes(&hasher.finalize().into()), size))
+    let (digest, size) = fsio::hash_file(path)?;
+    Ok((Sha256::from_bytes(&digest), size))
 }
 
 /// A temporary upload file that is deleted when dropped, unless kept (by a
@@ -882,13 +838,6 @@ mod tests {
         s.prepare().await.unwrap();
         s.migrate(tokio_util::sync::CancellationToken::new()).await;
         assert!(dir.path().join("objects/ab/ef").exists());
-    }
-
-    #[test]
-    fn errno_classification() {
-        assert!(is_out_of_space(libc::ENOSPC) && is_out_of_space(libc::EDQUOT));
-        assert!(is_storage_unavailable(libc::EROFS));
-        assert!(!is_storage_unavailable(libc::EIO));
     }
 
     async fn write(s: &ObjectStore, parts: &[&[u8]], finish: bool) -> Option<Written> {

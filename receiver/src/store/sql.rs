@@ -11,8 +11,9 @@ use super::{format_time, IndexError};
 
 /// SQLite's primary result code for "database or disk is full".
 const SQLITE_FULL: i64 = 13;
-/// PostgreSQL's SQLSTATE classes for "out of disk space" (53100) and other
-/// insufficient resources that mean "cannot store now".
+/// PostgreSQL's SQLSTATE for "disk full" (53100). Only that one: the
+/// rest of class 53 (out of memory, too many connections) says nothing of
+/// space and stays a database error.
 const PG_DISK_FULL: &str = "53100";
 /// SQLite's extended result code and PostgreSQL's SQLSTATE for a foreign
 /// key violation: a row naming a device that does not exist.
