@@ -4,5 +4,6 @@
 
 mod agent;
 mod hostile;
+mod operator;
 mod receiver;
 mod reliability;

@@ -186,6 +186,7 @@ async fn check_headers(
 /// The allow-list check: 412 with the rendered remediation.
 fn check_commit(
     state: &SharedState,
+    device: &str,
     commit: &Commit,
     status: &CommitStatus,
 ) -> Result<(), AppError> {
@@ -193,6 +194,7 @@ fn check_commit(
         return Ok(());
     }
     state.metrics.rejected(commit.as_str());
+    state.rejections.record(commit.as_str(), device, unix_now());
     Err(AppError(Reply::CommitRejected {
         your_commit: commit.to_string(),
         remediation: render_remediation(
@@ -239,7 +241,7 @@ pub async fn put_episode(State(state): State<SharedState>, req: Request) -> Resp
 async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
     let (mut parts, body) = req.into_parts();
     let mut up = check_headers(state, &mut parts).await?;
-    check_commit(state, &up.commit, &up.commit_status)?;
+    check_commit(state, &up.device, &up.commit, &up.commit_status)?;
 
     if let Some(existing) = up.existing.take() {
         if existing.sha256 != up.sha256.as_str() {
@@ -422,6 +424,7 @@ async fn store(
     match state.committer.commit(written, row).await? {
         Inserted::Created => {
             state.metrics.episodes_stored.inc();
+            state.upload_rate.record(size, unix_now());
             tracing::info!(
                 episode_id = %up.id, device = up.device, commit = %up.commit,
                 sha256 = %up.sha256, size, "episode stored"

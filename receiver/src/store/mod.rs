@@ -125,6 +125,16 @@ pub struct Preflight {
     pub episode: Option<EpisodeInfo>,
 }
 
+/// The 412 answers one device got for one commit (times in unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub commit: String,
+    pub device: String,
+    pub attempts: u64,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
 /// Totals for the status page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -200,6 +210,12 @@ pub trait Index: Send + Sync + 'static {
     ) -> BoxFut<'a, Vec<EpisodeInfo>>;
     /// Whether any row, of any device, references an object: objects are
     /// content-addressed and shared by every row with the same bytes.
+    /// Adds tallies of 412 answers to the stored ones (one transaction)
+    /// and removes those last seen before `prune_before`.
+    fn record_rejections<'a>(&'a self, rows: &'a [Rejection], prune_before: i64) -> BoxFut<'a, ()>;
+    /// Stored tallies last seen at or after `since` whose commit is not on
+    /// the allow-list, newest first, at most `limit`.
+    fn rejections(&self, since: i64, limit: u64) -> BoxFut<'_, Vec<Rejection>>;
     fn sha_referenced<'a>(&'a self, sha256: &'a str) -> BoxFut<'a, bool>;
     fn totals(&self) -> BoxFut<'_, Totals>;
 }

@@ -185,13 +185,12 @@ pub(crate) fn preflight(row: PreflightRow) -> super::Preflight {
 }
 
 pub(crate) type DeviceRow = (String, bool, i64, Option<i64>, Option<i64>, i64, i64);
-/// The columns of [`DeviceRow`], for every device or one.
+/// The columns of [`DeviceRow`], for every device or one. The counts are
+/// kept by the INSERT trigger (migration 0004): no per-device scan.
 macro_rules! select_devices {
     () => {
         "SELECT d.name, d.revoked, d.created_at, d.last_seen_at, d.last_upload_at, \
-         (SELECT COUNT(*) FROM episodes e WHERE e.device = d.name), \
-         (SELECT CAST(COALESCE(SUM(e.size), 0) AS BIGINT) FROM episodes e WHERE e.device = d.name) \
-         FROM devices d"
+         d.episode_count, d.episode_bytes FROM devices d"
     };
 }
 pub(crate) const LIST_DEVICES: &str = concat!(select_devices!(), " ORDER BY d.name");
@@ -213,6 +212,27 @@ pub(crate) fn device_info(r: DeviceRow) -> DeviceInfo {
         bytes: r.6.max(0) as u64,
     }
 }
+
+/// Rows of one upsert of rejections: 5 parameters each, far below either
+/// database's limit per statement.
+pub(crate) const REJECTIONS_PER_STATEMENT: usize = 1000;
+
+/// Adds a flushed tally to the stored one. `excluded` is the row that was
+/// not inserted; CASE rather than MIN/LEAST, which the two databases spell
+/// differently.
+pub(crate) const UPSERT_REJECTION: &str = " ON CONFLICT (commit_id, device) DO UPDATE SET \
+     attempts = rejected_commits.attempts + excluded.attempts, \
+     first_seen = CASE WHEN excluded.first_seen < rejected_commits.first_seen \
+                  THEN excluded.first_seen ELSE rejected_commits.first_seen END, \
+     last_seen = CASE WHEN excluded.last_seen > rejected_commits.last_seen \
+                 THEN excluded.last_seen ELSE rejected_commits.last_seen END";
+
+/// Rejections seen since `$1`, of commits not (or no longer) on the
+/// allow-list, newest first.
+pub(crate) const LIST_REJECTIONS: &str = "SELECT r.commit_id, r.device, r.attempts, \
+     r.first_seen, r.last_seen FROM rejected_commits r WHERE r.last_seen >= $1 \
+     AND NOT EXISTS (SELECT 1 FROM commits c WHERE c.commit_id = r.commit_id) \
+     ORDER BY r.last_seen DESC, r.commit_id, r.device LIMIT $2";
 
 pub(crate) type CommitRow = (String, bool, Option<String>, i64);
 
@@ -652,6 +672,66 @@ macro_rules! impl_sql_index {
                 })
             }
 
+            fn record_rejections<'a>(
+                &'a self,
+                rows: &'a [$crate::store::Rejection],
+                prune_before: i64,
+            ) -> $crate::store::BoxFut<'a, ()> {
+                Box::pin(async move {
+                    type Db = <$pool as $crate::store::sql::HasDb>::Db;
+                    $crate::store::sql::write_on_conn!($pool, self.pool, |conn| async {
+                        use sqlx::Connection as _;
+                        let mut tx = (&mut **conn).begin().await?;
+                        for chunk in rows.chunks($crate::store::sql::REJECTIONS_PER_STATEMENT) {
+                            let mut q = sqlx::QueryBuilder::<Db>::new(
+                                "INSERT INTO rejected_commits (commit_id, device, attempts, first_seen, last_seen) ",
+                            );
+                            q.push_values(chunk, |mut b, r| {
+                                b.push_bind(&r.commit)
+                                    .push_bind(&r.device)
+                                    .push_bind(r.attempts.min(i64::MAX as u64) as i64)
+                                    .push_bind(r.first_seen)
+                                    .push_bind(r.last_seen);
+                            });
+                            q.push($crate::store::sql::UPSERT_REJECTION);
+                            q.build().execute(&mut *tx).await?;
+                        }
+                        sqlx::query("DELETE FROM rejected_commits WHERE last_seen < $1")
+                            .bind(prune_before)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await
+                    }.await)?;
+                    Ok(())
+                })
+            }
+
+            fn rejections(
+                &self,
+                since: i64,
+                limit: u64,
+            ) -> $crate::store::BoxFut<'_, Vec<$crate::store::Rejection>> {
+                Box::pin(async move {
+                    let rows: Vec<(String, String, i64, i64, i64)> =
+                        sqlx::query_as($crate::store::sql::LIST_REJECTIONS)
+                            .bind(since)
+                            .bind(limit.min(i64::MAX as u64) as i64)
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err($crate::store::sql::classify)?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|r| $crate::store::Rejection {
+                            commit: r.0,
+                            device: r.1,
+                            attempts: r.2.max(0) as u64,
+                            first_seen: r.3,
+                            last_seen: r.4,
+                        })
+                        .collect())
+                })
+            }
+
             fn sha_referenced<'a>(&'a self, sha256: &'a str) -> $crate::store::BoxFut<'a, bool> {
                 Box::pin(async move {
                     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM episodes WHERE sha256 = $1")
@@ -666,9 +746,9 @@ macro_rules! impl_sql_index {
             fn totals(&self) -> $crate::store::BoxFut<'_, $crate::store::Totals> {
                 Box::pin(async move {
                     let (episodes, bytes, devices, commits): (i64, i64, i64, i64) = sqlx::query_as(
-                        "SELECT (SELECT COUNT(*) FROM episodes), \
-                         (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM episodes), \
-                         (SELECT COUNT(*) FROM devices), (SELECT COUNT(*) FROM commits)",
+                        "SELECT CAST(COALESCE(SUM(episode_count), 0) AS BIGINT), \
+                         CAST(COALESCE(SUM(episode_bytes), 0) AS BIGINT), \
+                         COUNT(*), (SELECT COUNT(*) FROM commits) FROM devices",
                     )
                     .fetch_one(&self.pool)
                     .await
