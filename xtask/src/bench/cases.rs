@@ -851,8 +851,13 @@ fn fill_index(data_dir: &Path, rows: u64) -> Result<()> {
          INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) \
          SELECT printf('scale-%09d', i), printf('%064x', i), 10240, '{COMMIT}', 'scale-dev', 1700000000 + i FROM n; COMMIT;"
     );
+    sqlite3(&db, &sql)
+}
+
+/// Runs `sql` on the index `db` with the sqlite3 tool.
+pub(super) fn sqlite3(db: &Path, sql: &str) -> Result<()> {
     let st = Command::new("sqlite3")
-        .arg(&db)
+        .arg(db)
         .arg(sql)
         .status()
         .context("sqlite3")?;

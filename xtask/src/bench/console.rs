@@ -6,10 +6,9 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::cases::{Bench, COMMIT};
 use super::{percentile, Env, Opts, Report};
@@ -34,15 +33,7 @@ fn fill(data_dir: &Path, devices: u64, rows: u64) -> Result<()> {
          INSERT INTO rejected_commits SELECT printf('%040x', i / 4), printf('dev-%05d', i), 3, \
          strftime('%s','now') - 600, strftime('%s','now') FROM n; COMMIT;"
     );
-    let st = Command::new("sqlite3")
-        .arg(data_dir.join("index.sqlite"))
-        .arg(sql)
-        .status()
-        .context("sqlite3")?;
-    if !st.success() {
-        bail!("filling the index failed");
-    }
-    Ok(())
+    super::cases::sqlite3(&data_dir.join("index.sqlite"), &sql)
 }
 
 /// One `GET /` on a fresh connection, read to the end; its time.
