@@ -8,7 +8,9 @@
 //! is not recorded (counted in `dropped` and logged at the next flush);
 //! pairs already held keep counting. Nothing is ever evicted, so a device
 //! that invents commits fills only its own share and the other devices'
-//! rejections still get through. Only authenticated devices reach this,
+//! rejections still get through. In the index, each device keeps its
+//! newest [`MAX_STORED_PER_DEVICE`] rows, and rows older than
+//! `rejected_window` go. Only authenticated devices reach this,
 //! with a commit `ferry_proto` validated (40 lowercase hex).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -26,6 +28,9 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 pub const MAX_PAIRS: usize = 10_000;
 /// Distinct commits one device may have held between two flushes.
 pub const MAX_PER_DEVICE: usize = 16;
+/// Rows one device keeps in the index (its newest): with [`MAX_PER_DEVICE`]
+/// per flush, the table is bounded per device, not only by the window.
+pub const MAX_STORED_PER_DEVICE: u64 = 64;
 /// Most rows a listing reads from the index.
 pub const MAX_LISTED: u64 = 10_000;
 
@@ -143,7 +148,10 @@ impl Rejections {
             );
         }
         let prune_before = unix_now().saturating_sub(window.as_secs() as i64);
-        if let Err(e) = index.record_rejections(&rows, prune_before).await {
+        let stored = index
+            .record_rejections(&rows, prune_before, MAX_STORED_PER_DEVICE)
+            .await;
+        if let Err(e) = stored {
             tracing::warn!(error = %e, pairs = rows.len(), "cannot record rejected commits; keeping them for the next flush");
             self.restore(rows, 0);
         }
@@ -334,6 +342,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_device_keeps_only_its_newest_rows_in_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SqliteIndex::open(&dir.path().join("i.sqlite"))
+            .await
+            .unwrap();
+        let row = |n: u32, device: &str| Rejection {
+            commit: commit(n),
+            device: device.into(),
+            attempts: 1,
+            first_seen: 1000 + n as i64,
+            last_seen: 1000 + n as i64,
+        };
+        index
+            .record_rejections(&[row(0, "quiet")], 0, 3)
+            .await
+            .unwrap();
+        for batch in 0..4 {
+            let rows: Vec<_> = (0..5).map(|i| row(batch * 5 + i, "noisy")).collect();
+            index.record_rejections(&rows, 0, 3).await.unwrap();
+        }
+        let stored = index.rejections(0, 100).await.unwrap();
+        let noisy: Vec<_> = stored
+            .iter()
+            .filter(|r| r.device == "noisy")
+            .map(|r| r.commit.clone())
+            .collect();
+        assert_eq!(noisy, [commit(19), commit(18), commit(17)]);
+        assert!(stored.iter().any(|r| r.device == "quiet"), "{stored:?}");
+    }
+
+    #[tokio::test]
     async fn flushes_add_up_in_the_index_and_old_rows_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
         let index = SqliteIndex::open(&dir.path().join("i.sqlite"))
@@ -369,6 +408,7 @@ mod tests {
                     last_seen: now - 7200,
                 }],
                 0,
+                MAX_STORED_PER_DEVICE,
             )
             .await
             .unwrap();

@@ -4,7 +4,7 @@
 -- and upserts a batch every few seconds (never a write per request), so a
 -- row is (commit, device) with its number of attempts and first and last
 -- time seen (unix seconds). Rows older than `rejected_window` are pruned
--- by the same flush. No foreign key on `device`: a flush must not fail for
+-- by the same flush, and a device keeps at most its newest 64 rows. No foreign key on `device`: a flush must not fail for
 -- a device renamed since its attempt was counted.
 CREATE TABLE rejected_commits (
     commit_id   TEXT   NOT NULL,
@@ -15,6 +15,10 @@ CREATE TABLE rejected_commits (
     PRIMARY KEY (commit_id, device)
 );
 CREATE INDEX rejected_commits_last_seen ON rejected_commits (last_seen);
+-- A flush keeps only the newest rows of each device it wrote (so that one
+-- device inventing commits fills its own share of the table, and only
+-- that): found by device.
+CREATE INDEX rejected_commits_device ON rejected_commits (device, last_seen);
 
 -- Per-device totals kept by the INSERT trigger, so that the status page
 -- and `devices list` read one row per device instead of counting and

@@ -208,14 +208,20 @@ pub trait Index: Send + Sync + 'static {
         device: Option<&'a str>,
         limit: Option<u64>,
     ) -> BoxFut<'a, Vec<EpisodeInfo>>;
-    /// Whether any row, of any device, references an object: objects are
-    /// content-addressed and shared by every row with the same bytes.
-    /// Adds tallies of 412 answers to the stored ones (one transaction)
+    /// Adds tallies of 412 answers to the stored ones (one transaction),
+    /// keeps only the `keep_per_device` newest of each device in `rows`
     /// and removes those last seen before `prune_before`.
-    fn record_rejections<'a>(&'a self, rows: &'a [Rejection], prune_before: i64) -> BoxFut<'a, ()>;
+    fn record_rejections<'a>(
+        &'a self,
+        rows: &'a [Rejection],
+        prune_before: i64,
+        keep_per_device: u64,
+    ) -> BoxFut<'a, ()>;
     /// Stored tallies last seen at or after `since` whose commit is not on
     /// the allow-list, newest first, at most `limit`.
     fn rejections(&self, since: i64, limit: u64) -> BoxFut<'_, Vec<Rejection>>;
+    /// Whether any row, of any device, references an object: objects are
+    /// content-addressed and shared by every row with the same bytes.
     fn sha_referenced<'a>(&'a self, sha256: &'a str) -> BoxFut<'a, bool>;
     fn totals(&self) -> BoxFut<'_, Totals>;
 }

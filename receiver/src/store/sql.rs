@@ -227,6 +227,15 @@ pub(crate) const UPSERT_REJECTION: &str = " ON CONFLICT (commit_id, device) DO U
      last_seen = CASE WHEN excluded.last_seen > rejected_commits.last_seen \
                  THEN excluded.last_seen ELSE rejected_commits.last_seen END";
 
+/// The middle of the statement that keeps only the newest rows of each
+/// device of a flush: `DELETE … WHERE device IN (<devices>)` + this +
+/// `<devices>) ) ranked WHERE n <= <keep>)`. The device index
+/// (migration 0004) serves both lists.
+pub(crate) const KEEP_NEWEST_OF_DEVICES: &str = ") AND (commit_id, device) NOT IN \
+     (SELECT commit_id, device FROM (SELECT commit_id, device, ROW_NUMBER() OVER \
+     (PARTITION BY device ORDER BY last_seen DESC, commit_id) AS n \
+     FROM rejected_commits WHERE device IN (";
+
 /// Rejections seen since `$1`, of commits not (or no longer) on the
 /// allow-list, newest first.
 pub(crate) const LIST_REJECTIONS: &str = "SELECT r.commit_id, r.device, r.attempts, \
@@ -676,6 +685,7 @@ macro_rules! impl_sql_index {
                 &'a self,
                 rows: &'a [$crate::store::Rejection],
                 prune_before: i64,
+                keep_per_device: u64,
             ) -> $crate::store::BoxFut<'a, ()> {
                 Box::pin(async move {
                     type Db = <$pool as $crate::store::sql::HasDb>::Db;
@@ -694,6 +704,27 @@ macro_rules! impl_sql_index {
                                     .push_bind(r.last_seen);
                             });
                             q.push($crate::store::sql::UPSERT_REJECTION);
+                            q.build().execute(&mut *tx).await?;
+                        }
+                        let mut devices: Vec<&str> = rows.iter().map(|r| r.device.as_str()).collect();
+                        devices.sort_unstable();
+                        devices.dedup();
+                        for chunk in devices.chunks($crate::store::sql::REJECTIONS_PER_STATEMENT) {
+                            let mut q = sqlx::QueryBuilder::<Db>::new(
+                                "DELETE FROM rejected_commits WHERE device IN (",
+                            );
+                            let mut list = q.separated(", ");
+                            for d in chunk {
+                                list.push_bind(*d);
+                            }
+                            q.push($crate::store::sql::KEEP_NEWEST_OF_DEVICES);
+                            let mut list = q.separated(", ");
+                            for d in chunk {
+                                list.push_bind(*d);
+                            }
+                            q.push(") ) ranked WHERE n <= ");
+                            q.push_bind(keep_per_device.min(i64::MAX as u64) as i64);
+                            q.push(")");
                             q.build().execute(&mut *tx).await?;
                         }
                         sqlx::query("DELETE FROM rejected_commits WHERE last_seen < $1")

@@ -48,7 +48,23 @@ fn devices_of(c: &Value) -> Vec<(String, u64)> {
 
 #[test]
 fn two_devices_on_a_rejected_commit_are_listed_until_it_is_allowed() {
-    let rx = Receiver::start();
+    listed_until_allowed(&Receiver::start());
+}
+
+/// The same on a PostgreSQL index (the upsert, the per-device trim and the
+/// listing are SQL both databases run).
+#[test]
+fn two_devices_on_a_rejected_commit_are_listed_until_it_is_allowed_on_postgres() {
+    use crate::receiver::postgres::{receiver, TestDb};
+    let test = "two_devices_on_a_rejected_commit_are_listed_until_it_is_allowed_on_postgres";
+    let Some(db) = TestDb::create(test) else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    listed_until_allowed(&receiver(&db, data.path()));
+}
+
+fn listed_until_allowed(rx: &Receiver) {
     let a = rx.ready_device("lab-a");
     let b = rx.add_device("lab-b");
     let body = sample_archive("r-1", 1);
@@ -58,7 +74,7 @@ fn two_devices_on_a_rejected_commit_are_listed_until_it_is_allowed() {
     expect(&rx.put(&b, "r-1", COMMIT_B, &body), 412, "commit-rejected");
 
     // The API answers at once (it adds what is not flushed yet).
-    let api = api_list(&rx);
+    let api = api_list(rx);
     assert_eq!(api.len(), 1, "{api:?}");
     let mut devices = devices_of(&api[0]);
     devices.sort();
@@ -66,7 +82,7 @@ fn two_devices_on_a_rejected_commit_are_listed_until_it_is_allowed() {
 
     // The CLI sees it once the receiver flushed (every 5 s).
     let listed = ferry_tests::wait_for("the CLI to list the rejected commit", || {
-        let l = cli_list(&rx);
+        let l = cli_list(rx);
         (l.len() == 1 && l[0]["attempts"] == 4).then_some(l)
     });
     let c = &listed[0];
@@ -84,8 +100,8 @@ fn two_devices_on_a_rejected_commit_are_listed_until_it_is_allowed() {
     let args: Vec<&str> = command.split_whitespace().collect();
     assert_eq!(args[0], "ferry-receiver");
     rx.cli_ok(&args[1..]);
-    assert!(cli_list(&rx).is_empty());
-    assert!(api_list(&rx).is_empty());
+    assert!(cli_list(rx).is_empty());
+    assert!(api_list(rx).is_empty());
     expect(&rx.put(&b, "r-1", COMMIT_B, &body), 201, "stored");
 }
 
