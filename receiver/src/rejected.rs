@@ -416,6 +416,11 @@ mod tests {
         r.flush(&index, Duration::from_secs(3600)).await;
         assert_eq!(index.rejections(0, 10).await.unwrap().len(), 1);
 
+        // A renamed device's rejections follow it.
+        index.add_device("a", &[1; 32], now).await.unwrap();
+        index.rename_device("a", "a2").await.unwrap();
+        assert_eq!(index.rejections(0, 10).await.unwrap()[0].device, "a2");
+
         // An allowed commit is no longer listed.
         index
             .allow_commit(&commit(1), false, None, now)

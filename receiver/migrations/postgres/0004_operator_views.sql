@@ -4,8 +4,9 @@
 -- and upserts a batch every few seconds (never a write per request), so a
 -- row is (commit, device) with its number of attempts and first and last
 -- time seen (unix seconds). Rows older than `rejected_window` are pruned
--- by the same flush, and a device keeps at most its newest 64 rows. No foreign key on `device`: a flush must not fail for
--- a device renamed since its attempt was counted.
+-- by the same flush, and a device keeps at most its newest 64 rows. No
+-- foreign key on `device`: a flush must not fail for a device renamed
+-- since its attempt was counted (`devices rename` moves the rows).
 CREATE TABLE rejected_commits (
     commit_id   TEXT   NOT NULL,
     device      TEXT   NOT NULL,

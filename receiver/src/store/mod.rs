@@ -9,6 +9,7 @@
 pub mod commit;
 pub mod objects;
 pub mod postgres;
+mod rejections_sql;
 mod sql;
 pub mod sqlite;
 

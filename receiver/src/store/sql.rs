@@ -213,36 +213,6 @@ pub(crate) fn device_info(r: DeviceRow) -> DeviceInfo {
     }
 }
 
-/// Rows of one upsert of rejections: 5 parameters each, far below either
-/// database's limit per statement.
-pub(crate) const REJECTIONS_PER_STATEMENT: usize = 1000;
-
-/// Adds a flushed tally to the stored one. `excluded` is the row that was
-/// not inserted; CASE rather than MIN/LEAST, which the two databases spell
-/// differently.
-pub(crate) const UPSERT_REJECTION: &str = " ON CONFLICT (commit_id, device) DO UPDATE SET \
-     attempts = rejected_commits.attempts + excluded.attempts, \
-     first_seen = CASE WHEN excluded.first_seen < rejected_commits.first_seen \
-                  THEN excluded.first_seen ELSE rejected_commits.first_seen END, \
-     last_seen = CASE WHEN excluded.last_seen > rejected_commits.last_seen \
-                 THEN excluded.last_seen ELSE rejected_commits.last_seen END";
-
-/// The middle of the statement that keeps only the newest rows of each
-/// device of a flush: `DELETE … WHERE device IN (<devices>)` + this +
-/// `<devices>) ) ranked WHERE n <= <keep>)`. The device index
-/// (migration 0004) serves both lists.
-pub(crate) const KEEP_NEWEST_OF_DEVICES: &str = ") AND (commit_id, device) NOT IN \
-     (SELECT commit_id, device FROM (SELECT commit_id, device, ROW_NUMBER() OVER \
-     (PARTITION BY device ORDER BY last_seen DESC, commit_id) AS n \
-     FROM rejected_commits WHERE device IN (";
-
-/// Rejections seen since `$1`, of commits not (or no longer) on the
-/// allow-list, newest first.
-pub(crate) const LIST_REJECTIONS: &str = "SELECT r.commit_id, r.device, r.attempts, \
-     r.first_seen, r.last_seen FROM rejected_commits r WHERE r.last_seen >= $1 \
-     AND NOT EXISTS (SELECT 1 FROM commits c WHERE c.commit_id = r.commit_id) \
-     ORDER BY r.last_seen DESC, r.commit_id, r.device LIMIT $2";
-
 pub(crate) type CommitRow = (String, bool, Option<String>, i64);
 
 pub(crate) fn commit_info(r: CommitRow) -> CommitInfo {
@@ -476,6 +446,16 @@ macro_rules! impl_sql_index {
                             .await
                     })?;
                     if done.rows_affected() > 0 {
+                        // Its rejected commits follow (shown to operators
+                        // only; a pair the new name somehow has already
+                        // stays under the old one until the window ends).
+                        $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                            sqlx::query($crate::store::rejections_sql::RENAME_REJECTIONS)
+                                .bind(old)
+                                .bind(new)
+                                .execute(&mut **conn)
+                                .await
+                        })?;
                         return Ok($crate::store::RenameDevice::Renamed);
                     }
                     Ok(match self.device(old).await? {
@@ -692,7 +672,7 @@ macro_rules! impl_sql_index {
                     $crate::store::sql::write_on_conn!($pool, self.pool, |conn| async {
                         use sqlx::Connection as _;
                         let mut tx = (&mut **conn).begin().await?;
-                        for chunk in rows.chunks($crate::store::sql::REJECTIONS_PER_STATEMENT) {
+                        for chunk in rows.chunks($crate::store::rejections_sql::REJECTIONS_PER_STATEMENT) {
                             let mut q = sqlx::QueryBuilder::<Db>::new(
                                 "INSERT INTO rejected_commits (commit_id, device, attempts, first_seen, last_seen) ",
                             );
@@ -703,13 +683,13 @@ macro_rules! impl_sql_index {
                                     .push_bind(r.first_seen)
                                     .push_bind(r.last_seen);
                             });
-                            q.push($crate::store::sql::UPSERT_REJECTION);
+                            q.push($crate::store::rejections_sql::UPSERT_REJECTION);
                             q.build().execute(&mut *tx).await?;
                         }
                         let mut devices: Vec<&str> = rows.iter().map(|r| r.device.as_str()).collect();
                         devices.sort_unstable();
                         devices.dedup();
-                        for chunk in devices.chunks($crate::store::sql::REJECTIONS_PER_STATEMENT) {
+                        for chunk in devices.chunks($crate::store::rejections_sql::REJECTIONS_PER_STATEMENT) {
                             let mut q = sqlx::QueryBuilder::<Db>::new(
                                 "DELETE FROM rejected_commits WHERE device IN (",
                             );
@@ -717,7 +697,7 @@ macro_rules! impl_sql_index {
                             for d in chunk {
                                 list.push_bind(*d);
                             }
-                            q.push($crate::store::sql::KEEP_NEWEST_OF_DEVICES);
+                            q.push($crate::store::rejections_sql::KEEP_NEWEST_OF_DEVICES);
                             let mut list = q.separated(", ");
                             for d in chunk {
                                 list.push_bind(*d);
@@ -744,7 +724,7 @@ macro_rules! impl_sql_index {
             ) -> $crate::store::BoxFut<'_, Vec<$crate::store::Rejection>> {
                 Box::pin(async move {
                     let rows: Vec<(String, String, i64, i64, i64)> =
-                        sqlx::query_as($crate::store::sql::LIST_REJECTIONS)
+                        sqlx::query_as($crate::store::rejections_sql::LIST_REJECTIONS)
                             .bind(since)
                             .bind(limit.min(i64::MAX as u64) as i64)
                             .fetch_all(&self.pool)
