@@ -115,7 +115,8 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}\
 .scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.92em}\
 td,th{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}\
 tr.behind{background:#fde8e8}td.n{text-align:right}code{font-size:.9em;word-break:break-all}\
-.cmd{background:#f4f4f4;padding:.1em .3em;display:inline-block}.muted{color:#777}\
+.cmd{background:#f4f4f4;padding:.1em .3em;display:inline-block}\
+tr.rejected td{border-bottom:none}td.age,td.n{white-space:nowrap}.muted{color:#777}\
 svg{max-width:100%;height:auto;background:#fafafa;border:1px solid #ddd}";
 
 pub async fn page(State(st): State<SharedState>, h: HeaderMap) -> Response {
@@ -209,7 +210,7 @@ fn rejected_section(h: &mut String, rejected: &[RejectedCommit], now: SystemTime
     }
     h.push_str(
         "<div class=\"scroll\"><table id=\"rejected\"><tr><th>commit</th><th>devices (attempts)</th>\
-         <th>attempts</th><th>last seen</th><th>to allow it</th></tr>",
+         <th>attempts</th><th>last seen</th></tr>",
     );
     for c in rejected.iter().take(MAX_ROWS) {
         let devices: Vec<String> = c
@@ -226,7 +227,8 @@ fn rejected_section(h: &mut String, rejected: &[RejectedCommit], now: SystemTime
         let _ = write!(
             h,
             "<tr class=\"rejected\"><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td>\
-             <td>{}</td><td><code class=\"cmd\">{}</code></td></tr>",
+             <td class=\"age\">{}</td></tr><tr class=\"allow\"><td colspan=\"4\">to allow it: \
+             <code class=\"cmd\">{}</code></td></tr>",
             esc(&c.commit),
             devices.join(", "),
             c.attempts,
@@ -307,7 +309,7 @@ fn devices_section(
         };
         let _ = write!(
             h,
-            "<tr class=\"{}\"><td class=\"name\">{}</td><td>{state}</td><td>{}</td><td>{}</td>\
+            "<tr class=\"{}\"><td class=\"name\">{}</td><td>{state}</td><td class=\"age\">{}</td><td class=\"age\">{}</td>\
              <td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             if fb { "device behind" } else { "device" },
             esc(&d.name),
