@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ferry_tests::{sample_archive, Receiver, COMMIT_B};
+use ferry_tests::{make_episode, sample_archive, Receiver, Spool, COMMIT_B};
 
 use crate::receiver::expect;
 use serde_json::Value;
@@ -103,6 +103,43 @@ fn listed_until_allowed(rx: &Receiver) {
     assert!(cli_list(rx).is_empty());
     assert!(api_list(rx).is_empty());
     expect(&rx.put(&b, "r-1", COMMIT_B, &body), 201, "stored");
+}
+
+/// The same seen from real agents: two devices whose producers record a
+/// commit the receiver does not allow drain their spools (the episodes are
+/// quarantined as `commit-rejected`), and the operator finds both devices
+/// under that commit.
+#[test]
+fn agents_shipping_a_rejected_commit_show_up_under_it() {
+    let rx = Receiver::start();
+    rx.allow(ferry_tests::COMMIT_A, true);
+    let spools: Vec<Spool> = ["cell-1", "cell-2"]
+        .iter()
+        .map(|name| Spool::new(&rx, name))
+        .collect();
+    for (n, spool) in spools.iter().enumerate() {
+        let data = ferry_tests::noise(n as u64, 4096);
+        make_episode(
+            spool.path(),
+            "run-0001",
+            Some(COMMIT_B),
+            &[("data.bin", &data)],
+        );
+        let _ = spool.drain("30s");
+        assert_eq!(spool.ids_in("quarantine"), ["run-0001"]);
+    }
+    let listed = ferry_tests::wait_for("both agents' devices under the commit", || {
+        let l = cli_list(&rx);
+        (l.len() == 1 && l[0]["devices"].as_array().unwrap().len() == 2).then_some(l)
+    });
+    let mut names: Vec<String> = devices_of(&listed[0]).into_iter().map(|d| d.0).collect();
+    names.sort();
+    assert_eq!(names, ["cell-1", "cell-2"]);
+    assert_eq!(listed[0]["commit"], COMMIT_B);
+    let command = listed[0]["allow_command"].as_str().unwrap();
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    rx.cli_ok(&args);
+    assert!(cli_list(&rx).is_empty());
 }
 
 /// The tallies between two flushes are written at shutdown: a 412
