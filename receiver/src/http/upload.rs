@@ -186,7 +186,6 @@ async fn check_headers(
 /// The allow-list check: 412 with the rendered remediation.
 fn check_commit(
     state: &SharedState,
-    device: &str,
     commit: &Commit,
     status: &CommitStatus,
 ) -> Result<(), AppError> {
@@ -194,7 +193,6 @@ fn check_commit(
         return Ok(());
     }
     state.metrics.rejected(commit.as_str());
-    state.rejections.record(commit.as_str(), device, unix_now());
     Err(AppError(Reply::CommitRejected {
         your_commit: commit.to_string(),
         remediation: render_remediation(
@@ -241,7 +239,13 @@ pub async fn put_episode(State(state): State<SharedState>, req: Request) -> Resp
 async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
     let (mut parts, body) = req.into_parts();
     let mut up = check_headers(state, &mut parts).await?;
-    check_commit(state, &up.device, &up.commit, &up.commit_status)?;
+    if let Err(e) = check_commit(state, &up.commit, &up.commit_status) {
+        // Tallied for the operator (`crate::rejected`): a map update.
+        state
+            .rejections
+            .record(up.commit.as_str(), &up.device, unix_now());
+        return Err(e);
+    }
 
     if let Some(existing) = up.existing.take() {
         if existing.sha256 != up.sha256.as_str() {
