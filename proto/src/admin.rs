@@ -143,3 +143,35 @@ pub struct VerifyFinding {
     pub actual_sha256: Option<String>,
     pub detail: Option<String>,
 }
+
+/// One device's attempts with a rejected commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedDevice {
+    pub device: String,
+    /// Uploads answered 412 for this commit.
+    pub attempts: u64,
+    /// UTC, `%Y-%m-%dT%H:%M:%SZ`.
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// One commit answered 412 within the receiver's `rejected_window`, from
+/// `commits rejected --json` and `GET /v1/admin/commits/rejected`, newest
+/// first. A commit that is on the allow-list is not listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedCommit {
+    pub commit: String,
+    /// Attempts of every device together.
+    pub attempts: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    /// The devices running it, most recent first.
+    pub devices: Vec<RejectedDevice>,
+    /// The command that allows it: [`allow_command`].
+    pub allow_command: String,
+}
+
+/// The exact command an operator runs to allow `commit`.
+pub fn allow_command(commit: &str) -> String {
+    format!("ferry-receiver commits allow {commit}")
+}

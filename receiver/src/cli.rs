@@ -32,6 +32,9 @@ pub enum Admin {
     CommitsList {
         json: bool,
     },
+    CommitsRejected {
+        json: bool,
+    },
     DevicesAdd {
         name: String,
     },
@@ -117,6 +120,34 @@ async fn execute(config: &Config, index: &Arc<dyn Index>, cmd: Admin) -> Result<
                     c.allowed_at,
                     c.note.unwrap_or_default()
                 );
+            }
+        }
+        Admin::CommitsRejected { json } => {
+            // This process tallies nothing: the list is what the running
+            // receiver has flushed (every few seconds).
+            let pending = crate::rejected::Rejections::default();
+            let list = crate::rejected::list(&**index, &pending, config.rejected_window).await?;
+            if json {
+                return Ok(print_json(&list));
+            }
+            if list.is_empty() {
+                eprintln!(
+                    "no commit was rejected in the last {}",
+                    humantime::format_duration(config.rejected_window)
+                );
+            }
+            for c in list {
+                println!(
+                    "{}  attempts={}  first_seen={}  last_seen={}",
+                    c.commit, c.attempts, c.first_seen, c.last_seen
+                );
+                for d in &c.devices {
+                    println!(
+                        "    {}  attempts={}  first_seen={}  last_seen={}",
+                        d.device, d.attempts, d.first_seen, d.last_seen
+                    );
+                }
+                println!("    allow: {}", c.allow_command);
             }
         }
         Admin::DevicesAdd { name } => {

@@ -22,6 +22,9 @@ pub const KEYS: &[&str] = &[
     "max_connections",
     "admin_token_file",
     "remediation",
+    "rejected_window",
+    "behind_after",
+    "status_page",
     "tls_cert",
     "tls_key",
     "body_read_timeout",
@@ -232,6 +235,20 @@ impl RawConfig {
         let remediation = self
             .parse("remediation", |s| Ok(s.to_owned()))?
             .unwrap_or_else(|| DEFAULT_REMEDIATION.to_owned());
+        let rejected_window = self
+            .parse("rejected_window", parse_duration)?
+            .unwrap_or(Duration::from_secs(7 * 24 * 3600));
+        let behind_after = self
+            .parse("behind_after", parse_duration)?
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        let status_page = self
+            .parse("status_page", |s| match s {
+                "admin" => Ok(StatusPage::Admin),
+                "public" => Ok(StatusPage::Public),
+                "off" => Ok(StatusPage::Off),
+                _ => Err(format!("{s:?} is none of \"admin\", \"public\", \"off\"")),
+            })?
+            .unwrap_or(StatusPage::Admin);
         let tls_cert = self.parse("tls_cert", nonempty)?.map(PathBuf::from);
         let tls_key = self.parse("tls_key", nonempty)?.map(PathBuf::from);
         let tls = match (tls_cert, tls_key) {
@@ -273,6 +290,9 @@ impl RawConfig {
             max_connections,
             admin_token_file,
             remediation,
+            rejected_window,
+            behind_after,
+            status_page,
             tls,
             body_read_timeout,
             min_upload_rate,
@@ -367,6 +387,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Who may see the status page (`GET /`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusPage {
+    /// The admin token, as a bearer token or the HTTP Basic password.
+    Admin,
+    /// Anyone who reaches the port.
+    Public,
+    /// No page: 404.
+    Off,
+}
+
 /// PEM files of the server certificate chain and private key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -393,6 +424,11 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     /// The 412 remediation template.
     pub remediation: String,
+    /// How far back `commits rejected` and the status page look.
+    pub rejected_window: Duration,
+    /// A device with no upload for this long is "falling behind".
+    pub behind_after: Duration,
+    pub status_page: StatusPage,
     pub tls: Option<TlsFiles>,
     /// Longest pause between two pieces of an upload body.
     pub body_read_timeout: Duration,

@@ -18,6 +18,8 @@ pub mod http;
 pub mod malformed;
 pub mod metrics;
 pub mod ops;
+pub mod rate;
+pub mod rejected;
 pub mod server;
 pub mod store;
 pub mod sweep;

@@ -83,6 +83,9 @@ enum CommitsCmd {
     Revoke { commit: String },
     /// List allowed commits.
     List(JsonFlag),
+    /// Commits answered 412 within `rejected_window`, with the devices
+    /// running them and the command that allows each.
+    Rejected(JsonFlag),
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +232,7 @@ fn main() -> ExitCode {
         }
         Command::Commits(CommitsCmd::Revoke { commit }) => Admin::CommitsRevoke { commit },
         Command::Commits(CommitsCmd::List(j)) => Admin::CommitsList { json: j.json },
+        Command::Commits(CommitsCmd::Rejected(j)) => Admin::CommitsRejected { json: j.json },
         Command::Devices(DevicesCmd::Add { name }) => Admin::DevicesAdd { name },
         Command::Devices(DevicesCmd::List(j)) => Admin::DevicesList { json: j.json },
         Command::Devices(DevicesCmd::Revoke { name }) => Admin::DevicesRevoke { name },

@@ -171,9 +171,21 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         async move { objects.migrate(shutdown).await }
     });
 
+    let flusher = state.rejections.spawn_flusher(
+        state.index.clone(),
+        config.rejected_window,
+        shutdown.clone(),
+    );
+
     accept_loop(listener, tls, routers, &config, shutdown).await;
     sweeper.abort();
     migrator.abort();
+    // The last tallies, including 412s answered during the grace period.
+    let _ = flusher.await;
+    state
+        .rejections
+        .flush(&*state.index, config.rejected_window)
+        .await;
     Ok(())
 }
 

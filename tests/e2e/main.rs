@@ -5,5 +5,6 @@
 mod agent;
 mod fleet;
 mod hostile;
+mod operator;
 mod receiver;
 mod reliability;

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ferry_proto::admin::{
-    AddDevice, AllowCommit, CommitInfo, DeviceInfo, EpisodeInfo, NewDevice, RenameDevice,
+    AddDevice, AllowCommit, CommitInfo, DeviceInfo, EpisodeInfo, NewDevice, RejectedCommit,
+    RenameDevice,
 };
 use ferry_proto::admin::{CommitRevoked, DeviceRevoked, Revoked};
 use ferry_proto::{headers, BadRequest, Reply, Sha256};
@@ -25,6 +26,7 @@ use crate::tokens;
 pub fn router() -> Router<SharedState> {
     Router::new()
         .route("/commits", get(list_commits).post(allow_commit))
+        .route("/commits/rejected", get(rejected_commits))
         .route("/commits/{commit}", delete(revoke_commit))
         .route("/devices", get(list_devices).post(add_device))
         .route("/devices/{name}", delete(revoke_device))
@@ -89,6 +91,17 @@ async fn list_commits(
 ) -> Result<Json<Vec<CommitInfo>>, AppError> {
     admin(&st, &h)?;
     Ok(Json(st.index.list_commits().await?))
+}
+
+/// `GET /v1/admin/commits/rejected`: as `commits rejected --json`, plus
+/// what this process has not flushed yet.
+async fn rejected_commits(
+    State(st): State<SharedState>,
+    h: HeaderMap,
+) -> Result<Json<Vec<RejectedCommit>>, AppError> {
+    admin(&st, &h)?;
+    let list = crate::rejected::list(&*st.index, &st.rejections, st.config.rejected_window).await?;
+    Ok(Json(list))
 }
 
 async fn allow_commit(

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod device;
 pub mod error;
 pub mod health;
+pub mod page_auth;
 pub mod slots;
 pub mod status_page;
 pub mod upload;
@@ -58,6 +59,10 @@ pub struct AppState {
     pub committer: Committer,
     /// The last `/readyz` probe, reused for a second.
     pub ready_cache: health::ReadyCache,
+    /// Commits answered 412, tallied until the next flush.
+    pub rejections: Arc<crate::rejected::Rejections>,
+    /// Bytes and episodes stored per minute, the last hour.
+    pub upload_rate: crate::rate::UploadRate,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -81,6 +86,8 @@ impl AppState {
             admin_token,
             touched: Mutex::new(HashMap::new()),
             ready_cache: health::ReadyCache::default(),
+            rejections: Arc::default(),
+            upload_rate: crate::rate::UploadRate::default(),
         }
     }
 

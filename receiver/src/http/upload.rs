@@ -239,7 +239,13 @@ pub async fn put_episode(State(state): State<SharedState>, req: Request) -> Resp
 async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
     let (mut parts, body) = req.into_parts();
     let mut up = check_headers(state, &mut parts).await?;
-    check_commit(state, &up.commit, &up.commit_status)?;
+    if let Err(e) = check_commit(state, &up.commit, &up.commit_status) {
+        // Tallied for the operator (`crate::rejected`): a map update.
+        state
+            .rejections
+            .record(up.commit.as_str(), &up.device, unix_now());
+        return Err(e);
+    }
 
     if let Some(existing) = up.existing.take() {
         if existing.sha256 != up.sha256.as_str() {
@@ -422,6 +428,7 @@ async fn store(
     match state.committer.commit(written, row).await? {
         Inserted::Created => {
             state.metrics.episodes_stored.inc();
+            state.upload_rate.record(size, unix_now());
             tracing::info!(
                 episode_id = %up.id, device = up.device, commit = %up.commit,
                 sha256 = %up.sha256, size, "episode stored"
@@ -469,7 +476,12 @@ async fn refused_at_commit(state: &SharedState, up: &Upload, why: Standing) -> A
                 Err(e) => return e.into(),
             };
             match check_commit(state, &up.commit, &status) {
-                Err(e) => e,
+                Err(e) => {
+                    state
+                        .rejections
+                        .record(up.commit.as_str(), &up.device, unix_now());
+                    e
+                }
                 // Allowed again since: the retry will be stored.
                 Ok(()) => AppError(Reply::Overloaded {
                     retry_after_secs: 1,

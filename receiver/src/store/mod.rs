@@ -9,6 +9,7 @@
 pub mod commit;
 pub mod objects;
 pub mod postgres;
+mod rejections_sql;
 mod sql;
 pub mod sqlite;
 
@@ -141,6 +142,16 @@ pub struct Preflight {
     pub episode: Option<EpisodeInfo>,
 }
 
+/// The 412 answers one device got for one commit (times in unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub commit: String,
+    pub device: String,
+    pub attempts: u64,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
 /// Totals for the status page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -214,6 +225,18 @@ pub trait Index: Send + Sync + 'static {
         device: Option<&'a str>,
         limit: Option<u64>,
     ) -> BoxFut<'a, Vec<EpisodeInfo>>;
+    /// Adds tallies of 412 answers to the stored ones (one transaction),
+    /// keeps only the `keep_per_device` newest of each device in `rows`
+    /// and removes those last seen before `prune_before`.
+    fn record_rejections<'a>(
+        &'a self,
+        rows: &'a [Rejection],
+        prune_before: i64,
+        keep_per_device: u64,
+    ) -> BoxFut<'a, ()>;
+    /// Stored tallies last seen at or after `since` whose commit is not on
+    /// the allow-list, newest first, at most `limit`.
+    fn rejections(&self, since: i64, limit: u64) -> BoxFut<'_, Vec<Rejection>>;
     /// Whether any row, of any device, references an object: objects are
     /// content-addressed and shared by every row with the same bytes.
     fn sha_referenced<'a>(&'a self, sha256: &'a str) -> BoxFut<'a, bool>;

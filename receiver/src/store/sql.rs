@@ -186,13 +186,12 @@ pub(crate) fn preflight(row: PreflightRow) -> super::Preflight {
 }
 
 pub(crate) type DeviceRow = (String, bool, i64, Option<i64>, Option<i64>, i64, i64);
-/// The columns of [`DeviceRow`], for every device or one.
+/// The columns of [`DeviceRow`], for every device or one. The counts are
+/// kept by the INSERT trigger (migration 0004): no per-device scan.
 macro_rules! select_devices {
     () => {
         "SELECT d.name, d.revoked, d.created_at, d.last_seen_at, d.last_upload_at, \
-         (SELECT COUNT(*) FROM episodes e WHERE e.device = d.name), \
-         (SELECT CAST(COALESCE(SUM(e.size), 0) AS BIGINT) FROM episodes e WHERE e.device = d.name) \
-         FROM devices d"
+         d.episode_count, d.episode_bytes FROM devices d"
     };
 }
 pub(crate) const LIST_DEVICES: &str = concat!(select_devices!(), " ORDER BY d.name");
@@ -516,6 +515,16 @@ macro_rules! impl_sql_index {
                             .await
                     })?;
                     if done.rows_affected() > 0 {
+                        // Its rejected commits follow (shown to operators
+                        // only; a pair the new name somehow has already
+                        // stays under the old one until the window ends).
+                        $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                            sqlx::query($crate::store::rejections_sql::RENAME_REJECTIONS)
+                                .bind(old)
+                                .bind(new)
+                                .execute(&mut **conn)
+                                .await
+                        })?;
                         return Ok($crate::store::RenameDevice::Renamed);
                     }
                     Ok(match self.device(old).await? {
@@ -721,6 +730,88 @@ macro_rules! impl_sql_index {
                 })
             }
 
+            fn record_rejections<'a>(
+                &'a self,
+                rows: &'a [$crate::store::Rejection],
+                prune_before: i64,
+                keep_per_device: u64,
+            ) -> $crate::store::BoxFut<'a, ()> {
+                Box::pin(async move {
+                    type Db = <$pool as $crate::store::sql::HasDb>::Db;
+                    $crate::store::sql::write_on_conn!($pool, self.pool, |conn| async {
+                        use sqlx::Connection as _;
+                        let mut tx = (&mut **conn).begin().await?;
+                        for chunk in rows.chunks($crate::store::rejections_sql::REJECTIONS_PER_STATEMENT) {
+                            let mut q = sqlx::QueryBuilder::<Db>::new(
+                                "INSERT INTO rejected_commits (commit_id, device, attempts, first_seen, last_seen) ",
+                            );
+                            q.push_values(chunk, |mut b, r| {
+                                b.push_bind(&r.commit)
+                                    .push_bind(&r.device)
+                                    .push_bind(r.attempts.min(i64::MAX as u64) as i64)
+                                    .push_bind(r.first_seen)
+                                    .push_bind(r.last_seen);
+                            });
+                            q.push($crate::store::rejections_sql::UPSERT_REJECTION);
+                            q.build().execute(&mut *tx).await?;
+                        }
+                        let mut devices: Vec<&str> = rows.iter().map(|r| r.device.as_str()).collect();
+                        devices.sort_unstable();
+                        devices.dedup();
+                        for chunk in devices.chunks($crate::store::rejections_sql::REJECTIONS_PER_STATEMENT) {
+                            let mut q = sqlx::QueryBuilder::<Db>::new(
+                                "DELETE FROM rejected_commits WHERE device IN (",
+                            );
+                            let mut list = q.separated(", ");
+                            for d in chunk {
+                                list.push_bind(*d);
+                            }
+                            q.push($crate::store::rejections_sql::KEEP_NEWEST_OF_DEVICES);
+                            let mut list = q.separated(", ");
+                            for d in chunk {
+                                list.push_bind(*d);
+                            }
+                            q.push(") ) ranked WHERE n <= ");
+                            q.push_bind(keep_per_device.min(i64::MAX as u64) as i64);
+                            q.push(")");
+                            q.build().execute(&mut *tx).await?;
+                        }
+                        sqlx::query("DELETE FROM rejected_commits WHERE last_seen < $1")
+                            .bind(prune_before)
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await
+                    }.await)?;
+                    Ok(())
+                })
+            }
+
+            fn rejections(
+                &self,
+                since: i64,
+                limit: u64,
+            ) -> $crate::store::BoxFut<'_, Vec<$crate::store::Rejection>> {
+                Box::pin(async move {
+                    let rows: Vec<(String, String, i64, i64, i64)> =
+                        sqlx::query_as($crate::store::rejections_sql::LIST_REJECTIONS)
+                            .bind(since)
+                            .bind(limit.min(i64::MAX as u64) as i64)
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err($crate::store::sql::classify)?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|r| $crate::store::Rejection {
+                            commit: r.0,
+                            device: r.1,
+                            attempts: r.2.max(0) as u64,
+                            first_seen: r.3,
+                            last_seen: r.4,
+                        })
+                        .collect())
+                })
+            }
+
             fn sha_referenced<'a>(&'a self, sha256: &'a str) -> $crate::store::BoxFut<'a, bool> {
                 Box::pin(async move {
                     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM episodes WHERE sha256 = $1")
@@ -735,9 +826,9 @@ macro_rules! impl_sql_index {
             fn totals(&self) -> $crate::store::BoxFut<'_, $crate::store::Totals> {
                 Box::pin(async move {
                     let (episodes, bytes, devices, commits): (i64, i64, i64, i64) = sqlx::query_as(
-                        "SELECT (SELECT COUNT(*) FROM episodes), \
-                         (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM episodes), \
-                         (SELECT COUNT(*) FROM devices), (SELECT COUNT(*) FROM commits)",
+                        "SELECT CAST(COALESCE(SUM(episode_count), 0) AS BIGINT), \
+                         CAST(COALESCE(SUM(episode_bytes), 0) AS BIGINT), \
+                         COUNT(*), (SELECT COUNT(*) FROM commits) FROM devices",
                     )
                     .fetch_one(&self.pool)
                     .await

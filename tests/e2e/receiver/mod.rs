@@ -26,7 +26,7 @@ mod devices;
 mod fleet;
 mod limits;
 mod migration;
-mod postgres;
+pub(crate) mod postgres;
 mod protocol;
 mod race;
 mod shutdown;

@@ -14,12 +14,12 @@ use super::{expect, stored};
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// A database created for one test and dropped with it.
-pub(super) struct TestDb {
+pub(crate) struct TestDb {
     name: String,
 }
 
 impl TestDb {
-    pub(super) fn create(test: &str) -> Option<TestDb> {
+    pub(crate) fn create(test: &str) -> Option<TestDb> {
         let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
         if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
             ferry_tests::skip(test, "SKIPPED (no PostgreSQL on 127.0.0.1:5432)");
@@ -76,7 +76,7 @@ fn psql(sql: &str) -> bool {
         .unwrap_or(false)
 }
 
-pub(super) fn receiver(db: &TestDb, data: &std::path::Path) -> Receiver {
+pub(crate) fn receiver(db: &TestDb, data: &std::path::Path) -> Receiver {
     let url = db.url();
     // Every thread of the race tests gets an upload slot (one device holds
     // at most 4 by default).

@@ -102,7 +102,8 @@ fn health_readiness_metrics_and_status_page() {
     );
     assert!(text.contains("ferry_uploads_in_flight 0"), "{text}");
 
-    let r = rx.request("GET", "/", &[], b"");
+    let admin = format!("Bearer {}", rx.admin_token);
+    let r = rx.request("GET", "/", &[("Authorization", &admin)], b"");
     assert_eq!(r.status, 200);
     let page = r.text();
     assert!(

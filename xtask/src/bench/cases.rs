@@ -39,6 +39,9 @@ pub fn all(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Resu
     if opts.wants("scale") {
         scale(env, opts, report)?;
     }
+    if opts.wants("console") {
+        super::console::status_page(env, opts, report)?;
+    }
     Ok(())
 }
 
@@ -180,7 +183,7 @@ pub struct Bench {
 }
 
 impl Bench {
-    fn start(env: &Env, name: &str, extra_env: &[(&str, &str)]) -> Result<Bench> {
+    pub(super) fn start(env: &Env, name: &str, extra_env: &[(&str, &str)]) -> Result<Bench> {
         let data_dir = env.work.join(format!("receiver-{name}"));
         super::clear_dir(&data_dir);
         std::fs::create_dir_all(&data_dir)?;
@@ -196,7 +199,7 @@ impl Bench {
     }
 
     /// Start `serve` and return the time until it printed `listening on`.
-    fn spawn(&mut self, env: &Env, extra_env: &[(&str, &str)]) -> Result<Duration> {
+    pub(super) fn spawn(&mut self, env: &Env, extra_env: &[(&str, &str)]) -> Result<Duration> {
         let started = Instant::now();
         let mut child = Command::new(&env.receiver)
             .arg("serve")
@@ -237,7 +240,7 @@ impl Bench {
         Ok(ready)
     }
 
-    fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(20));
     }
 
@@ -848,8 +851,13 @@ fn fill_index(data_dir: &Path, rows: u64) -> Result<()> {
          INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) \
          SELECT printf('scale-%09d', i), printf('%064x', i), 10240, '{COMMIT}', 'scale-dev', 1700000000 + i FROM n; COMMIT;"
     );
+    sqlite3(&db, &sql)
+}
+
+/// Runs `sql` on the index `db` with the sqlite3 tool.
+pub(super) fn sqlite3(db: &Path, sql: &str) -> Result<()> {
     let st = Command::new("sqlite3")
-        .arg(&db)
+        .arg(db)
         .arg(sql)
         .status()
         .context("sqlite3")?;

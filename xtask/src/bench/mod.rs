@@ -6,6 +6,7 @@
 //! Speed is never asserted in a test; it is measured here.
 
 mod cases;
+mod console;
 mod corpus;
 mod nginx;
 mod vm;
