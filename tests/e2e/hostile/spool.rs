@@ -254,3 +254,27 @@ fn a_deeply_nested_episode_never_runs_the_agent_out_of_descriptors() {
         assert_eq!(stored.get(id), Some(&pack_sha(&shipped)), "{id}: {log}");
     }
 }
+
+/// The marker: a producer makes `done.marker` a dangling symlink. The scan
+/// (not following it) saw the episode ready, the upload task (following
+/// it) saw it gone: the episode stayed pending forever, never packed,
+/// never reported, and every drain exited 1. Now both look at the name
+/// alone, and the episode ships like any other.
+#[test]
+fn a_dangling_symlink_marker_never_leaves_an_episode_silently_pending() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "hostile-marker");
+    small(&spool, "good", 1);
+    let odd = small(&spool, "odd", 2);
+    std::fs::remove_file(odd.join("done.marker")).unwrap();
+    symlink("/nonexistent/ferry-marker", odd.join("done.marker")).unwrap();
+    let out = spool.drain("20s");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {log}", out.status);
+    let stored = stored(&rx);
+    for id in ["good", "odd"] {
+        let shipped = spool.path().join("shipped").join(id);
+        assert_eq!(stored.get(id), Some(&pack_sha(&shipped)), "{id}: {log}");
+    }
+}
