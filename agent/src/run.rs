@@ -507,9 +507,12 @@ impl Agent {
                 return;
             }
             // Gone since the scan (shipped from an early batch, purged or
-            // moved by an operator): nothing to do.
+            // moved by an operator): nothing to do. The marker is looked
+            // at as the scan does, not followed: a dangling symlink there
+            // made the scan see the episode ready and this check see it
+            // gone, so it stayed pending forever, never packed or reported.
             let marker = self.spool.episode_dir(&id).join(spool::DONE_MARKER);
-            if !blocking(move || marker.exists()).await {
+            if !blocking(move || marker.symlink_metadata().is_ok()).await {
                 return;
             }
             // The commit, from meta.json.

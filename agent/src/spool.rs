@@ -127,7 +127,8 @@ impl Spool {
     pub fn state_of(&self, id: &EpisodeId) -> Option<EpisodeState> {
         let ep = self.episode_dir(id);
         if ep.is_dir() {
-            return Some(if ep.join(DONE_MARKER).exists() {
+            // Not followed, as the scan looks at it.
+            return Some(if ep.join(DONE_MARKER).symlink_metadata().is_ok() {
                 EpisodeState::Pending
             } else {
                 EpisodeState::Writing

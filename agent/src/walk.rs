@@ -47,8 +47,17 @@ pub(crate) struct Tree<'a> {
     pub src: &'a Path,
     root: Dir,
     root_snap: Snapshot,
-    open: Vec<(OsString, Dir)>,
+    /// The directories from the root down to the last one asked for; only
+    /// the deepest [`MAX_OPEN`] hold a descriptor.
+    open: Vec<(OsString, Option<Dir>)>,
 }
+
+/// Directory descriptors the walk keeps open. A producer can nest
+/// directories thousands deep; one descriptor per level ran the agent out
+/// of descriptors (EMFILE), quarantining the episode as unreadable and
+/// failing whatever else the agent opened meanwhile. A level above these is
+/// reopened from the deepest one still open (or the root) when needed.
+const MAX_OPEN: usize = 32;
 
 impl<'a> Tree<'a> {
     pub fn open(src: &'a Path) -> Result<Tree<'a>, PackError> {
@@ -76,15 +85,41 @@ impl<'a> Tree<'a> {
             keep += 1;
         }
         self.open.truncate(keep);
-        for c in rel.iter().skip(keep) {
-            let d = self
-                .open
-                .last()
-                .map_or(&self.root, |(_, d)| d)
-                .open_dir(c)?;
-            self.open.push((c.to_owned(), d));
+        // Levels closed to bound the descriptors, below the deepest open.
+        let from = self
+            .open
+            .iter()
+            .rposition(|(_, d)| d.is_some())
+            .map_or(0, |i| i + 1);
+        for i in from..self.open.len() {
+            let d = self.level(i)?.open_dir(&self.open[i].0)?;
+            self.open[i].1 = Some(d);
+            self.close_above(i);
         }
-        Ok(self.open.last().map_or(&self.root, |(_, d)| d))
+        for c in rel.iter().skip(keep) {
+            let d = self.level(self.open.len())?.open_dir(c)?;
+            self.open.push((c.to_owned(), Some(d)));
+            self.close_above(self.open.len() - 1);
+        }
+        self.level(self.open.len())
+    }
+
+    /// The open parent of level `i` (the root for level 0).
+    fn level(&self, i: usize) -> io::Result<&Dir> {
+        match i.checked_sub(1) {
+            None => Ok(&self.root),
+            Some(p) => self.open[p]
+                .1
+                .as_ref()
+                .ok_or_else(|| io::Error::other("walk: a directory level was closed while in use")),
+        }
+    }
+
+    /// Level `i` was just opened: close the one [`MAX_OPEN`] above it.
+    fn close_above(&mut self, i: usize) {
+        if let Some(far) = i.checked_sub(MAX_OPEN) {
+            self.open[far].1 = None;
+        }
     }
 }
 
@@ -168,4 +203,29 @@ pub(crate) fn check_dirs(tree: &mut Tree<'_>, items: &[Item]) -> Result<(), Pack
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Levels above the open window are reopened: jumping back up to a
+    /// closed level and down again reaches the very directories the path
+    /// names, with no more than the window's descriptors held.
+    #[test]
+    fn closed_levels_are_reopened_to_the_same_directories() {
+        let t = tempfile::tempdir().unwrap();
+        let depth = 3 * MAX_OPEN;
+        let rel = |n: usize| -> PathBuf { (0..n).map(|i| format!("l{i}")).collect() };
+        std::fs::create_dir_all(t.path().join(rel(depth))).unwrap();
+        let mut tree = Tree::open(t.path()).unwrap();
+        for n in [depth, 5, depth - 1, MAX_OPEN + 3, 1, depth, 0, 2 * MAX_OPEN] {
+            let got = tree.dir(&rel(n)).unwrap().snapshot().unwrap().ino;
+            let want = std::fs::metadata(t.path().join(rel(n))).unwrap().ino();
+            assert_eq!(got, want, "level {n}");
+            let open = tree.open.iter().filter(|(_, d)| d.is_some()).count();
+            assert!(open <= MAX_OPEN + 1, "level {n}: {open} descriptors held");
+        }
+    }
 }

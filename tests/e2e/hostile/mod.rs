@@ -6,7 +6,8 @@
 //! really land.
 //!
 //! - `spool`: planted symlinks (1), blocking and unbounded reads (2), a
-//!   symlinked episode directory (6).
+//!   symlinked episode directory (6), directories nested deep enough to
+//!   exhaust the descriptors, a dangling symlink for `done.marker`.
 //! - `packing`: a file swapped while packed (3), a file that changes while
 //!   packed (4).
 //! - `outbox`: anything in the outbox the agent did not make (5).

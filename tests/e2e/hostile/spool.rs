@@ -1,4 +1,4 @@
-//! Classes 1, 2 and 6: what a producer can plant in `episodes/` (and the
+//! Classes 1, 2 and 6, and the depth of the tree: what a producer can plant in `episodes/` (and the
 //! spool root) to make the agent write through a symlink, hang on a FIFO,
 //! read a huge file whole, or silently skip an episode.
 
@@ -209,4 +209,72 @@ fn a_symlinked_episode_directory_is_reported_never_followed_or_silently_skipped(
         ["done.marker", "meta.json", "x"],
         "the target was touched"
     );
+}
+
+/// The depth of the tree: a producer nests directories 400 deep. The pack
+/// walk kept one descriptor open per level, so under a descriptor limit of
+/// 128 (prlimit) the walk failed with EMFILE every pass, the episode was
+/// quarantined as `unreadable` (with "check the disk" as the fix) and
+/// whatever else the agent opened meanwhile failed too. Now at most a few
+/// dozen levels stay open: the episode ships, byte for byte what
+/// `ferry-agent pack` makes of it.
+#[test]
+fn a_deeply_nested_episode_never_runs_the_agent_out_of_descriptors() {
+    if ferry_tests::lacks(
+        "prlimit",
+        "a_deeply_nested_episode_never_runs_the_agent_out_of_descriptors",
+    ) {
+        return;
+    }
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "hostile-depth");
+    small(&spool, "good", 1);
+    let deep = small(&spool, "deep", 2);
+    let mut leaf = deep.clone();
+    for _ in 0..400 {
+        leaf.push("d");
+    }
+    std::fs::create_dir_all(&leaf).unwrap();
+    std::fs::write(leaf.join("leaf.bin"), b"bottom").unwrap();
+
+    let agent = spool.agent("drain");
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.args(["--nofile=128:128", "--"])
+        .arg(agent.get_program())
+        .args(agent.get_args())
+        .args(["--timeout", "60s"]);
+    let out = cmd.output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {log}", out.status);
+    assert!(!log.contains("Too many open files"), "{log}");
+    let stored = stored(&rx);
+    for id in ["good", "deep"] {
+        let shipped = spool.path().join("shipped").join(id);
+        assert_eq!(stored.get(id), Some(&pack_sha(&shipped)), "{id}: {log}");
+    }
+}
+
+/// The marker: a producer makes `done.marker` a dangling symlink. The scan
+/// (not following it) saw the episode ready, the upload task (following
+/// it) saw it gone: the episode stayed pending forever, never packed,
+/// never reported, and every drain exited 1. Now both look at the name
+/// alone, and the episode ships like any other.
+#[test]
+fn a_dangling_symlink_marker_never_leaves_an_episode_silently_pending() {
+    let rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "hostile-marker");
+    small(&spool, "good", 1);
+    let odd = small(&spool, "odd", 2);
+    std::fs::remove_file(odd.join("done.marker")).unwrap();
+    symlink("/nonexistent/ferry-marker", odd.join("done.marker")).unwrap();
+    let out = spool.drain("20s");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {log}", out.status);
+    let stored = stored(&rx);
+    for id in ["good", "odd"] {
+        let shipped = spool.path().join("shipped").join(id);
+        assert_eq!(stored.get(id), Some(&pack_sha(&shipped)), "{id}: {log}");
+    }
 }
