@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub mod oracle;
+pub mod strace;
+
+pub use oracle::assert_archive_is_episode;
+pub use strace::Strace;
+
 /// Two well-formed commits for tests.
 pub const COMMIT_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 pub const COMMIT_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -43,17 +49,19 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// Whether a command is on PATH. Tests that need a tool print a loud
-/// `SKIPPED` line through [`skip`] when it is not.
+/// Whether a command is on PATH (an executable file in one of its
+/// directories, as `command -v` finds it, without needing a shell). Tests
+/// that need a tool go through [`lacks`], which reports through [`skip`].
 pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(tool))
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    })
 }
 
 /// Whether `test` must be skipped because `tool` is not on PATH; if so,
@@ -66,7 +74,14 @@ pub fn lacks(tool: &str, test: &str) -> bool {
     true
 }
 
-/// Report a skipped test loudly, on stderr and in a file CI prints at the end.
+/// Whether the run forbids skips (`FERRY_REQUIRE_ALL=1`, set by `.ci/run`).
+pub fn require_all() -> bool {
+    std::env::var("FERRY_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// The one way a test, or a part of one, is skipped: loudly on stderr and in
+/// the file `cargo xtask test` prints at the end (`FERRY_SKIP_LOG`). Under
+/// `FERRY_REQUIRE_ALL=1` a skip is a failure: it panics with the reason.
 pub fn skip(test: &str, why: &str) {
     let line = format!("SKIPPED {test}: {why}");
     eprintln!("\n!!!!!!!! {line} !!!!!!!!\n");
@@ -78,6 +93,11 @@ pub fn skip(test: &str, why: &str) {
         {
             let _ = writeln!(f, "{line}");
         }
+    }
+    if require_all() {
+        panic!(
+            "{line}; FERRY_REQUIRE_ALL=1 allows no skip (.ci/run installs what the suite needs)"
+        );
     }
 }
 
@@ -153,6 +173,27 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The journal mode of the SQLite database `db` as the `sqlite3` tool reads
+/// it (another program than the receiver), or `None` after a loud skip of
+/// `test`'s journal-mode check when `sqlite3` is missing.
+pub fn journal_mode(db: &Path, test: &str) -> Option<String> {
+    if lacks("sqlite3", &format!("{test} (journal mode check)")) {
+        return None;
+    }
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg("PRAGMA journal_mode;")
+        .output()
+        .expect("run sqlite3");
+    assert!(
+        out.status.success(),
+        "sqlite3 {}: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -400,6 +441,46 @@ impl Receiver {
         body: &[u8],
     ) -> Response {
         request(self.addr, method, path, headers, body)
+    }
+
+    /// `ferry_uploads_in_flight` from `/metrics`: uploads whose handler is
+    /// running (0 when the receiver does not answer).
+    pub fn uploads_in_flight(&self) -> u64 {
+        let Ok(mut s) = TcpStream::connect(self.addr) else {
+            return 0;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let head = request_head(self.addr, "GET", "/metrics", &[], 0);
+        if s.write_all(head.as_bytes()).is_err() {
+            return 0;
+        }
+        read_response(&mut s)
+            .text()
+            .lines()
+            .find(|l| l.starts_with("ferry_uploads_in_flight "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
+    /// Bytes in `<data_dir>/tmp`: bodies of uploads not yet stored.
+    pub fn temp_bytes(&self) -> u64 {
+        std::fs::read_dir(self.data_dir.join("tmp"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Wait until an upload is provably in flight: its handler runs (the
+    /// in-flight metric) and some of its body is on disk; so a kill after
+    /// this lands mid-upload, not before or after one.
+    pub fn wait_upload_in_flight(&self) {
+        wait_for("an upload in flight at the receiver", || {
+            (self.uploads_in_flight() > 0 && self.temp_bytes() > 0).then_some(())
+        });
     }
 
     /// PUT an episode with the usual headers.
@@ -786,4 +867,68 @@ pub fn assert_ok(out: &Output, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[cfg(test)]
+mod strict_mode {
+    //! `FERRY_REQUIRE_ALL=1` turns a skip into a failure: shown by running
+    //! a test of this binary again, in a child process whose PATH holds no
+    //! tool at all.
+
+    use std::process::Command;
+
+    /// Set for the child run only; without it the child test does nothing.
+    const CHILD: &str = "FERRY_STRICT_MODE_CHILD";
+
+    #[test]
+    fn child_needs_a_tool() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        // Passes when strace is found; skips (or, strictly, fails) when not.
+        let _ = crate::lacks("strace", "strict_mode::child_needs_a_tool");
+    }
+
+    /// The child under a PATH without strace, with and without strict mode:
+    /// (success, skip log).
+    fn child(strict: bool) -> (bool, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("skipped.txt");
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.args([
+            "--exact",
+            "strict_mode::child_needs_a_tool",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .env("PATH", dir.path())
+        .env("FERRY_SKIP_LOG", &log)
+        .env_remove("FERRY_REQUIRE_ALL");
+        if strict {
+            c.env("FERRY_REQUIRE_ALL", "1");
+        }
+        let out = c.output().expect("run this test binary again");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("1 passed") || stdout.contains("1 failed"),
+            "{stdout}"
+        );
+        (
+            out.status.success(),
+            std::fs::read_to_string(&log).unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn a_missing_tool_is_a_loud_skip_and_under_require_all_a_failure() {
+        let (ok, log) = child(false);
+        assert!(ok, "without FERRY_REQUIRE_ALL a missing tool skips");
+        assert!(
+            log.contains("SKIPPED strict_mode::child_needs_a_tool: strace is not installed"),
+            "{log:?}"
+        );
+        let (ok, log) = child(true);
+        assert!(!ok, "FERRY_REQUIRE_ALL=1 let a test pass without its tool");
+        assert!(log.contains("SKIPPED"), "the skip is still logged: {log:?}");
+    }
 }
