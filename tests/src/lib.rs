@@ -464,22 +464,28 @@ impl Receiver {
 
     /// Bytes in `<data_dir>/tmp`: bodies of uploads not yet stored.
     pub fn temp_bytes(&self) -> u64 {
+        self.temp_sizes().iter().sum()
+    }
+
+    /// The sizes of the files in `<data_dir>/tmp`, one per upload not yet
+    /// stored.
+    fn temp_sizes(&self) -> Vec<u64> {
         std::fs::read_dir(self.data_dir.join("tmp"))
             .map(|rd| {
                 rd.flatten()
                     .filter_map(|e| e.metadata().ok())
                     .map(|m| m.len())
-                    .sum()
+                    .collect()
             })
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 
     /// Wait until an upload is provably in flight: its handler runs (the
-    /// in-flight metric) and some of its body is on disk; so a kill after
-    /// this lands mid-upload, not before or after one.
+    /// in-flight metric) and its temp file exists; so a kill after this
+    /// lands mid-upload, not before or after one.
     pub fn wait_upload_in_flight(&self) {
         wait_for("an upload in flight at the receiver", || {
-            (self.uploads_in_flight() > 0 && self.temp_bytes() > 0).then_some(())
+            (self.uploads_in_flight() > 0 && !self.temp_sizes().is_empty()).then_some(())
         });
     }
 

@@ -123,6 +123,32 @@ fn oversized_headers_are_refused_and_the_receiver_stays_up() {
     assert_eq!(r.status, 201, "{}", r.text());
 }
 
+/// SPEC §2: every error answer, including those for malformed HTTP,
+/// carries the JSON reason: a broken request line and a broken header line
+/// each get a 400 whose body is `{"status": ..., "error": ...}`.
+#[test]
+#[ignore = "fails today: the receiver answers malformed HTTP with hyper's bare 400 (content-length: 0), \
+            against SPEC §2; a receiver change, reported to the lead (issue 18 item 4)"]
+fn malformed_http_gets_a_json_reason() {
+    let rx = Receiver::start();
+    for raw in [
+        "THIS IS NOT HTTP\r\n\r\n",
+        "PUT /v1/episodes/x HTTP/1.1\r\nHost: x\r\nno colon in this header\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(rx.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(raw.as_bytes()).unwrap();
+        let r = read_response(&mut s);
+        assert_eq!(r.status, 400, "{raw:?}: {}", r.text());
+        let j = r.json();
+        assert!(
+            j["status"].is_string() && j["error"].is_string(),
+            "{raw:?}: {j}"
+        );
+    }
+    assert!(rx.request("GET", "/healthz", &[], b"").status == 200);
+}
+
 #[test]
 fn short_body_under_a_huge_content_length_stores_nothing() {
     let rx = Receiver::start();
@@ -145,6 +171,9 @@ fn short_body_under_a_huge_content_length_stores_nothing() {
     );
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(&body).unwrap();
+    // The upload is in flight (its handler runs, its temp file exists), so
+    // what follows tests a cut upload, not one that never started.
+    rx.wait_upload_in_flight();
     // The client gives up half way and closes.
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
