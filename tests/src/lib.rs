@@ -101,6 +101,25 @@ pub fn skip(test: &str, why: &str) {
     }
 }
 
+/// The machine's load, shared by the tests of the one e2e binary: a heavy
+/// test (zstd level 19, 48 concurrent uploads, slowloris) holds it
+/// exclusively, a test that measures gaps or latencies (watchdog feeds,
+/// "within a second", "promptly") holds it shared. So no heavy test runs
+/// beside a gap-sensitive one, whatever `--test-threads` is, and the
+/// others run as before.
+static LOAD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held for the whole of a heavy test (see [`LOAD`]).
+pub fn heavy() -> std::sync::RwLockWriteGuard<'static, ()> {
+    // A test that panicked holding it poisons it; the lock still works.
+    LOAD.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held for the whole of a gap-sensitive test (see [`LOAD`]).
+pub fn gap_sensitive() -> std::sync::RwLockReadGuard<'static, ()> {
+    LOAD.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Poll `f` until it returns `Some`, or panic with `what` after [`DEADLINE`].
 pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();

@@ -298,6 +298,7 @@ fn row_other_400_413_and_other_4xx_quarantine_with_the_reason() {
 
 #[test]
 fn row_401_403_never_quarantine_and_say_how_to_fix() {
+    let _load = ferry_tests::gap_sensitive();
     let rx = Receiver::start();
     rx.allow(COMMIT_A, true);
     // 401: an unknown token.

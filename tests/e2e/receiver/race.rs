@@ -13,6 +13,7 @@ const THREADS: usize = 8;
 
 #[test]
 fn concurrent_puts_of_one_id_store_it_exactly_once() {
+    let _load = ferry_tests::heavy();
     let rx = Arc::new(Receiver::start());
     let token = Arc::new(rx.ready_device("racer"));
     for round in 0..ROUNDS {

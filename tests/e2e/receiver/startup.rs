@@ -14,6 +14,7 @@ const LEFT_OVER: usize = 20_000;
 
 #[test]
 fn incident4_sweep_runs_after_ready_and_health_keeps_answering() {
+    let _load = ferry_tests::gap_sensitive();
     let data = tempfile::tempdir().unwrap();
     let tmp = data.path().join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();

@@ -248,6 +248,7 @@ fn receiver_fsync_eio_is_not_acknowledged_and_costs_one_upload() {
 /// stored (201), indexed and intact, and no temporary file is left.
 #[test]
 fn receiver_syncfs_eio_under_load_falls_back_to_fsync_per_file() {
+    let _load = ferry_tests::heavy();
     if ferry_tests::lacks(
         "strace",
         "receiver_syncfs_eio_under_load_falls_back_to_fsync_per_file",

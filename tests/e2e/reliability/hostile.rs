@@ -239,6 +239,7 @@ fn wrong_and_revoked_tokens_and_missing_admin_token_are_refused_with_json() {
 /// not keep an honest device from its 201.
 #[test]
 fn slowloris_does_not_starve_an_honest_device() {
+    let _load = ferry_tests::heavy();
     let rx = Receiver::start();
     let token = rx.ready_device("honest");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
