@@ -22,6 +22,20 @@ pub enum BadRequest {
 }
 
 impl BadRequest {
+    /// Every kind, for the tests that go through them all.
+    #[cfg(test)]
+    pub(crate) const ALL: [BadRequest; 9] = [
+        BadRequest::MissingCommit,
+        BadRequest::MalformedCommit,
+        BadRequest::BadEpisodeId,
+        BadRequest::MissingDigest,
+        BadRequest::MalformedDigest,
+        BadRequest::DigestMismatch,
+        BadRequest::MalformedBody,
+        BadRequest::MissingLength,
+        BadRequest::Invalid,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             BadRequest::MissingCommit => "missing-commit",
@@ -259,17 +273,7 @@ mod tests {
 
     #[test]
     fn bad_request_kinds_serialise_as_their_names() {
-        for k in [
-            BadRequest::MissingCommit,
-            BadRequest::MalformedCommit,
-            BadRequest::BadEpisodeId,
-            BadRequest::MissingDigest,
-            BadRequest::MalformedDigest,
-            BadRequest::DigestMismatch,
-            BadRequest::MalformedBody,
-            BadRequest::MissingLength,
-            BadRequest::Invalid,
-        ] {
+        for k in BadRequest::ALL {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
     }
