@@ -193,16 +193,18 @@ fn fuzz(args: &[String]) -> Result<ExitCode> {
     if !have_fuzz {
         run_ok(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
+    // New inputs go to a corpus under target/ (libFuzzer writes to its
+    // first corpus directory); the seeds in fuzz/corpus/parse, which
+    // fuzz/check's tests also run, stay as committed.
+    let grown = target_dir().join("fuzz-corpus").join("parse");
+    std::fs::create_dir_all(&grown).context("create the fuzz corpus dir")?;
     let st = Command::new("cargo")
         .current_dir(root().join("fuzz"))
         .env("RUSTC_BOOTSTRAP", "1")
-        .args([
-            "fuzz",
-            "run",
-            "parse",
-            "--",
-            &format!("-max_total_time={secs}"),
-        ])
+        .args(["fuzz", "run", "parse"])
+        .arg(&grown)
+        .arg(root().join("fuzz").join("corpus").join("parse"))
+        .args(["--", &format!("-max_total_time={secs}")])
         .status()
         .context("cargo fuzz run")?;
     Ok(if st.success() {
