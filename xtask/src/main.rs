@@ -9,6 +9,8 @@
 //!   (see docs/PERFORMANCE.md).
 //! - `cargo xtask fuzz [SECONDS]` — the libFuzzer target over the parsers
 //!   (installs cargo-fuzz if missing; runs on the stable toolchain).
+//! - `cargo xtask mutants [proto|agent|receiver]...` — mutation testing of
+//!   the pure code (installs cargo-mutants if missing).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod mutants;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,11 +29,12 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("mutants") => mutants::run(&args[1..]),
         // Internal to the bench: touches memory in a process of its own,
         // so the bench's children do not inherit its peak RSS.
         Some(bench::TOUCH_MEMORY) => bench::touch_memory(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <demo|test [cargo test args]|bench [--quick] [--reps N] [--only CASE]|fuzz [SECONDS]>");
+            eprintln!("usage: cargo xtask <demo|test [cargo test args]|bench [--quick] [--reps N] [--only CASE]|fuzz [SECONDS]|mutants [proto|agent|receiver]...>");
             return ExitCode::from(2);
         }
     };
