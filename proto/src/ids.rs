@@ -262,6 +262,32 @@ mod tests {
         ));
     }
 
+    /// The error names what was expected, for the value at hand.
+    #[test]
+    fn hex_errors_name_the_expected_length() {
+        for (r, want) in [
+            (
+                Commit::parse("zz").map(|_| ()),
+                "40 lowercase hex characters",
+            ),
+            (
+                Commit::parse("ab").map(|_| ()),
+                "40 lowercase hex characters",
+            ),
+            (
+                Sha256::parse("zz").map(|_| ()),
+                "64 lowercase hex characters",
+            ),
+            (
+                Sha256::parse("ab").map(|_| ()),
+                "64 lowercase hex characters",
+            ),
+        ] {
+            let e = r.unwrap_err();
+            assert!(e.to_string().ends_with(want), "{e}");
+        }
+    }
+
     #[test]
     fn sha256_round_trips_through_bytes() {
         let bytes = [0xabu8; 32];

@@ -71,6 +71,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     for scope in wanted {
         let out = target_dir().join("mutants").join(scope.name);
         let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).context("create the mutants output dir")?;
         let mut c = cargo();
         c.args(["mutants", "--no-shuffle", "--package", scope.package])
             .arg("--output")
@@ -80,7 +81,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         }
         // Unit tests only: the pure parts are what is mutated, and the
         // end-to-end suite would take minutes per mutant.
-        c.args(["--", "--lib"]);
+        c.arg("--cargo-test-arg=--lib");
         // cargo-mutants exits non-zero when a mutant is missed; the counts
         // below are the verdict.
         let st = c.status().context("spawn cargo mutants")?;
