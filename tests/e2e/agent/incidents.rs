@@ -106,7 +106,8 @@ fn incident2_sigterm_mid_upload_is_aborted_not_failed() {
         ],
     );
     d.wait_log("uploading");
-    std::thread::sleep(Duration::from_millis(500));
+    // Mid-upload, observed at the receiver, not assumed after a sleep.
+    rx.wait_upload_in_flight();
     let t = Instant::now();
     let st = d.sigterm(Duration::from_secs(30));
     assert!(st.success(), "exit after SIGTERM: {st}\n{}", d.log());
