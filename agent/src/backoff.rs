@@ -128,6 +128,19 @@ mod tests {
     }
 
     #[test]
+    fn failures_counts_consecutive_failures_until_a_reset() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut b = Backoff::new(Duration::from_secs(60));
+        assert_eq!(b.failures(), 0);
+        for n in 1..=3 {
+            b.fail(None, &mut rng);
+            assert_eq!(b.failures(), n);
+        }
+        b.reset();
+        assert_eq!(b.failures(), 0);
+    }
+
+    #[test]
     fn jitter_spreads() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut seen = std::collections::HashSet::new();

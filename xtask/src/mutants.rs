@@ -96,7 +96,10 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(&out).context("create the mutants output dir")?;
         let mut c = cargo();
-        c.args(["mutants", "--no-shuffle", "--package", scope.package])
+        // A floor under the timeout cargo-mutants derives from the baseline:
+        // on a busy machine the derived 20 s made slow-but-passing runs time out.
+        c.args(["mutants", "--no-shuffle", "--minimum-test-timeout=60"])
+            .args(["--package", scope.package])
             .arg("--output")
             .arg(&out);
         for f in &files {
