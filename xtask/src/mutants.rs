@@ -52,6 +52,12 @@ const EQUIVALENT: &[&str] = &[
     // The 408 | 429 arm and the final `_` arm give the same Backoff: the
     // 4xx quarantine arm's ranges are written to leave 408 and 429 out.
     "proto/src/action.rs: delete match arm 408 | 429 in decide",
+    // Pushing the gate out to the instant it already holds changes nothing.
+    "agent/src/backoff.rs: replace > with >= in Gate::fail",
+    // `is_disk_full` is true only for a Write error, and the next arm maps
+    // every Write error to DiskFull too: the guard names the case, it does
+    // not change the outcome.
+    "agent/src/classify.rs: replace match guard e.is_disk_full() with false in pack",
 ];
 
 /// Whether a missed mutant (`FILE:LINE:COL: WHAT`) is a known equivalent.
