@@ -100,6 +100,12 @@ const TOOLS: &[&str] = &[
     "ip",
     "tc",
     "iptables",
+    "prlimit",
+    "promtool",
+    "lintian",
+    "dpkg-deb",
+    "systemd-analyze",
+    "cargo-deb",
 ];
 
 /// Whether this run forbids skips (`FERRY_REQUIRE_ALL=1`, set by `.ci/run`).
