@@ -154,6 +154,23 @@ mod tests {
         assert!(seen.len() > 5, "{seen:?}");
     }
 
+    /// A success opens a gate that is still closed, and forgets the
+    /// failures (the next delay is at most the base again).
+    #[tokio::test(start_paused = true)]
+    async fn a_success_opens_a_closed_gate_at_once() {
+        let g = Gate::new(Duration::from_secs(600));
+        for _ in 0..5 {
+            g.fail(None);
+        }
+        g.fail(Some(Duration::from_secs(30)));
+        assert!(g.open_at() > Instant::now());
+        g.succeed();
+        let t = Instant::now();
+        g.wait().await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        assert!(g.fail(None) <= Duration::from_secs(1));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_gate_holds_until_the_delay_passes() {
         let g = Gate::new(Duration::from_secs(60));
