@@ -134,6 +134,19 @@ mod tests {
     }
 
     #[test]
+    fn failures_counts_consecutive_failures_until_a_reset() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut b = Backoff::new(Duration::from_secs(60));
+        assert_eq!(b.failures(), 0);
+        for n in 1..=3 {
+            b.fail(None, &mut rng);
+            assert_eq!(b.failures(), n);
+        }
+        b.reset();
+        assert_eq!(b.failures(), 0);
+    }
+
+    #[test]
     fn jitter_spreads() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut seen = std::collections::HashSet::new();
@@ -145,6 +158,23 @@ mod tests {
             seen.insert(b.fail(None, &mut rng).as_millis() / 1000);
         }
         assert!(seen.len() > 5, "{seen:?}");
+    }
+
+    /// A success opens a gate that is still closed, and forgets the
+    /// failures (the next delay is at most the base again).
+    #[tokio::test(start_paused = true)]
+    async fn a_success_opens_a_closed_gate_at_once() {
+        let g = Gate::new(Duration::from_secs(600));
+        for _ in 0..5 {
+            g.fail(None);
+        }
+        g.fail(Some(Duration::from_secs(30)));
+        assert!(g.open_at() > Instant::now());
+        g.succeed();
+        let t = Instant::now();
+        g.wait().await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        assert!(g.fail(None) <= Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -355,4 +355,86 @@ mod tests {
             Action::Abandon
         );
     }
+
+    /// SPEC §3's rows for an answered attempt, written from the SPEC's
+    /// table (row by row, in its order), not from `decide`: the oracle for
+    /// the property below. `mismatch` is a 400 whose body says
+    /// `digest-mismatch`; `earlier` how many came just before it.
+    fn spec_row(status: u16, mismatch: bool, earlier: u32, ra: Option<Duration>) -> Action {
+        let four_xx = (400..500).contains(&status);
+        if status == 201 || status == 200 {
+            Action::Retire
+        } else if status == 409 {
+            Action::Conflict
+        } else if status == 412 {
+            Action::Quarantine(QuarantineKind::CommitRejected)
+        } else if status == 400 && mismatch {
+            // "quarantine after 3 in a row": this one is number earlier + 1.
+            if earlier + 1 >= 3 {
+                Action::Quarantine(QuarantineKind::RepeatedDigestMismatch)
+            } else {
+                Action::Repack
+            }
+        } else if status == 401 || status == 403 {
+            Action::DeviceBackoff
+        } else if status == 408 || status == 429 || (500..600).contains(&status) {
+            Action::Backoff { retry_after: ra }
+        } else if four_xx {
+            // "other 400, 413, other 4xx"
+            Action::Quarantine(QuarantineKind::Refused)
+        } else {
+            // Not in the table (1xx, 3xx, 6xx from a proxy): says nothing
+            // about the episode, so transient.
+            Action::Backoff { retry_after: ra }
+        }
+    }
+
+    fn any_bad_request() -> impl proptest::strategy::Strategy<Value = BadRequest> {
+        proptest::sample::select(BadRequest::ALL.to_vec())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
+
+        /// Every status (the table's ones weighted up), with or without a
+        /// parsed body of every 400 kind, any strikes, any Retry-After.
+        #[test]
+        fn decide_agrees_with_the_spec_table(
+            status in proptest::prop_oneof![
+                proptest::sample::select(vec![200u16, 201, 400, 401, 403, 408, 409, 412, 413, 429, 500, 503, 507]),
+                100u16..700,
+            ],
+            body in proptest::option::of(any_bad_request()),
+            earlier in 0u32..6,
+            other in 0u32..9,
+            ra in proptest::option::of(0u64..3600),
+        ) {
+            let ra = ra.map(Duration::from_secs);
+            let reply = body.map(|error| Reply::BadRequest { error, detail: String::new() });
+            let got = decide(
+                Outcome::Answered { status, reply: reply.as_ref(), retry_after: ra },
+                Strikes { digest_mismatch: earlier, local_read: other },
+            );
+            let mismatch = body == Some(BadRequest::DigestMismatch);
+            proptest::prop_assert_eq!(got, spec_row(status, mismatch, earlier, ra));
+        }
+
+        /// The rows without an answer: a local read error skips the pass
+        /// until the 5th in a row quarantines; a full disk and the network
+        /// are transient whatever the strikes.
+        #[test]
+        fn decide_without_an_answer_agrees_with_the_spec(earlier in 0u32..8, other in 0u32..8) {
+            let s = Strikes { digest_mismatch: other, local_read: earlier };
+            let read = if earlier + 1 >= 5 {
+                Action::Quarantine(QuarantineKind::Unreadable)
+            } else {
+                Action::SkipThisPass
+            };
+            proptest::prop_assert_eq!(decide(Outcome::LocalRead, s), read);
+            proptest::prop_assert_eq!(decide(Outcome::DiskFull, s), Action::Backoff { retry_after: None });
+            proptest::prop_assert_eq!(decide(Outcome::Network, s), Action::Backoff { retry_after: None });
+            proptest::prop_assert_eq!(decide(Outcome::NoCommit, s), Action::Quarantine(QuarantineKind::NoCommit));
+            proptest::prop_assert_eq!(decide(Outcome::Aborted, s), Action::Abandon);
+        }
+    }
 }

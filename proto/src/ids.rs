@@ -262,6 +262,32 @@ mod tests {
         ));
     }
 
+    /// The error names what was expected, for the value at hand.
+    #[test]
+    fn hex_errors_name_the_expected_length() {
+        for (r, want) in [
+            (
+                Commit::parse("zz").map(|_| ()),
+                "40 lowercase hex characters",
+            ),
+            (
+                Commit::parse("ab").map(|_| ()),
+                "40 lowercase hex characters",
+            ),
+            (
+                Sha256::parse("zz").map(|_| ()),
+                "64 lowercase hex characters",
+            ),
+            (
+                Sha256::parse("ab").map(|_| ()),
+                "64 lowercase hex characters",
+            ),
+        ] {
+            let e = r.unwrap_err();
+            assert!(e.to_string().ends_with(want), "{e}");
+        }
+    }
+
     #[test]
     fn sha256_round_trips_through_bytes() {
         let bytes = [0xabu8; 32];
@@ -278,19 +304,131 @@ mod tests {
         assert_eq!(r.as_str(), "ep1");
     }
 
+    /// The oracle for ids: SPEC §1's grammar as a regex (the regex crate,
+    /// not the parser's own loop), and the error the parser must give for a
+    /// string the regex rejects, computed independently.
+    fn id_oracle(s: &str) -> Result<(), ParseIdError> {
+        let re = regex::Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$").unwrap();
+        if re.is_match(s) {
+            return Ok(());
+        }
+        const WHAT: &str = "episode id";
+        const EXPECTED: &str = "[A-Za-z0-9][A-Za-z0-9._-]{0,127}";
+        if s.is_empty() {
+            return Err(ParseIdError::Empty(WHAT));
+        }
+        if s.len() > 128 {
+            return Err(ParseIdError::Length {
+                what: WHAT,
+                len: s.chars().count(),
+                expected: EXPECTED,
+            });
+        }
+        let first = regex::Regex::new(r"^[A-Za-z0-9]$").unwrap();
+        let rest = regex::Regex::new(r"^[A-Za-z0-9._-]$").unwrap();
+        let (pos, ch) = s
+            .chars()
+            .enumerate()
+            .find(|(i, c)| {
+                let one = c.to_string();
+                !if *i == 0 { &first } else { &rest }.is_match(&one)
+            })
+            .expect("a rejected id of valid length has a bad character");
+        Err(ParseIdError::Character {
+            what: WHAT,
+            ch,
+            pos,
+            expected: EXPECTED,
+        })
+    }
+
+    /// Strings near the grammar: mostly its own alphabet (so that about
+    /// half parse), lengths around the limit, and a few characters that
+    /// must be refused (`/`, `\`, NUL, space, `%`, non-ASCII).
+    fn near_ids() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "[A-Za-z0-9][A-Za-z0-9._-]{0,130}",
+            2 => "[A-Za-z0-9._-]{0,10}",
+            2 => "[A-Za-z0-9._/\\%\\x00 é-]{1,12}",
+            1 => "[A-Za-z0-9][A-Za-z0-9._-]{120,135}",
+            1 => "\\PC{0,140}",
+        ]
+    }
+
+    /// The oracle for commits and digests: `len` lowercase hex characters.
+    fn hex_oracle(s: &str, len: usize) -> bool {
+        regex::Regex::new(&format!("^[0-9a-f]{{{len}}}$"))
+            .unwrap()
+            .is_match(s)
+    }
+
+    fn near_hex(len: usize) -> impl Strategy<Value = String> {
+        let re = |r: String| proptest::string::string_regex(&r).unwrap();
+        prop_oneof![
+            3 => re(format!("[0-9a-f]{{{len}}}")),
+            2 => re(format!("[0-9a-fA-F]{{{},{}}}", len - 2, len + 2)),
+            1 => re(format!("[ \\t]?[0-9a-gA-G]{{{},{}}}[ \\t]?", len - 1, len + 1)),
+            1 => re("\\PC{0,70}".to_string()),
+        ]
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
         #[test]
-        fn any_parsed_id_is_one_safe_path_component(s in "\\PC{0,140}") {
-            if let Ok(id) = EpisodeId::parse(&s) {
+        fn episode_id_parse_agrees_with_the_grammar_rejections_included(s in near_ids()) {
+            let got = EpisodeId::parse(&s);
+            prop_assert_eq!(got.as_ref().map(|_| ()).map_err(Clone::clone), id_oracle(&s));
+            if let Ok(id) = got {
+                prop_assert_eq!(id.as_str(), s.as_str());
                 prop_assert!(!id.as_str().contains('/'));
                 prop_assert!(id.as_str() != "." && id.as_str() != "..");
-                prop_assert!(id.as_str().len() <= 128);
             }
         }
 
         #[test]
-        fn grammar_matches_exactly(s in "[A-Za-z0-9][A-Za-z0-9._-]{0,127}") {
-            prop_assert!(EpisodeId::parse(&s).is_ok());
+        fn commit_parse_is_40_lowercase_hex_and_lenient_only_folds_and_trims(s in near_hex(40)) {
+            prop_assert_eq!(Commit::parse(&s).is_ok(), hex_oracle(&s, 40), "{:?}", s);
+            let folded = s.trim().to_ascii_lowercase();
+            match Commit::parse_lenient(&s) {
+                Ok(c) => {
+                    prop_assert!(hex_oracle(c.as_str(), 40));
+                    prop_assert_eq!(c.as_str(), folded.as_str());
+                }
+                Err(_) => prop_assert!(!hex_oracle(&folded, 40)),
+            }
         }
+
+        #[test]
+        fn sha256_parse_is_64_lowercase_hex(s in near_hex(64)) {
+            prop_assert_eq!(Sha256::parse(&s).is_ok(), hex_oracle(&s, 64), "{:?}", s);
+        }
+
+        #[test]
+        fn sha256_from_bytes_is_lowercase_hex_of_the_bytes(b in proptest::array::uniform32(any::<u8>())) {
+            let d = Sha256::from_bytes(&b);
+            let want: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            prop_assert_eq!(d.as_str(), want.as_str());
+            prop_assert!(hex_oracle(d.as_str(), 64));
+            prop_assert_eq!(Sha256::parse(d.as_str()).unwrap(), d);
+        }
+    }
+
+    /// The generator reaches both sides of the grammar, so the property
+    /// above checks acceptance as well as rejection.
+    #[test]
+    fn the_id_generator_makes_valid_and_invalid_ids() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut ok, mut bad) = (0, 0);
+        for _ in 0..1000 {
+            let s = near_ids().new_tree(&mut runner).unwrap().current();
+            if id_oracle(&s).is_ok() {
+                ok += 1
+            } else {
+                bad += 1
+            }
+        }
+        assert!(ok > 300 && bad > 300, "valid {ok}, invalid {bad}");
     }
 }

@@ -30,3 +30,16 @@ pub fn episode_path(id: &EpisodeId) -> String {
 pub fn commit_path(commit: &Commit) -> String {
     format!("/v1/commits/{commit}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_paths_are_the_spec_paths() {
+        let id = EpisodeId::parse("ep-2026.11.22_001").unwrap();
+        assert_eq!(episode_path(&id), "/v1/episodes/ep-2026.11.22_001");
+        let c = Commit::parse(&"0a".repeat(20)).unwrap();
+        assert_eq!(commit_path(&c), format!("/v1/commits/{}", "0a".repeat(20)));
+    }
+}

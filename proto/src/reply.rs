@@ -22,6 +22,20 @@ pub enum BadRequest {
 }
 
 impl BadRequest {
+    /// Every kind, for the tests that go through them all.
+    #[cfg(test)]
+    pub(crate) const ALL: [BadRequest; 9] = [
+        BadRequest::MissingCommit,
+        BadRequest::MalformedCommit,
+        BadRequest::BadEpisodeId,
+        BadRequest::MissingDigest,
+        BadRequest::MalformedDigest,
+        BadRequest::DigestMismatch,
+        BadRequest::MalformedBody,
+        BadRequest::MissingLength,
+        BadRequest::Invalid,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             BadRequest::MissingCommit => "missing-commit",
@@ -282,24 +296,36 @@ mod tests {
         for r in all {
             let v = serde_json::to_value(&r).unwrap();
             assert_eq!(v["status"], r.status(), "{r:?}");
+            assert_eq!(r.http_status(), spec_code(r.status()), "{r:?}");
             let back: Reply = serde_json::from_value(v).unwrap();
             assert_eq!(back, r);
         }
     }
 
+    /// SPEC §2's HTTP status for each `status` string, as its table has it.
+    fn spec_code(status: &str) -> u16 {
+        match status {
+            "stored" => 201,
+            "already-present" => 200,
+            "conflict" => 409,
+            "commit-rejected" => 412,
+            "bad-request" => 400,
+            "unauthenticated" => 401,
+            "forbidden" => 403,
+            "not-found" => 404,
+            "method-not-allowed" => 405,
+            "request-timeout" => 408,
+            "too-large" => 413,
+            "overloaded" => 503,
+            "insufficient-storage" => 507,
+            "internal" => 500,
+            other => panic!("{other} is not in SPEC §2"),
+        }
+    }
+
     #[test]
     fn bad_request_kinds_serialise_as_their_names() {
-        for k in [
-            BadRequest::MissingCommit,
-            BadRequest::MalformedCommit,
-            BadRequest::BadEpisodeId,
-            BadRequest::MissingDigest,
-            BadRequest::MalformedDigest,
-            BadRequest::DigestMismatch,
-            BadRequest::MalformedBody,
-            BadRequest::MissingLength,
-            BadRequest::Invalid,
-        ] {
+        for k in BadRequest::ALL {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
     }

@@ -16,6 +16,14 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub mod oracle;
+pub mod skip;
+pub mod strace;
+
+pub use oracle::assert_archive_is_episode;
+pub use skip::{gap_sensitive, have, heavy, lacks, require_all, skip};
+pub use strace::Strace;
+
 /// Two well-formed commits for tests.
 pub const COMMIT_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 pub const COMMIT_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -41,44 +49,6 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Whether a command is on PATH. Tests that need a tool print a loud
-/// `SKIPPED` line through [`skip`] when it is not.
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// Whether `test` must be skipped because `tool` is not on PATH; if so,
-/// says so loudly through [`skip`]. `if lacks("strace", NAME) { return; }`
-pub fn lacks(tool: &str, test: &str) -> bool {
-    if have(tool) {
-        return false;
-    }
-    skip(test, &format!("{tool} is not installed"));
-    true
-}
-
-/// Report a skipped test loudly, on stderr and in a file CI prints at the end.
-pub fn skip(test: &str, why: &str) {
-    let line = format!("SKIPPED {test}: {why}");
-    eprintln!("\n!!!!!!!! {line} !!!!!!!!\n");
-    if let Ok(path) = std::env::var("FERRY_SKIP_LOG") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
 }
 
 /// Poll `f` until it returns `Some`, or panic with `what` after [`DEADLINE`].
@@ -153,6 +123,27 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The journal mode of the SQLite database `db` as the `sqlite3` tool reads
+/// it (another program than the receiver), or `None` after a loud skip of
+/// `test`'s journal-mode check when `sqlite3` is missing.
+pub fn journal_mode(db: &Path, test: &str) -> Option<String> {
+    if lacks("sqlite3", &format!("{test} (journal mode check)")) {
+        return None;
+    }
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg("PRAGMA journal_mode;")
+        .output()
+        .expect("run sqlite3");
+    assert!(
+        out.status.success(),
+        "sqlite3 {}: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -400,6 +391,52 @@ impl Receiver {
         body: &[u8],
     ) -> Response {
         request(self.addr, method, path, headers, body)
+    }
+
+    /// `ferry_uploads_in_flight` from `/metrics`: uploads whose handler is
+    /// running (0 when the receiver does not answer).
+    pub fn uploads_in_flight(&self) -> u64 {
+        let Ok(mut s) = TcpStream::connect(self.addr) else {
+            return 0;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let head = request_head(self.addr, "GET", "/metrics", &[], 0);
+        if s.write_all(head.as_bytes()).is_err() {
+            return 0;
+        }
+        read_response(&mut s)
+            .text()
+            .lines()
+            .find(|l| l.starts_with("ferry_uploads_in_flight "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
+    /// Bytes in `<data_dir>/tmp`: bodies of uploads not yet stored.
+    pub fn temp_bytes(&self) -> u64 {
+        self.temp_sizes().iter().sum()
+    }
+
+    /// The sizes of the files in `<data_dir>/tmp`, one per upload not yet
+    /// stored.
+    fn temp_sizes(&self) -> Vec<u64> {
+        std::fs::read_dir(self.data_dir.join("tmp"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Wait until an upload is provably in flight: its handler runs (the
+    /// in-flight metric) and its temp file exists; so a kill after this
+    /// lands mid-upload, not before or after one.
+    pub fn wait_upload_in_flight(&self) {
+        wait_for("an upload in flight at the receiver", || {
+            (self.uploads_in_flight() > 0 && !self.temp_sizes().is_empty()).then_some(())
+        });
     }
 
     /// PUT an episode with the usual headers.

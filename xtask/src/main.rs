@@ -9,6 +9,8 @@
 //!   (see docs/PERFORMANCE.md).
 //! - `cargo xtask fuzz [SECONDS]` — the libFuzzer target over the parsers
 //!   (installs cargo-fuzz if missing; runs on the stable toolchain).
+//! - `cargo xtask mutants [proto|agent|receiver]...` — mutation testing of
+//!   the pure code (installs cargo-mutants if missing).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod mutants;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,11 +29,12 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("mutants") => mutants::run(&args[1..]),
         // Internal to the bench: touches memory in a process of its own,
         // so the bench's children do not inherit its peak RSS.
         Some(bench::TOUCH_MEMORY) => bench::touch_memory(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <demo|test [cargo test args]|bench [--quick] [--reps N] [--only CASE]|fuzz [SECONDS]>");
+            eprintln!("usage: cargo xtask <demo|test [cargo test args]|bench [--quick] [--reps N] [--only CASE]|fuzz [SECONDS]|mutants [proto|agent|receiver]...>");
             return ExitCode::from(2);
         }
     };
@@ -75,7 +79,78 @@ pub fn run_ok(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Every tool some test runs. `.ci/run` installs them all (apt); under
+/// `FERRY_REQUIRE_ALL=1` `cargo xtask test` refuses to start without one,
+/// rather than fail minutes later in the test that needs it.
+const TOOLS: &[&str] = &[
+    "strace",
+    "zstd",
+    "tar",
+    "diff",
+    "cp",
+    "curl",
+    "openssl",
+    "psql",
+    "sqlite3",
+    "mkfs.ext4",
+    "debugfs",
+    "mount",
+    "umount",
+    "truncate",
+    "ip",
+    "tc",
+    "iptables",
+    "prlimit",
+    "promtool",
+    "lintian",
+    "dpkg-deb",
+    "systemd-analyze",
+    "cargo-deb",
+    "chromium",
+];
+
+/// Whether this run forbids skips (`FERRY_REQUIRE_ALL=1`, set by `.ci/run`).
+fn require_all() -> bool {
+    std::env::var("FERRY_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// The tools of [`TOOLS`] with no executable in any directory of `path`.
+fn missing_tools(path: &std::ffi::OsStr) -> Vec<&'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    TOOLS
+        .iter()
+        .copied()
+        .filter(|tool| {
+            !std::env::split_paths(path).any(|dir| {
+                std::fs::metadata(dir.join(tool))
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+        })
+        .collect()
+}
+
+/// The run's verdict: cargo's, and under strict mode also no skip at all
+/// (each skip already failed its test there; this catches one that did not).
+fn verdict(cargo_ok: bool, skipped: &str, strict: bool) -> bool {
+    cargo_ok && (!strict || skipped.trim().is_empty())
+}
+
+/// Under strict mode, refuse to start a run that would fail for a tool
+/// missing from `path`.
+fn preflight(strict: bool, path: &std::ffi::OsStr) -> Result<()> {
+    let missing = missing_tools(path);
+    if strict && !missing.is_empty() {
+        bail!(
+            "FERRY_REQUIRE_ALL=1 and not on PATH: {} (.ci/run installs them with apt)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<ExitCode> {
+    let strict = require_all();
+    preflight(strict, &std::env::var_os("PATH").unwrap_or_default())?;
     let skip_log = target_dir().join("ferry-skipped.txt");
     let _ = std::fs::create_dir_all(target_dir());
     let _ = std::fs::remove_file(&skip_log);
@@ -99,9 +174,12 @@ fn test(extra: &[String]) -> Result<ExitCode> {
         for line in skipped.lines() {
             println!("# {line}");
         }
+        if strict {
+            println!("# FERRY_REQUIRE_ALL=1: every skip is a failure");
+        }
         println!("################################################################");
     }
-    Ok(if st.success() {
+    Ok(if verdict(st.success(), &skipped, strict) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -126,21 +204,20 @@ fn fuzz(args: &[String]) -> Result<ExitCode> {
     if !have_fuzz {
         run_ok(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    // New inputs go to corpus/parse (not kept); seeds/ holds a valid
-    // archive and header values to start the walker from.
-    std::fs::create_dir_all(root().join("fuzz/corpus/parse"))?;
+    // New inputs go to a corpus under target/ (libFuzzer writes to its
+    // first corpus directory); the seeds in fuzz/corpus/parse, which
+    // fuzz/check's tests also run, stay as committed.
+    let grown = target_dir().join("fuzz-corpus").join("parse");
+    std::fs::create_dir_all(&grown).context("create the fuzz corpus dir")?;
     let st = Command::new("cargo")
         .current_dir(root().join("fuzz"))
         .env("RUSTC_BOOTSTRAP", "1")
-        .args([
-            "fuzz",
-            "run",
-            "parse",
-            "corpus/parse",
-            "seeds",
-            "--",
-            &format!("-max_total_time={secs}"),
-        ])
+        .args(["fuzz", "run", "parse"])
+        .arg(&grown)
+        .arg(root().join("fuzz").join("corpus").join("parse"))
+        // A valid archive and header values for the walker and Retry-After.
+        .arg(root().join("fuzz").join("seeds"))
+        .args(["--", &format!("-max_total_time={secs}")])
         .status()
         .context("cargo fuzz run")?;
     Ok(if st.success() {
@@ -284,4 +361,51 @@ fn demo() -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_mode_fails_on_any_skip_and_lax_mode_only_on_failures() {
+        assert!(verdict(true, "", true));
+        assert!(verdict(true, "\n", true));
+        assert!(!verdict(true, "SKIPPED t: strace is not installed\n", true));
+        assert!(verdict(true, "SKIPPED t: strace is not installed\n", false));
+        assert!(!verdict(false, "", false));
+    }
+
+    /// A PATH holding only `strace` lacks every other tool; one holding a
+    /// non-executable `zstd` lacks it too.
+    #[test]
+    fn missing_tools_reads_the_path_it_is_given() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        for (name, mode) in [("strace", 0o755), ("zstd", 0o644)] {
+            let p = d.path().join(name);
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let missing = missing_tools(d.path().as_os_str());
+        assert!(!missing.contains(&"strace"));
+        assert!(missing.contains(&"zstd"));
+        assert_eq!(missing.len(), TOOLS.len() - 1);
+    }
+
+    /// `cargo xtask test` under strict mode with a PATH stripped of the
+    /// suite's tools refuses to run, naming them; without strict mode it
+    /// runs (and the tests that need them say SKIPPED).
+    #[test]
+    fn strict_test_refuses_to_start_without_its_tools() {
+        let d = tempfile::tempdir().unwrap();
+        let err = preflight(true, d.path().as_os_str())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("FERRY_REQUIRE_ALL=1 and not on PATH: strace, zstd"),
+            "{err}"
+        );
+        assert!(preflight(false, d.path().as_os_str()).is_ok());
+    }
 }

@@ -306,6 +306,7 @@ fn row_other_400_413_and_other_4xx_quarantine_with_the_reason() {
 
 #[test]
 fn row_401_403_never_quarantine_and_say_how_to_fix() {
+    let _load = ferry_tests::gap_sensitive();
     let rx = Receiver::start();
     rx.allow(COMMIT_A, true);
     // 401: an unknown token.
@@ -323,6 +324,33 @@ fn row_401_403_never_quarantine_and_say_how_to_fix() {
         err.matches("refuses this device").count(),
         1,
         "ERROR once per interval: {err}"
+    );
+    // Over more than one interval (backoff_max 1 s, a 4.5 s drain): logged
+    // at ERROR again each interval, yet not on every attempt.
+    let again = Spool::with_token(&rx.url, "fry_not_a_token_either");
+    small(&again, "ep-401b", 3);
+    let out = again
+        .agent("drain")
+        .args(["--timeout", "4500ms"])
+        .env("FERRY_AGENT_BACKOFF_MAX", "1s")
+        .env("RUST_LOG", "ferry_agent=debug")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refuses this device"))
+        .collect();
+    let errors = refusals.iter().filter(|l| l.contains("ERROR")).count();
+    assert!(
+        (2..=6).contains(&errors),
+        "{errors} ERROR lines in 4.5 s at one per 1 s interval: {log}"
+    );
+    assert!(
+        refusals.len() > errors,
+        "every attempt was an ERROR ({errors} of {}): {log}",
+        refusals.len()
     );
     assert!(spool.ids_in("quarantine").is_empty());
     assert_eq!(spool.ids_in("episodes"), ["ep-401"]);
@@ -416,6 +444,13 @@ fn row_network_error_is_transient_and_the_tarball_waits() {
     rx.kill9();
     let out = spool.drain("3s");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // It failed for the reason under test: the connection, transient.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("transient") && err.to_lowercase().contains("connect"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(spool.ids_in("episodes"), ["net-1"]);
     assert_eq!(outbox(&spool), ["net-1.tar.zst"]);
     assert!(spool.ids_in("quarantine").is_empty());
@@ -432,7 +467,7 @@ fn row_disk_full_is_transient_and_never_quarantines() {
     let spool = Spool::new(&rx, "quota");
     small(&spool, "q-1", 1);
     let partial = spool.path().join("outbox/q-1.tar.zst.partial");
-    let Some(mut cmd) = super::strace_drain(
+    let Some((mut cmd, trace)) = super::strace_drain(
         "row_disk_full_is_transient_and_never_quarantines",
         &spool,
         "3s",
@@ -449,6 +484,7 @@ fn row_disk_full_is_transient_and_never_quarantines() {
         .env("FERRY_AGENT_BACKOFF_MAX", "300ms")
         .output()
         .unwrap();
+    trace.assert_hit("EDQUOT on the outbox partial");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("EDQUOT"),

@@ -24,7 +24,7 @@ fn incident1_unreadable_file_costs_one_episode() {
     }
     small(&spool, "rotten", 9);
     let bad = spool.path().join("episodes/rotten/data/noise.bin");
-    let Some(mut cmd) = super::strace_drain(
+    let Some((mut cmd, trace)) = super::strace_drain(
         "incident1_unreadable_file_costs_one_episode",
         &spool,
         "120s",
@@ -41,6 +41,7 @@ fn incident1_unreadable_file_costs_one_episode() {
         .env("FERRY_AGENT_SCAN_INTERVAL", "100ms")
         .output()
         .unwrap();
+    trace.assert_hit("EUCLEAN on rotten/data/noise.bin");
     assert_ok(&out, "drain with an EUCLEAN file");
     let err = String::from_utf8_lossy(&out.stderr);
     let s = stored(&rx);
@@ -62,7 +63,7 @@ fn incident1_unreadable_file_costs_one_episode() {
     small(&spool, "stat-eio", 10);
     small(&spool, "fine", 11);
     let marker = spool.path().join("episodes/stat-eio/done.marker");
-    let mut cmd = super::strace_drain(
+    let (mut cmd, trace) = super::strace_drain(
         "incident1_unreadable_file_costs_one_episode",
         &spool,
         "60s",
@@ -75,6 +76,7 @@ fn incident1_unreadable_file_costs_one_episode() {
     )
     .expect("strace was found above");
     let out = cmd.output().unwrap();
+    trace.assert_hit("EIO on stat of stat-eio/done.marker");
     assert_ok(&out, "drain with an EIO done.marker");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -104,7 +106,8 @@ fn incident2_sigterm_mid_upload_is_aborted_not_failed() {
         ],
     );
     d.wait_log("uploading");
-    std::thread::sleep(Duration::from_millis(500));
+    // Mid-upload, observed at the receiver, not assumed after a sleep.
+    rx.wait_upload_in_flight();
     let t = Instant::now();
     let st = d.sigterm(Duration::from_secs(30));
     assert!(st.success(), "exit after SIGTERM: {st}\n{}", d.log());
@@ -174,18 +177,8 @@ fn incident3_transient_eio_is_retried_never_a_permanent_downgrade() {
     rx.allow(COMMIT_A, true);
     let spool = Spool::new(&rx, "incident3");
     rx.kill9();
-    let wrapper: Vec<String> = [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        "inject=fsync:error=EIO:when=1..2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let trace = ferry_tests::Strace::new();
+    let wrapper = trace.wrapper(&["-e", "inject=fsync:error=EIO:when=1..2"]);
     rx.try_spawn("127.0.0.1:0", &wrapper)
         .expect("receiver under strace");
     let spool = Spool::with_token(
@@ -203,6 +196,7 @@ fn incident3_transient_eio_is_retried_never_a_permanent_downgrade() {
         .output()
         .unwrap();
     assert_ok(&out, "drain through transient receiver EIO");
+    trace.assert_hit("EIO on the receiver's fsync");
     assert!(spool.ids_in("quarantine").is_empty(), "{}", text(&out));
     assert_eq!(spool.ids_in("shipped").len(), 3);
     assert!(
@@ -210,13 +204,11 @@ fn incident3_transient_eio_is_retried_never_a_permanent_downgrade() {
         "the fault was never hit: {}",
         text(&out)
     );
-    if ferry_tests::have("sqlite3") {
-        let m = std::process::Command::new("sqlite3")
-            .arg(data.path().join("index.sqlite"))
-            .arg("PRAGMA journal_mode;")
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&m.stdout).trim(), "wal");
+    if let Some(mode) = ferry_tests::journal_mode(
+        &data.path().join("index.sqlite"),
+        "incident3_transient_eio_is_retried_never_a_permanent_downgrade",
+    ) {
+        assert_eq!(mode, "wal");
     }
 
     // The agent's own state file cannot be written (a directory stands
@@ -249,6 +241,7 @@ fn incident3_transient_eio_is_retried_never_a_permanent_downgrade() {
 /// episodes ship while it runs.
 #[test]
 fn incident4_boot_sweep_runs_after_ready_without_blocking() {
+    let _load = ferry_tests::gap_sensitive();
     let rx = Receiver::start();
     rx.allow(COMMIT_A, true);
     let spool = Spool::new(&rx, "incident4");
@@ -263,10 +256,11 @@ fn incident4_boot_sweep_runs_after_ready_without_blocking() {
         .unwrap();
     }
     let ns = NotifySocket::new();
+    let interval = Duration::from_secs(1);
     let d = daemon_with_notify(
         &spool,
         &ns,
-        Some(Duration::from_secs(1)),
+        Some(interval),
         &[
             ("FERRY_AGENT_SHIPPED_KEEP", "0s"),
             ("FERRY_AGENT_SWEEP_BATCH", "10"),
@@ -301,19 +295,54 @@ fn incident4_boot_sweep_runs_after_ready_without_blocking() {
         during > 0,
         "the sweep finished before the episode shipped; not a concurrency test"
     );
-    let feeds: Vec<Instant> = ns
-        .matching("WATCHDOG=1")
-        .into_iter()
-        .map(|(t, _)| t)
-        .filter(|t| *t > ready && *t < done)
-        .collect();
+    // What systemd checks: no gap between feeds (READY counts as the
+    // first) as long as WatchdogSec, over a sweep longer than it.
+    let mut feeds: Vec<Instant> = vec![ready];
+    feeds.extend(
+        ns.matching("WATCHDOG=1")
+            .into_iter()
+            .map(|(t, _)| t)
+            .filter(|t| *t > ready && *t < done),
+    );
+    feeds.push(done);
     let span = done - ready;
     assert!(
-        feeds.len() as u64 >= span.as_secs() / 2,
-        "watchdog starved during the sweep: {} feeds in {span:?}",
-        feeds.len()
+        span > interval,
+        "the sweep took only {span:?}: no test of the watchdog"
+    );
+    assert!(
+        max_gap(&feeds) < interval,
+        "watchdog starved during the sweep: a gap of {:?} (WatchdogSec {interval:?}) in {span:?}",
+        max_gap(&feeds)
+    );
+    eprintln!(
+        "incident 4: sweep {span:?}, longest gap between feeds {:?}",
+        max_gap(&feeds)
     );
     drop(d);
+}
+
+/// Whether a thread of the program traced by the strace process `strace`
+/// is stopped by strace on entry to `read` (the injected delay): state `t`
+/// (tracing stop) in `/proc/TID/stat` and syscall 0 (`read` on x86_64) in
+/// `/proc/TID/syscall`.
+fn held_in_read(strace: u32) -> bool {
+    let children = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
+        .unwrap_or_default();
+    children.split_whitespace().any(|pid| {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().any(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            let call = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+            state == Some("t") && call.split_whitespace().next() == Some("0")
+        })
+    })
 }
 
 fn max_gap(times: &[Instant]) -> Duration {
@@ -329,6 +358,7 @@ fn max_gap(times: &[Instant]) -> Duration {
 /// feeding.
 #[test]
 fn incident5_watchdog_fed_on_progress_not_on_passes() {
+    let _load = ferry_tests::gap_sensitive();
     let rx = Receiver::start();
     rx.allow(COMMIT_A, true);
     let spool = Spool::new(&rx, "incident5");
@@ -398,6 +428,7 @@ fn incident5_watchdog_fed_on_progress_not_on_passes() {
 /// while it hangs, and feeding resumes when it returns.
 #[test]
 fn incident5_a_hung_read_while_packing_stops_the_watchdog() {
+    let _load = ferry_tests::gap_sensitive();
     let rx = Receiver::start();
     rx.allow(COMMIT_A, true);
     let spool = Spool::new(&rx, "incident5b");
@@ -410,25 +441,21 @@ fn incident5_a_hung_read_while_packing_stops_the_watchdog() {
         return;
     }
     let ns = NotifySocket::new();
-    let mut cmd = std::process::Command::new("strace");
-    cmd.args([
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
+    let trace = ferry_tests::Strace::new();
+    let mut cmd = trace.command(&[
         "-P",
         file.to_str().unwrap(),
         "-e",
         "inject=read:delay_enter=4000000:when=1",
-    ])
-    .arg(ferry_tests::bin("ferry-agent"))
-    .arg("run")
-    .arg("--spool")
-    .arg(spool.path())
-    .arg("--receiver")
-    .arg(&rx.url)
-    .arg("--token-file")
-    .arg(&spool.token_file);
+    ]);
+    cmd.arg(ferry_tests::bin("ferry-agent"))
+        .arg("run")
+        .arg("--spool")
+        .arg(spool.path())
+        .arg("--receiver")
+        .arg(&rx.url)
+        .arg("--token-file")
+        .arg(&spool.token_file);
     for (k, v) in ns.env(Some(Duration::from_secs(1))) {
         cmd.env(k, v);
     }
@@ -448,6 +475,7 @@ fn incident5_a_hung_read_while_packing_stops_the_watchdog() {
         || d.log(),
         || d.log().contains("moving again"),
     );
+    trace.assert_hit("the 4 s hold of the first read of noise.bin");
     let feeds: Vec<Instant> = ns
         .matching("WATCHDOG=1")
         .into_iter()
@@ -474,12 +502,20 @@ fn kill9_mid_pack_and_mid_upload_ships_exactly_once() {
     let dir = small(&spool, "victim", 1);
     std::fs::write(dir.join("big.bin"), noise(5, 2 << 20)).unwrap();
 
-    // 1. Mid-pack: the third read of big.bin hangs; kill -9 the group.
+    // 1. Mid-pack: the third read of big.bin hangs; kill -9 the group once
+    // the pack is provably under way: its `.partial` exists, no finished
+    // tarball does, and strace saw the two reads before the held one.
     let big = dir.join("big.bin");
-    let mut cmd = std::process::Command::new("strace");
-    cmd.args(["-f", "-qq", "-o", "/dev/null", "-P", big.to_str().unwrap()])
-        .args(["-e", "inject=read:delay_enter=30000000:when=3"])
-        .arg(ferry_tests::bin("ferry-agent"))
+    let trace = ferry_tests::Strace::new();
+    let mut cmd = trace.command(&[
+        "-e",
+        "trace=read",
+        "-P",
+        big.to_str().unwrap(),
+        "-e",
+        "inject=read:delay_enter=30000000:when=3",
+    ]);
+    cmd.arg(ferry_tests::bin("ferry-agent"))
         .args(["run", "--spool"])
         .arg(spool.path())
         .args(["--receiver", &rx.url, "--token-file"])
@@ -487,15 +523,25 @@ fn kill9_mid_pack_and_mid_upload_ships_exactly_once() {
         .process_group(0);
     let mut d = Daemon::start_cmd(cmd, &[]);
     until(
-        "a partial tarball",
+        "a partial tarball and a read of big.bin held by strace",
         || d.log(),
-        || outbox(&spool).iter().any(|n| n.ends_with(".partial")),
+        || {
+            outbox(&spool).iter().any(|n| n.ends_with(".partial"))
+                && trace.log().matches(" read(").count() >= 2
+                && held_in_read(d.child.id())
+        },
+    );
+    assert!(
+        !outbox(&spool).contains(&"victim.tar.zst".to_string()),
+        "the pack had finished: the kill was not mid-pack"
     );
     ferry_tests::signal_group(d.child.id(), libc::SIGKILL);
     let _ = d.child.wait();
+    assert_eq!(trace.hits(), 0, "the held read returned before the kill");
     assert_eq!(spool.ids_in("episodes"), ["victim"]);
 
-    // 2. Mid-upload: a slow link, kill -9 once bytes flow.
+    // 2. Mid-upload: a slow link, kill -9 once the receiver holds some of
+    // the body (a temp file with bytes in it), so the upload is in flight.
     let mut d = Daemon::start(
         &spool,
         &[
@@ -504,7 +550,7 @@ fn kill9_mid_pack_and_mid_upload_ships_exactly_once() {
         ],
     );
     d.wait_log("uploading");
-    std::thread::sleep(Duration::from_millis(300));
+    rx.wait_upload_in_flight();
     let _ = d.child.kill();
     let _ = d.child.wait();
     assert_eq!(spool.ids_in("episodes"), ["victim"]);
@@ -539,6 +585,7 @@ fn kill9_mid_pack_and_mid_upload_ships_exactly_once() {
 /// failed on a machine a little faster than the one that sized it.)
 #[test]
 fn incident5_a_long_pack_at_a_high_zstd_level_keeps_the_watchdog_fed() {
+    let _load = ferry_tests::heavy();
     const TEST: &str = "incident5_a_long_pack_at_a_high_zstd_level_keeps_the_watchdog_fed";
     if ferry_tests::lacks("strace", TEST) {
         return;

@@ -371,21 +371,21 @@ fn serve(
 // ---------------------------------------------------------------------------
 // strace
 
-/// `strace -f -qq -o /dev/null ARGS... <drain of spool>`, or `None` (after
+/// `strace -f -qq -o LOG ARGS... <drain of spool>` and its log (assert the
+/// fault landed with [`ferry_tests::Strace::assert_hit`]), or `None` (after
 /// a loud SKIPPED line) when strace is missing.
 pub fn strace_drain(
     test: &str,
     spool: &Spool,
     timeout: &str,
     args: &[&str],
-) -> Option<std::process::Command> {
+) -> Option<(std::process::Command, ferry_tests::Strace)> {
     if ferry_tests::lacks("strace", test) {
         return None;
     }
-    let mut c = std::process::Command::new("strace");
-    c.args(["-f", "-qq", "-o", "/dev/null"])
-        .args(args)
-        .args(spool.drain_cmd_args(timeout))
+    let trace = ferry_tests::Strace::new();
+    let mut c = trace.command(args);
+    c.args(spool.drain_cmd_args(timeout))
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC");
     for (k, _) in std::env::vars() {
@@ -393,7 +393,7 @@ pub fn strace_drain(
             c.env_remove(k);
         }
     }
-    Some(c)
+    Some((c, trace))
 }
 
 // ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ use super::{daemon_with_notify, episode, small, stored, until, NotifySocket};
 
 #[test]
 fn ready_status_and_stopping_on_a_real_notify_socket() {
+    let _load = ferry_tests::gap_sensitive();
     let rx = Receiver::start();
     rx.allow(COMMIT_A, true);
     let spool = Spool::new(&rx, "notify");

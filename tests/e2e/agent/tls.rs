@@ -109,6 +109,14 @@ fn private_ca_via_ca_file() {
 
     let out = spool.drain("3s");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // Refused for the reason under test: the certificate is not trusted.
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("certificate"),
+        "{}",
+        text(&out)
+    );
     assert!(spool.ids_in("quarantine").is_empty());
 
     let ca = pki.path().join("ca.pem");

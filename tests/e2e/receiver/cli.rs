@@ -8,21 +8,38 @@ use ferry_tests::{bin, sample_archive, Receiver, COMMIT_A, COMMIT_B};
 
 use super::{expect, object_files, stored};
 
-/// Polls `f` for at most one second (the SPEC's bound for a change to be in
-/// force).
+/// Polls `f` until the change is in force, then asserts the SPEC's bound
+/// (in force within a second) on what the probes prove: a probe *sent* more
+/// than a second after the change and still refused is a broken bound. The
+/// time of the first accepted answer is not the measure: it includes the
+/// PUT's own latency, which on a busy 2-core machine is no part of the
+/// bound (and `start`, read after the CLI returned, is already late).
 fn within_a_second(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
-    while !f() {
+    let mut last_refused = None;
+    loop {
+        let sent = start.elapsed();
+        if f() {
+            break;
+        }
+        last_refused = Some(sent);
         assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "{what}: not in force within a second"
+            start.elapsed() < ferry_tests::DEADLINE,
+            "{what}: never in force"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(t) = last_refused {
+        assert!(
+            t < Duration::from_secs(1),
+            "{what}: a probe sent {t:?} after the change was still refused"
+        );
     }
 }
 
 #[test]
 fn changes_made_by_the_cli_while_serving_are_in_force_within_a_second() {
+    let _load = ferry_tests::gap_sensitive();
     let rx = Receiver::start();
     let token = rx.add_device("dev");
     let body = sample_archive("live-1", 1);

@@ -13,6 +13,7 @@ use super::{
 
 #[test]
 fn a_stalled_body_gets_408_and_frees_its_slot() {
+    let _load = ferry_tests::gap_sensitive();
     let data = tempfile::tempdir().unwrap();
     let rx = Receiver::start_in(data.path(), &[("FERRY_RECEIVER_BODY_READ_TIMEOUT", "1s")]);
     let token = rx.ready_device("slow");
@@ -36,6 +37,7 @@ fn a_stalled_body_gets_408_and_frees_its_slot() {
 
 #[test]
 fn a_trickling_body_below_the_minimum_rate_gets_408() {
+    let _load = ferry_tests::gap_sensitive();
     let data = tempfile::tempdir().unwrap();
     let rx = Receiver::start_in(
         data.path(),

@@ -196,7 +196,26 @@ fn postgres_index_decides_races_and_survives_kill9() {
     }
     let mut rx = Arc::try_unwrap(rxa).ok().expect("no other owner");
     assert_eq!(stored(&rx).len(), 10);
+    // kill -9 with an upload provably in flight: half a body sent, the
+    // in-flight metric up and its bytes on disk.
+    let body = sample_archive("pg-cut", 99);
+    let mut cut = std::net::TcpStream::connect(rx.addr).unwrap();
+    let head = ferry_tests::request_head(
+        rx.addr,
+        "PUT",
+        "/v1/episodes/pg-cut",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("X-Ferry-Commit", COMMIT_A),
+            ("X-Ferry-Sha256", &sha256_hex(&body)),
+        ],
+        body.len(),
+    );
+    std::io::Write::write_all(&mut cut, head.as_bytes()).unwrap();
+    std::io::Write::write_all(&mut cut, &body[..body.len() / 2]).unwrap();
+    rx.wait_upload_in_flight();
     rx.restart();
+    drop(cut);
     assert_eq!(stored(&rx).len(), 10);
     ferry_tests::assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
     drop(rx);

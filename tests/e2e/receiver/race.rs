@@ -20,6 +20,7 @@ fn racing_receiver(dir: &std::path::Path) -> Receiver {
 
 #[test]
 fn concurrent_puts_of_one_id_store_it_exactly_once() {
+    let _load = ferry_tests::heavy();
     let dir = tempfile::tempdir().unwrap();
     let rx = Arc::new(racing_receiver(dir.path()));
     let token = Arc::new(rx.ready_device("racer"));

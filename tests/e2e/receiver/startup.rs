@@ -14,6 +14,7 @@ const LEFT_OVER: usize = 20_000;
 
 #[test]
 fn incident4_sweep_runs_after_ready_and_health_keeps_answering() {
+    let _load = ferry_tests::gap_sensitive();
     let data = tempfile::tempdir().unwrap();
     let tmp = data.path().join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
@@ -26,6 +27,14 @@ fn incident4_sweep_runs_after_ready_and_health_keeps_answering() {
     let start = Instant::now();
     let rx = Receiver::start_in(data.path(), &[]);
     let ready = start.elapsed();
+    // Left-overs are still there at READY: the sweep runs after it, not
+    // before (a receiver that swept first would also be "ready at once"
+    // here, and pass everything below).
+    let at_ready = temp_files(&rx).len();
+    assert!(
+        at_ready > 1,
+        "no left-over of {LEFT_OVER} at READY: swept before it"
+    );
     assert!(ready < Duration::from_secs(20), "start-up took {ready:?}");
     // Health answers promptly while the sweep runs.
     for _ in 0..5 {

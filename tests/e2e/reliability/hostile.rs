@@ -123,6 +123,30 @@ fn oversized_headers_are_refused_and_the_receiver_stays_up() {
     assert_eq!(r.status, 201, "{}", r.text());
 }
 
+/// SPEC §2: every error answer, including those for malformed HTTP,
+/// carries the JSON reason: a broken request line and a broken header line
+/// each get a 400 whose body is `{"status": ..., "error": ...}`.
+#[test]
+fn malformed_http_gets_a_json_reason() {
+    let rx = Receiver::start();
+    for raw in [
+        "THIS IS NOT HTTP\r\n\r\n",
+        "PUT /v1/episodes/x HTTP/1.1\r\nHost: x\r\nno colon in this header\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(rx.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(raw.as_bytes()).unwrap();
+        let r = read_response(&mut s);
+        assert_eq!(r.status, 400, "{raw:?}: {}", r.text());
+        let j = r.json();
+        assert!(
+            j["status"].is_string() && j["error"].is_string(),
+            "{raw:?}: {j}"
+        );
+    }
+    assert!(rx.request("GET", "/healthz", &[], b"").status == 200);
+}
+
 #[test]
 fn short_body_under_a_huge_content_length_stores_nothing() {
     let rx = Receiver::start();
@@ -145,6 +169,9 @@ fn short_body_under_a_huge_content_length_stores_nothing() {
     );
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(&body).unwrap();
+    // The upload is in flight (its handler runs, its temp file exists), so
+    // what follows tests a cut upload, not one that never started.
+    rx.wait_upload_in_flight();
     // The client gives up half way and closes.
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
@@ -210,6 +237,7 @@ fn wrong_and_revoked_tokens_and_missing_admin_token_are_refused_with_json() {
 /// not keep an honest device from its 201.
 #[test]
 fn slowloris_does_not_starve_an_honest_device() {
+    let _load = ferry_tests::heavy();
     let rx = Receiver::start();
     let token = rx.ready_device("honest");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -51,6 +51,9 @@ pub fn stored(rx: &Receiver) -> BTreeMap<String, String> {
 ///   conflict, and no file left in `outbox/`;
 /// - the receiver stores each once, with the sha256 of a fresh pack of the
 ///   shipped directory (so no false 409 could have happened);
+/// - the stored object, unpacked by the system's `zstd` and `tar`, is the
+///   shipped directory byte for byte, with its modes, mtimes and symlink
+///   targets (the oracle that does not trust ferry's own packer);
 /// - `ferry-receiver episodes verify` is clean.
 pub fn assert_delivered(rx: &Receiver, spool: &Spool, ids: &[String]) {
     let shipped = spool.ids_in("shipped");
@@ -87,8 +90,11 @@ pub fn assert_delivered(rx: &Receiver, spool: &Spool, ids: &[String]) {
         let sha = index
             .get(id)
             .unwrap_or_else(|| panic!("{id} is in shipped/ but not stored by the receiver"));
-        let fresh = fresh_pack_digest(&spool.path().join("shipped").join(id));
+        let shipped = spool.path().join("shipped").join(id);
+        let fresh = fresh_pack_digest(&shipped);
         assert_eq!(sha, &fresh, "{id}: stored sha256 differs from a fresh pack");
+        let object = ferry_tests::object_path(&rx.data_dir, sha);
+        ferry_tests::assert_archive_is_episode(&object, &shipped, "assert_delivered");
     }
     let verify = rx.cli(["episodes", "verify"]);
     assert_ok(&verify, "ferry-receiver episodes verify");

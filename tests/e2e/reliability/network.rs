@@ -212,9 +212,12 @@ fn lossy_metered_link_and_a_vanishing_receiver_lose_nothing() {
     ids.push("net-extra".into());
 
     let mut agent = start_agent(&net, &spool, &url);
-    std::thread::sleep(Duration::from_secs(2));
-
-    // The receiver vanishes mid-upload and stays away for a while.
+    // The receiver vanishes mid-upload, observed: a body is arriving in
+    // its temp directory (read from the file system, so no route into its
+    // namespace is needed), and stays away for a while.
+    ferry_tests::wait_for("an upload in flight over the lossy link", || {
+        (rx.temp_bytes() > 0).then_some(())
+    });
     rx.kill9();
     let syn_before = syn_count(&net);
     std::thread::sleep(Duration::from_secs(6));
@@ -264,9 +267,11 @@ fn syn_count(net: &Net) -> u64 {
         ])
         .output()
         .expect("iptables -L");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let text = String::from_utf8_lossy(&out.stdout);
+    // A count that cannot be read fails the test: reading 0 would pass the
+    // "did not hammer" bound whatever the agent did.
+    text.lines()
         .find(|l| l.contains("ACCEPT") && l.contains("flags:0x17/0x02"))
-        .and_then(|l| l.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no SYN counter in iptables -L ({}):\n{text}", out.status))
 }
