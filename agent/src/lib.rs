@@ -14,18 +14,16 @@
 
 #![forbid(unsafe_code)]
 
-pub mod archive;
 pub mod backoff;
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod conflict;
 pub mod doctor;
-pub mod frames;
+pub mod episode;
 pub mod fsio;
 pub mod notify;
 pub mod outbox;
-pub mod output;
 pub mod pack;
 pub mod quarantine;
 pub mod retire;
@@ -36,4 +34,3 @@ pub mod spool;
 pub mod state;
 pub mod status;
 pub mod sweep;
-pub mod walk;

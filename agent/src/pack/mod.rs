@@ -13,6 +13,11 @@
 //! frame in zstd's multi-threaded mode). Neither output depends on the
 //! number of workers.
 
+pub mod archive;
+pub mod frames;
+pub mod output;
+pub mod walk;
+
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -22,10 +27,10 @@ use ferry_durable::safe::{self, Dir, Kind, Snapshot};
 use ferry_proto::Sha256;
 use tokio_util::sync::CancellationToken;
 
-use crate::frames::{self, FrameWriter};
+use self::frames::FrameWriter;
+use self::output::{ErrorSlot, Finished, HashedOutput};
+use self::walk::{check_dirs, entry_error, walk, Item, Tree};
 use crate::fsio;
-use crate::output::{ErrorSlot, Finished, HashedOutput};
-use crate::walk::{check_dirs, entry_error, walk, Item, Tree};
 
 /// Why packing failed. Read errors are the episode's (`Outcome::LocalRead`),
 /// write errors the device's (`Outcome::DiskFull` when ENOSPC/EDQUOT).
@@ -519,7 +524,7 @@ mod tests {
         );
         assert!(!t.path().join("a.tar.zst.partial").exists());
         let a = File::open(t.path().join("a.tar.zst")).unwrap();
-        let again = crate::archive::check(a, "ep1", None, &|| false).unwrap();
+        let again = archive::check(a, "ep1", None, &|| false).unwrap();
         assert_eq!(
             (Sha256::from_bytes(&again.digest), again.size),
             (pa.sha256, pa.size)
