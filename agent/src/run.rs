@@ -9,6 +9,7 @@
 //! next start; it is never recorded as a failure (SPEC §4.2).
 
 use std::collections::{HashMap, HashSet};
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -216,45 +217,11 @@ impl Agent {
         );
         let outer = shutdown.clone();
         let shutdown = shutdown.child();
-        let mut background = JoinSet::new();
-        {
-            // The daemon runs every sweep, hourly; a drain only finishes
-            // what a crashed run left in the outbox.
-            let which = match mode {
-                Mode::Run => sweep::Sweeps::All,
-                Mode::Drain { .. } => sweep::Sweeps::CrashLeftovers,
-            };
-            // A drain lets its one sweep finish (unless a signal stops it).
-            let c = match which {
-                sweep::Sweeps::All => shutdown.stop.clone(),
-                sweep::Sweeps::CrashLeftovers => outer.stop.clone(),
-            };
-            let a = self.clone();
-            background.spawn(async move {
-                sweep::sweep_loop(&a.cfg, &a.spool, a.in_flight.clone(), c, which).await
-            });
-        }
-        {
-            let (a, c) = (self.clone(), shutdown.stop.clone());
-            background.spawn(async move { a.recheck_loop(c).await });
-        }
         let deadline = match mode {
             Mode::Drain { timeout: Some(t) } => Some(Instant::now() + t),
             _ => None,
         };
-        if let Some(d) = deadline {
-            let s = shutdown.clone();
-            background.spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(d) => {
-                        tracing::warn!("drain timeout reached; stopping");
-                        s.stop.cancel();
-                        s.abort.cancel();
-                    }
-                    _ = s.stop.cancelled() => {}
-                }
-            });
-        }
+        let mut background = self.background(mode, deadline, &outer, &shutdown);
         let mut finished = Finished {
             pending: 0,
             conflicts: 0,
@@ -264,32 +231,8 @@ impl Agent {
             if shutdown.stop.is_cancelled() {
                 break;
             }
-            let sp = self.spool.clone();
-            let prog = self.progress.clone();
-            let (tx, early_rx) = tokio::sync::oneshot::channel();
-            let early = scan::Early {
-                after: EARLY_BATCH_AFTER,
-                count: self.cfg.ship_concurrency * 4,
-                send: Box::new(move |v| {
-                    let _ = tx.send(v);
-                }),
-            };
-            let scanning = blocking(move || {
-                scan::scan_with_early(&sp, scan::SCAN_BATCH, Some(&prog.counter), Some(early))
-            });
-            tokio::pin!(scanning);
-            // A slow scan (a huge backlog on a cold disk) hands over the
-            // oldest episodes seen so far; they ship while it goes on.
-            let mut early_ids = HashSet::new();
-            let scanned = tokio::select! {
-                // A long scan does not hold up shutdown.
-                _ = shutdown.stop.cancelled() => break,
-                r = &mut scanning => r,
-                Ok(first) = early_rx => {
-                    early_ids = first.iter().map(|r| r.id.clone()).collect();
-                    let (_, r) = tokio::join!(self.process_batch(first, &shutdown), &mut scanning);
-                    r
-                }
+            let Some((scanned, early_ids)) = self.scan_pass(&shutdown).await else {
+                break;
             };
             let mut report = match scanned {
                 Ok(r) => r,
@@ -353,6 +296,90 @@ impl Agent {
         while background.join_next().await.is_some() {}
         finished.conflicts = self.conflicts.load(Ordering::Relaxed);
         finished
+    }
+
+    /// The tasks beside the loop: sweeps, the 412 re-check, a drain's
+    /// deadline.
+    fn background(
+        self: &Arc<Self>,
+        mode: Mode,
+        deadline: Option<Instant>,
+        outer: &Shutdown,
+        shutdown: &Shutdown,
+    ) -> JoinSet<()> {
+        let mut background = JoinSet::new();
+        {
+            // The daemon runs every sweep, hourly; a drain only finishes
+            // what a crashed run left in the outbox.
+            let which = match mode {
+                Mode::Run => sweep::Sweeps::All,
+                Mode::Drain { .. } => sweep::Sweeps::CrashLeftovers,
+            };
+            // A drain lets its one sweep finish (unless a signal stops it).
+            let c = match which {
+                sweep::Sweeps::All => shutdown.stop.clone(),
+                sweep::Sweeps::CrashLeftovers => outer.stop.clone(),
+            };
+            let a = self.clone();
+            background.spawn(async move {
+                sweep::sweep_loop(&a.cfg, &a.spool, a.in_flight.clone(), c, which).await
+            });
+        }
+        {
+            let (a, c) = (self.clone(), shutdown.stop.clone());
+            background.spawn(async move { a.recheck_loop(c).await });
+        }
+        if let Some(d) = deadline {
+            let s = shutdown.clone();
+            background.spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(d) => {
+                        tracing::warn!("drain timeout reached; stopping");
+                        s.stop.cancel();
+                        s.abort.cancel();
+                    }
+                    _ = s.stop.cancelled() => {}
+                }
+            });
+        }
+        background
+    }
+
+    /// One scan of `episodes/`, and the ids of the oldest episodes a slow
+    /// scan handed over early (already shipped by the time it returns);
+    /// `None` when shutdown stopped it.
+    async fn scan_pass(
+        self: &Arc<Self>,
+        shutdown: &Shutdown,
+    ) -> Option<(io::Result<scan::ScanReport>, HashSet<EpisodeId>)> {
+        let sp = self.spool.clone();
+        let prog = self.progress.clone();
+        let (tx, early_rx) = tokio::sync::oneshot::channel();
+        let early = scan::Early {
+            after: EARLY_BATCH_AFTER,
+            count: self.cfg.ship_concurrency * 4,
+            send: Box::new(move |v| {
+                let _ = tx.send(v);
+            }),
+        };
+        let scanning = blocking(move || {
+            scan::scan_with_early(&sp, scan::SCAN_BATCH, Some(&prog.counter), Some(early))
+        });
+        tokio::pin!(scanning);
+        // A slow scan (a huge backlog on a cold disk) hands over the
+        // oldest episodes seen so far; they ship while it goes on.
+        let mut early_ids = HashSet::new();
+        let scanned = tokio::select! {
+            // A long scan does not hold up shutdown.
+            _ = shutdown.stop.cancelled() => return None,
+            r = &mut scanning => r,
+            Ok(first) = early_rx => {
+                early_ids = first.iter().map(|r| r.id.clone()).collect();
+                let (_, r) = tokio::join!(self.process_batch(first, shutdown), &mut scanning);
+                r
+            }
+        };
+        Some((scanned, early_ids))
     }
 
     async fn sleep(&self, d: Duration, stop: &CancellationToken) {
