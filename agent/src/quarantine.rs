@@ -5,6 +5,7 @@
 //! for each kind, the move, and the log policy (a rejected commit is told
 //! at ERROR once until it is allowed again, the other kinds every time).
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -228,6 +229,31 @@ pub fn list_ids(spool: &Spool) -> io::Result<(Vec<EpisodeId>, Vec<String>)> {
     }
     ids.sort();
     Ok((ids, bad))
+}
+
+/// The episodes quarantined for a rejected commit (412), by commit: what
+/// the re-check asks the receiver about.
+pub fn rejected_by_commit(spool: &Spool) -> io::Result<HashMap<Commit, Vec<EpisodeId>>> {
+    let (ids, _) = list_ids(spool)?;
+    let mut by_commit: HashMap<Commit, Vec<EpisodeId>> = HashMap::new();
+    for id in ids {
+        let Ok(r) = read_reason(spool, &id) else {
+            continue;
+        };
+        if !r.is_commit_rejected() {
+            continue;
+        }
+        // Old reason files may not name the commit: read meta.json.
+        let c = r
+            .commit
+            .as_deref()
+            .and_then(|c| Commit::parse_lenient(c).ok())
+            .or_else(|| spool::read_commit(&spool.quarantine_dir(&id)).ok());
+        if let Some(c) = c {
+            by_commit.entry(c).or_default().push(id);
+        }
+    }
+    Ok(by_commit)
 }
 
 /// The reason to write for an episode quarantined as `kind` after

@@ -8,7 +8,7 @@
 //! episode is logged as aborted, keeps its tarball, and is shipped on the
 //! next start; it is never recorded as a failure (SPEC §4.2).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -502,31 +502,7 @@ impl Agent {
 
     pub async fn recheck_once(&self) {
         let sp = self.spool.clone();
-        let found = blocking(
-            move || -> std::io::Result<HashMap<Commit, Vec<EpisodeId>>> {
-                let (ids, _) = quarantine::list_ids(&sp)?;
-                let mut by_commit: HashMap<Commit, Vec<EpisodeId>> = HashMap::new();
-                for id in ids {
-                    let Ok(r) = quarantine::read_reason(&sp, &id) else {
-                        continue;
-                    };
-                    if !r.is_commit_rejected() {
-                        continue;
-                    }
-                    // Old reason files may not name the commit: read meta.json.
-                    let c = r
-                        .commit
-                        .as_deref()
-                        .and_then(|c| Commit::parse_lenient(c).ok())
-                        .or_else(|| spool::read_commit(&sp.quarantine_dir(&id)).ok());
-                    if let Some(c) = c {
-                        by_commit.entry(c).or_default().push(id);
-                    }
-                }
-                Ok(by_commit)
-            },
-        )
-        .await;
+        let found = blocking(move || quarantine::rejected_by_commit(&sp)).await;
         let by_commit = match found {
             Ok(m) => m,
             Err(e) => {
