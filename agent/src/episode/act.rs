@@ -21,7 +21,7 @@ use crate::{conflict, quarantine, retire};
 
 /// Execute the table's action for one attempt; the next step is the start
 /// again when the episode must be re-packed and shipped now.
-pub(super) async fn act(agent: &Agent, id: &EpisodeId, h: Box<Happened>) -> Step {
+pub(super) async fn act<'a>(agent: &'a Agent, id: &EpisodeId, h: Box<Happened<'a>>) -> Step<'a> {
     let outcome = h.what.outcome();
     let (before, action) = agent.tally.decide(id, outcome, &h.detail.error);
     let attempts = before.attempts + 1;
@@ -42,7 +42,7 @@ pub(super) async fn act(agent: &Agent, id: &EpisodeId, h: Box<Happened>) -> Step
 }
 
 /// A digest mismatch under the limit: delete the tarball and start again.
-async fn repack(agent: &Agent, id: &EpisodeId, before: &Record) -> Step {
+async fn repack<'a>(agent: &'a Agent, id: &EpisodeId, before: &Record) -> Step<'a> {
     tracing::warn!(episode = %id, "digest mismatch reported by the receiver; re-packing ({} of {})", before.strikes.digest_mismatch + 1, ferry_proto::action::DIGEST_MISMATCH_LIMIT);
     let (sp, i) = (agent.spool.clone(), id.clone());
     if let Err(e) = blocking(move || sp.remove_tarballs(&i)).await {

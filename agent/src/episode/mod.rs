@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use ferry_proto::{Commit, EpisodeId, Outcome, Sha256};
+use tokio::sync::SemaphorePermit;
 
 pub(crate) use detail::Detail;
 pub(crate) use tally::Tally;
@@ -32,7 +33,7 @@ use crate::{classify, fsio};
 pub const CHANGING_REPORT_EVERY: u32 = 10;
 
 /// Where one episode's journey is.
-enum Step {
+enum Step<'a> {
     /// Handed over by the scan: is it still there, and what is its commit?
     Found,
     /// `meta.json` names the commit: obtain the tarball.
@@ -40,7 +41,7 @@ enum Step {
     /// The tarball is open: wait for the gate and a slot, then upload it.
     Packed { commit: Commit, tarball: Tarball },
     /// An attempt ended: decide and execute the action.
-    Happened(Box<Happened>),
+    Happened(Box<Happened<'a>>),
     /// It changed while it was packed: not ready this pass.
     NotReady(PackError),
     /// Shutdown stopped the journey (when, for the log line).
@@ -50,11 +51,14 @@ enum Step {
 }
 
 /// What happened to one attempt, with what to say about it.
-struct Happened {
+struct Happened<'a> {
     commit: Option<Commit>,
     sha256: Option<Sha256>,
     what: What,
     detail: Detail,
+    /// The upload slot of an upload, held until its action is executed
+    /// (the next upload waits for this one's retire).
+    _slot: Option<SemaphorePermit<'a>>,
 }
 
 /// The thing classified: an upload's result (its outcome borrows the
@@ -119,7 +123,7 @@ pub(crate) async fn process(agent: Arc<Agent>, id: EpisodeId, shutdown: Shutdown
 
 /// Still there (not shipped from an early batch, purged or moved by an
 /// operator since the scan)? Then its commit, from `meta.json`.
-async fn found(agent: &Agent, id: &EpisodeId, shutdown: &Shutdown) -> Step {
+async fn found<'a>(agent: &'a Agent, id: &EpisodeId, shutdown: &Shutdown) -> Step<'a> {
     if shutdown.stop.is_cancelled() {
         return Step::Done;
     }
@@ -134,6 +138,7 @@ async fn found(agent: &Agent, id: &EpisodeId, shutdown: &Shutdown) -> Step {
             sha256: None,
             what: What::Local(outcome),
             detail,
+            _slot: None,
         }))
     };
     match blocking(move || spool::read_commit(&dir)).await {
@@ -148,7 +153,12 @@ async fn found(agent: &Agent, id: &EpisodeId, shutdown: &Shutdown) -> Step {
 
 /// The tarball: re-hash one left by an earlier run, or pack, one at a
 /// time.
-async fn packed(agent: &Agent, id: &EpisodeId, commit: Commit, shutdown: &Shutdown) -> Step {
+async fn packed<'a>(
+    agent: &'a Agent,
+    id: &EpisodeId,
+    commit: Commit,
+    shutdown: &Shutdown,
+) -> Step<'a> {
     let obtained = {
         let _slot = tokio::select! {
             // Stop wins over work that is also ready.
@@ -179,26 +189,27 @@ async fn packed(agent: &Agent, id: &EpisodeId, commit: Commit, shutdown: &Shutdo
                 sha256: None,
                 what: What::Local(outcome),
                 detail: Detail::local(e.describe()),
+                _slot: None,
             })),
         },
     }
 }
 
 /// Wait while backing off and for an upload slot, then upload.
-async fn upload(
-    agent: &Agent,
+async fn upload<'a>(
+    agent: &'a Agent,
     id: &EpisodeId,
     commit: Commit,
     tarball: Tarball,
     shutdown: &Shutdown,
-) -> Step {
+) -> Step<'a> {
     tokio::select! {
         // Stop wins over work that is also ready.
         biased;
         _ = shutdown.stop.cancelled() => return Step::Aborted("before uploading"),
         _ = agent.gate.wait() => {}
     }
-    let _slot = tokio::select! {
+    let slot = tokio::select! {
         // Stop wins over work that is also ready.
         biased;
         _ = shutdown.stop.cancelled() => return Step::Aborted("before uploading"),
@@ -219,6 +230,7 @@ async fn upload(
         sha256: Some(packed.sha256),
         detail: Detail::of_upload(&result, token_problem.as_deref()),
         what: What::Upload(result),
+        _slot: Some(slot),
     }))
 }
 
