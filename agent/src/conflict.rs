@@ -1,13 +1,17 @@
 //! 409: the receiver holds different bytes under this id. The episode moves
 //! to `conflict/<id>/` with `conflict.json` and is never shipped again by
-//! itself; `doctor` lists it.
+//! itself; `doctor` lists it. Told at ERROR and counted, so that `drain`
+//! exits 1.
 
 use std::io;
+use std::sync::atomic::Ordering;
 
 use ferry_proto::{Commit, EpisodeId, Sha256};
 use serde::{Deserialize, Serialize};
 
+use crate::episode::Detail;
 use crate::fsio;
+use crate::run::{blocking, Agent};
 use crate::spool::{self, Spool, CONFLICT_FILE};
 
 /// Contents of `conflict.json`.
@@ -44,4 +48,40 @@ pub fn park(
     // Into the producer's directory: see `Spool::write_record`.
     spool.write_record(spool::CONFLICT, id, CONFLICT_FILE, &text)?;
     spool.remove_tarballs(id)
+}
+
+/// Execute `Action::Conflict` for an answered upload.
+pub(crate) async fn execute(
+    agent: &Agent,
+    id: &EpisodeId,
+    commit: Option<&Commit>,
+    sha: Option<&Sha256>,
+    detail: &Detail,
+) {
+    let (sp, i, c, s, theirs) = (
+        agent.spool.clone(),
+        id.clone(),
+        commit.cloned(),
+        sha.cloned(),
+        detail.existing_sha256.clone(),
+    );
+    let moved = blocking(move || match (c, s) {
+        (Some(c), Some(s)) => park(&sp, &i, &s, theirs.as_deref(), &c),
+        _ => Err(std::io::Error::other("conflict without commit or digest")),
+    })
+    .await;
+    let msg = format!(
+        "{id}: the receiver holds different bytes under this id ({}); moved to conflict/, not shipped again. Compare and remove one copy, see `ferry-agent doctor`",
+        detail.error
+    );
+    match moved {
+        Ok(()) => {
+            agent.conflicts.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("{msg}")
+        }
+        Err(e) => tracing::error!("{msg}; but moving it failed: {e}"),
+    }
+    agent.left_episodes();
+    agent.metrics.conflict();
+    agent.record_error(&msg).await;
 }

@@ -184,7 +184,7 @@ pub async fn checks(
     let sp = spool.clone();
     let gathered = tokio::task::spawn_blocking(move || {
         let counts = status::counts(&sp)?;
-        let r = scan::scan(&sp, crate::run::SCAN_BATCH, None)?;
+        let r = scan::scan(&sp, scan::SCAN_BATCH, None)?;
         let mut commits = BTreeSet::new();
         let mut no_commit = Vec::new();
         for ready in &r.batch {

@@ -3,30 +3,30 @@
 //! line, resolves the [`config::Config`] and calls into this library.
 //!
 //! Map: `config` (raw → resolved), `spool` (layout, [`spool::EpisodeState`]),
-//! `fsio` (crash-safe moves, errno), `scan`, `pack` (`walk`: the tree it
-//! reads), `outbox` (the tarball to ship; `archive`: the walker that
-//! checks one left there), `ship`, `classify` (what happened →
-//! `proto::Outcome`), `retire` / `quarantine` / `conflict` (the actions),
-//! `backoff`, `sweep`, `notify` (systemd), `state`
-//! (`.ferry-agent-state.json`), `run` (daemon loop and drain), `doctor`,
-//! `status`, `cli`, `textfile` (metrics for
-//! node_exporter). Files are opened through `ferry_durable::safe`; no
-//! `unsafe` here.
+//! `fsio` (crash-safe moves, errno), `scan`, `pack` (the folder: `walk`,
+//! the tree it reads; `frames`, `output`; `archive`, the walker that checks
+//! a tarball left in the outbox), `outbox` (the tarball to ship), `ship`,
+//! `classify` (what happened → `proto::Outcome`), `episode` (one episode's
+//! journey: pack → ship → classify → act), `retire` / `quarantine` /
+//! `conflict` (the actions that move an episode, each with its effects and
+//! text), `backoff`, `sweep`, `notify` (systemd), `state`
+//! (`.ferry-agent-state.json`), `run` (daemon loop, scheduling, shutdown,
+//! drain), `doctor`, `status`, `cli`, `textfile` (metrics for
+//! node_exporter). Files are opened through
+//! `ferry_durable::safe`; no `unsafe` here.
 
 #![forbid(unsafe_code)]
 
-pub mod archive;
 pub mod backoff;
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod conflict;
 pub mod doctor;
-pub mod frames;
+pub mod episode;
 pub mod fsio;
 pub mod notify;
 pub mod outbox;
-pub mod output;
 pub mod pack;
 pub mod quarantine;
 pub mod retire;
@@ -38,4 +38,3 @@ pub mod state;
 pub mod status;
 pub mod sweep;
 pub mod textfile;
-pub mod walk;

@@ -16,8 +16,8 @@ use ferry_durable::safe;
 use ferry_proto::{EpisodeId, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::{self, CheckError};
 use crate::fsio;
+use crate::pack::archive::{self, CheckError};
 use crate::pack::{self, PackError, PackOptions, Packed};
 use crate::spool::Spool;
 

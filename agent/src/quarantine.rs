@@ -1,14 +1,22 @@
 //! `quarantine/<id>/` and its `quarantine_reason.json`: moving an episode in
 //! (with the reason), reading reasons written by this or an older shipper,
-//! and moving episodes back (`retry`, or the 412 re-check).
+//! and moving episodes back (`retry`, or the 412 re-check). Executing
+//! `Action::Quarantine` is here too: the reason and its remediation text
+//! for each kind, the move, and the log policy (a rejected commit is told
+//! at ERROR once until it is allowed again, the other kinds every time).
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::sync::atomic::Ordering;
 
-use ferry_proto::{EpisodeId, QuarantineKind};
+use ferry_proto::action::{DIGEST_MISMATCH_LIMIT, LOCAL_READ_LIMIT};
+use ferry_proto::{Commit, EpisodeId, QuarantineKind};
 use serde_json::{Map, Value};
 
+use crate::episode::Detail;
 use crate::fsio;
+use crate::run::{blocking, lock, Agent};
 use crate::spool::{self, Spool, REASON_FILE};
 
 /// The stable name of a quarantine kind, as written in the reason file
@@ -223,6 +231,138 @@ pub fn list_ids(spool: &Spool) -> io::Result<(Vec<EpisodeId>, Vec<String>)> {
     }
     ids.sort();
     Ok((ids, bad))
+}
+
+/// The episodes quarantined for a rejected commit (412), by commit: what
+/// the re-check asks the receiver about.
+pub fn rejected_by_commit(spool: &Spool) -> io::Result<HashMap<Commit, Vec<EpisodeId>>> {
+    let (ids, _) = list_ids(spool)?;
+    let mut by_commit: HashMap<Commit, Vec<EpisodeId>> = HashMap::new();
+    for id in ids {
+        let Ok(r) = read_reason(spool, &id) else {
+            continue;
+        };
+        if !r.is_commit_rejected() {
+            continue;
+        }
+        // Old reason files may not name the commit: read meta.json.
+        let c = r
+            .commit
+            .as_deref()
+            .and_then(|c| Commit::parse_lenient(c).ok())
+            .or_else(|| spool::read_commit(&spool.quarantine_dir(&id)).ok());
+        if let Some(c) = c {
+            by_commit.entry(c).or_default().push(id);
+        }
+    }
+    Ok(by_commit)
+}
+
+/// The reason to write for an episode quarantined as `kind` after
+/// `attempts` attempts, with the remediation the operator is told.
+pub(crate) fn reason_for(
+    spool: &Spool,
+    id: &EpisodeId,
+    kind: QuarantineKind,
+    commit: Option<&Commit>,
+    attempts: u32,
+    detail: &Detail,
+) -> Reason {
+    let mut reason = Reason {
+        status_code: detail.status,
+        error: detail.error.clone(),
+        body: detail.body.clone(),
+        quarantined_at_wall: None,
+        commit: commit.map(|c| c.to_string()),
+        attempts: Some(attempts),
+        remediation: detail.remediation.clone(),
+        kind: Some(kind_name(kind).to_string()),
+        extra: Default::default(),
+    };
+    match kind {
+        QuarantineKind::Unreadable => {
+            reason.error = format!(
+                "unreadable {LOCAL_READ_LIMIT} passes in a row: {}",
+                detail.error
+            );
+            reason.remediation = Some(format!(
+                "check the disk (dmesg, smartctl, fsck), repair or remove the file, then run `ferry-agent quarantine retry {id}`"
+            ));
+        }
+        QuarantineKind::RepeatedDigestMismatch => {
+            reason.error = format!(
+                "digest-mismatch {DIGEST_MISMATCH_LIMIT} times in a row: the bytes change between packing and the receiver (RAM, disk or a middlebox): {}",
+                detail.error
+            );
+            reason.remediation = Some(format!(
+                "check the device's memory and disk and any proxy on the way, then run `ferry-agent quarantine retry {id}`"
+            ));
+        }
+        QuarantineKind::Refused => {
+            reason.remediation.get_or_insert_with(|| {
+                format!("see the error; fix the episode or the receiver limit, then run `ferry-agent quarantine retry {id}`")
+            });
+        }
+        QuarantineKind::NoCommit => {
+            reason.remediation.get_or_insert_with(|| {
+                format!(
+                    "write the producing commit into {}/meta.json as {{\"code_version\": {{\"commit\": \"<40 hex>\"}}}}, then run `ferry-agent quarantine retry {id}`",
+                    spool.quarantine_dir(id).display()
+                )
+            });
+        }
+        QuarantineKind::CommitRejected => {}
+    }
+    reason
+}
+
+/// Execute `Action::Quarantine(kind)`: move the episode in with its
+/// reason, count it, tell the operator.
+pub(crate) async fn execute(
+    agent: &Agent,
+    id: &EpisodeId,
+    kind: QuarantineKind,
+    commit: Option<&Commit>,
+    attempts: u32,
+    detail: &Detail,
+) {
+    let reason = reason_for(&agent.spool, id, kind, commit, attempts, detail);
+    let (sp, i, r) = (agent.spool.clone(), id.clone(), reason.clone());
+    if let Err(e) = blocking(move || quarantine(&sp, &i, &r)).await {
+        let msg = format!(
+            "cannot quarantine {id}: {}",
+            fsio::describe(&agent.spool.episode_dir(id), &e)
+        );
+        tracing::error!("{msg}");
+        agent.record_error(&msg).await;
+        return;
+    }
+    agent.left_episodes();
+    agent.quarantined.fetch_add(1, Ordering::Relaxed);
+    agent.metrics.quarantined(kind);
+    let rem = reason.remediation.clone().unwrap_or_default();
+    if kind == QuarantineKind::CommitRejected {
+        let first = commit.is_none_or(|c| lock(&agent.logged_412).insert(c.clone()));
+        if first {
+            tracing::error!(
+                episode = %id,
+                commit = %commit.map(|c| c.as_str()).unwrap_or(""),
+                "the receiver rejects this commit (412); quarantined until it is allowed (re-checked every {}). Remediation: {rem}",
+                humantime::format_duration(agent.cfg.recheck_interval)
+            );
+        } else {
+            tracing::info!(episode = %id, "quarantined: commit rejected (412), as logged before");
+        }
+    } else {
+        tracing::error!(episode = %id, kind = kind_name(kind), "quarantined: {}. Remediation: {rem}", reason.error);
+    }
+    agent
+        .record_error(&format!(
+            "{id} quarantined ({}): {}",
+            kind_name(kind),
+            reason.error
+        ))
+        .await;
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The daemon loop (`run`) and `drain`: scan → pack → ship → execute the
-//! action `proto::decide` chose, with shutdown passed down as values.
+//! The daemon loop (`run`) and `drain`: scan, hand each ready episode to
+//! its journey (`episode`: pack → ship → classify → act), keep `STATUS=`
+//! and the 412 re-check going, with shutdown passed down as values.
 //!
 //! Shutdown has two stages ([`Shutdown`]): `stop` (SIGTERM) ends scanning,
 //! packing and the start of new uploads; `abort` (after `shutdown_grace`,
@@ -7,15 +8,13 @@
 //! episode is logged as aborted, keeps its tarball, and is shipped on the
 //! next start; it is never recorded as a failure (SPEC §4.2).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_proto::{
-    decide, Action, Commit, EpisodeId, Outcome, QuarantineKind, Reply, Sha256, Strikes,
-};
-use serde_json::Value;
+use ferry_proto::{Commit, EpisodeId};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -23,23 +22,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Gate;
 use crate::config::Config;
+use crate::episode::{self, Tally};
 use crate::notify::{self, Notifier, Progress};
-use crate::pack::{self, PackOptions};
-use crate::quarantine::{self, kind_name, Reason};
+use crate::pack::PackOptions;
+use crate::quarantine;
 use crate::scan;
-use crate::ship::{Answer, Shipper, UploadResult};
-use crate::spool::{self, MetaError, Spool};
+use crate::ship::Shipper;
+use crate::spool::{self, Spool};
 use crate::state::AgentState;
 use crate::textfile::{self, Gauges};
-use crate::{classify, conflict, fsio, outbox, retire, sweep};
+use crate::{fsio, sweep};
 
-/// Ready episodes taken per pass (memory bound of the scan).
-pub const SCAN_BATCH: usize = 1024;
 /// A scan still running after this long hands over what it has found.
 pub const EARLY_BATCH_AFTER: Duration = Duration::from_millis(500);
-/// An episode found changing while packed this many passes in a row is
-/// reported as an error (and again every as many passes).
-pub const CHANGING_REPORT_EVERY: u32 = 10;
 
 /// The two stages of shutdown, created by `main` and passed down.
 #[derive(Debug, Clone, Default)]
@@ -106,115 +101,51 @@ pub enum StartError {
     Client(#[from] crate::ship::ClientError),
 }
 
-#[derive(Debug, Default, Clone)]
-struct StrikeRecord {
-    strikes: Strikes,
-    attempts: u32,
-    last_error: String,
-    /// Passes in a row that found the episode changing while it was packed.
-    changed_passes: u32,
-}
-
-/// What to write into a quarantine reason or a log line about an attempt.
-#[derive(Debug, Default)]
-struct Detail {
-    status: Option<u16>,
-    error: String,
-    body: Value,
-    remediation: Option<String>,
-    existing_sha256: Option<String>,
-}
-
-impl Detail {
-    fn from_answer(a: &Answer) -> Detail {
-        let body = serde_json::from_str(&a.body).unwrap_or_else(|_| Value::String(a.body.clone()));
-        let mut d = Detail {
-            status: Some(a.status),
-            body,
-            ..Detail::default()
-        };
-        d.error = match &a.reply {
-            Some(r @ Reply::BadRequest { error, detail }) => {
-                format!("{} {}: {}: {detail}", a.status, r.status(), error.as_str())
-            }
-            Some(Reply::CommitRejected { remediation, .. }) => {
-                d.remediation = Some(remediation.clone());
-                format!("{} commit-rejected", a.status)
-            }
-            Some(Reply::Conflict {
-                existing_sha256, ..
-            }) => {
-                d.existing_sha256 = Some(existing_sha256.clone());
-                format!(
-                    "{} conflict: the receiver holds sha256 {existing_sha256}",
-                    a.status
-                )
-            }
-            Some(Reply::TooLarge { limit, detail }) => {
-                format!("{} too-large (limit {limit} bytes): {detail}", a.status)
-            }
-            Some(r) => format!("{} {}", a.status, r.status()),
-            None => format!("{} (unparsed answer)", a.status),
-        };
-        d
-    }
-
-    fn local(error: String) -> Detail {
-        Detail {
-            error,
-            ..Detail::default()
-        }
-    }
-}
-
-/// The running agent: everything the workers share.
+/// The running agent: everything the workers share. The loop, scheduling
+/// and shutdown are here; one episode's journey is `episode`, which reads
+/// these fields (as do the action modules it calls).
 pub struct Agent {
-    cfg: Arc<Config>,
-    spool: Spool,
-    shipper: Shipper,
-    progress: Arc<Progress>,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) spool: Spool,
+    pub(crate) shipper: Shipper,
+    pub(crate) progress: Arc<Progress>,
     notifier: Notifier,
-    gate: Gate,
-    device_logged: Mutex<Option<Instant>>,
+    pub(crate) gate: Gate,
+    /// When the device refusal was last told at ERROR (`None` after a
+    /// success).
+    pub(crate) device_logged: Mutex<Option<Instant>>,
     status_at: Mutex<Option<Instant>>,
-    strikes: Mutex<HashMap<EpisodeId, StrikeRecord>>,
-    state: Mutex<AgentState>,
-    pack_opts: PackOptions,
-    pack_slots: Semaphore,
-    upload_slots: Semaphore,
-    in_flight: Arc<Mutex<HashSet<EpisodeId>>>,
-    logged_412: Mutex<HashSet<Commit>>,
-    pass_errors: Mutex<Vec<String>>,
+    /// Strikes, attempts and changing passes of episodes still in
+    /// `episodes/`.
+    pub(crate) tally: Tally,
+    pub(crate) state: Mutex<AgentState>,
+    pub(crate) pack_opts: PackOptions,
+    pub(crate) pack_slots: Semaphore,
+    pub(crate) upload_slots: Semaphore,
+    pub(crate) in_flight: Arc<Mutex<HashSet<EpisodeId>>>,
+    /// Rejected commits told at ERROR (until the re-check allows them).
+    pub(crate) logged_412: Mutex<HashSet<Commit>>,
+    /// Read errors of this pass, told in one line at its end.
+    pub(crate) pass_errors: Mutex<Vec<String>>,
     pending: AtomicU64,
-    quarantined: AtomicU64,
+    pub(crate) quarantined: AtomicU64,
     /// Episodes that left `episodes/` (retired, quarantined, parked).
     moved: AtomicU64,
     /// Episodes parked in `conflict/` by this run.
-    conflicts: AtomicU64,
-    metrics: Arc<textfile::Metrics>,
+    pub(crate) conflicts: AtomicU64,
+    /// The counters of the metrics textfile (`metrics_textfile`).
+    pub(crate) metrics: Arc<textfile::Metrics>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Run a blocking closure on the blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
         .expect("blocking task panicked")
-}
-
-/// Marks an episode as being worked on (so sweeps leave its files alone).
-struct FlightGuard {
-    set: Arc<Mutex<HashSet<EpisodeId>>>,
-    id: EpisodeId,
-}
-
-impl Drop for FlightGuard {
-    fn drop(&mut self) {
-        lock(&self.set).remove(&self.id);
-    }
 }
 
 impl Agent {
@@ -265,7 +196,7 @@ impl Agent {
             notifier,
             device_logged: Mutex::new(None),
             status_at: Mutex::new(None),
-            strikes: Mutex::default(),
+            tally: Tally::default(),
             state: Mutex::new(state),
             in_flight: Arc::default(),
             logged_412: Mutex::default(),
@@ -294,50 +225,11 @@ impl Agent {
         );
         let outer = shutdown.clone();
         let shutdown = shutdown.child();
-        let mut background = JoinSet::new();
-        {
-            // The daemon runs every sweep, hourly; a drain only finishes
-            // what a crashed run left in the outbox.
-            let which = match mode {
-                Mode::Run => sweep::Sweeps::All,
-                Mode::Drain { .. } => sweep::Sweeps::CrashLeftovers,
-            };
-            // A drain lets its one sweep finish (unless a signal stops it).
-            let c = match which {
-                sweep::Sweeps::All => shutdown.stop.clone(),
-                sweep::Sweeps::CrashLeftovers => outer.stop.clone(),
-            };
-            let a = self.clone();
-            background.spawn(async move {
-                sweep::sweep_loop(&a.cfg, &a.spool, a.in_flight.clone(), c, which).await
-            });
-        }
-        {
-            let (a, c) = (self.clone(), shutdown.stop.clone());
-            background.spawn(async move { a.recheck_loop(c).await });
-        }
-        if let Some(path) = self.cfg.metrics_textfile.clone() {
-            let (a, c) = (self.clone(), shutdown.stop.clone());
-            let (m, p, outbox) = (a.metrics.clone(), a.progress(), a.spool.dir(spool::OUTBOX));
-            background.spawn(textfile::writer(path, outbox, m, p, move || a.gauges(), c));
-        }
         let deadline = match mode {
             Mode::Drain { timeout: Some(t) } => Some(Instant::now() + t),
             _ => None,
         };
-        if let Some(d) = deadline {
-            let s = shutdown.clone();
-            background.spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(d) => {
-                        tracing::warn!("drain timeout reached; stopping");
-                        s.stop.cancel();
-                        s.abort.cancel();
-                    }
-                    _ = s.stop.cancelled() => {}
-                }
-            });
-        }
+        let mut background = self.background(mode, deadline, &outer, &shutdown);
         let mut finished = Finished {
             pending: 0,
             conflicts: 0,
@@ -347,32 +239,8 @@ impl Agent {
             if shutdown.stop.is_cancelled() {
                 break;
             }
-            let sp = self.spool.clone();
-            let prog = self.progress.clone();
-            let (tx, early_rx) = tokio::sync::oneshot::channel();
-            let early = scan::Early {
-                after: EARLY_BATCH_AFTER,
-                count: self.cfg.ship_concurrency * 4,
-                send: Box::new(move |v| {
-                    let _ = tx.send(v);
-                }),
-            };
-            let scanning = blocking(move || {
-                scan::scan_with_early(&sp, SCAN_BATCH, Some(&prog.counter), Some(early))
-            });
-            tokio::pin!(scanning);
-            // A slow scan (a huge backlog on a cold disk) hands over the
-            // oldest episodes seen so far; they ship while it goes on.
-            let mut early_ids = HashSet::new();
-            let scanned = tokio::select! {
-                // A long scan does not hold up shutdown.
-                _ = shutdown.stop.cancelled() => break,
-                r = &mut scanning => r,
-                Ok(first) = early_rx => {
-                    early_ids = first.iter().map(|r| r.id.clone()).collect();
-                    let (_, r) = tokio::join!(self.process_batch(first, &shutdown), &mut scanning);
-                    r
-                }
+            let Some((scanned, early_ids)) = self.scan_pass(&shutdown).await else {
+                break;
             };
             let mut report = match scanned {
                 Ok(r) => r,
@@ -438,6 +306,95 @@ impl Agent {
         finished
     }
 
+    /// The tasks beside the loop: sweeps, the 412 re-check, a drain's
+    /// deadline.
+    fn background(
+        self: &Arc<Self>,
+        mode: Mode,
+        deadline: Option<Instant>,
+        outer: &Shutdown,
+        shutdown: &Shutdown,
+    ) -> JoinSet<()> {
+        let mut background = JoinSet::new();
+        {
+            // The daemon runs every sweep, hourly; a drain only finishes
+            // what a crashed run left in the outbox.
+            let which = match mode {
+                Mode::Run => sweep::Sweeps::All,
+                Mode::Drain { .. } => sweep::Sweeps::CrashLeftovers,
+            };
+            // A drain lets its one sweep finish (unless a signal stops it).
+            let c = match which {
+                sweep::Sweeps::All => shutdown.stop.clone(),
+                sweep::Sweeps::CrashLeftovers => outer.stop.clone(),
+            };
+            let a = self.clone();
+            background.spawn(async move {
+                sweep::sweep_loop(&a.cfg, &a.spool, a.in_flight.clone(), c, which).await
+            });
+        }
+        {
+            let (a, c) = (self.clone(), shutdown.stop.clone());
+            background.spawn(async move { a.recheck_loop(c).await });
+        }
+        if let Some(path) = self.cfg.metrics_textfile.clone() {
+            let (a, c) = (self.clone(), shutdown.stop.clone());
+            let (m, p, outbox) = (a.metrics.clone(), a.progress(), a.spool.dir(spool::OUTBOX));
+            background.spawn(textfile::writer(path, outbox, m, p, move || a.gauges(), c));
+        }
+        if let Some(d) = deadline {
+            let s = shutdown.clone();
+            background.spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(d) => {
+                        tracing::warn!("drain timeout reached; stopping");
+                        s.stop.cancel();
+                        s.abort.cancel();
+                    }
+                    _ = s.stop.cancelled() => {}
+                }
+            });
+        }
+        background
+    }
+
+    /// One scan of `episodes/`, and the ids of the oldest episodes a slow
+    /// scan handed over early (already shipped by the time it returns);
+    /// `None` when shutdown stopped it.
+    async fn scan_pass(
+        self: &Arc<Self>,
+        shutdown: &Shutdown,
+    ) -> Option<(io::Result<scan::ScanReport>, HashSet<EpisodeId>)> {
+        let sp = self.spool.clone();
+        let prog = self.progress.clone();
+        let (tx, early_rx) = tokio::sync::oneshot::channel();
+        let early = scan::Early {
+            after: EARLY_BATCH_AFTER,
+            count: self.cfg.ship_concurrency * 4,
+            send: Box::new(move |v| {
+                let _ = tx.send(v);
+            }),
+        };
+        let scanning = blocking(move || {
+            scan::scan_with_early(&sp, scan::SCAN_BATCH, Some(&prog.counter), Some(early))
+        });
+        tokio::pin!(scanning);
+        // A slow scan (a huge backlog on a cold disk) hands over the
+        // oldest episodes seen so far; they ship while it goes on.
+        let mut early_ids = HashSet::new();
+        let scanned = tokio::select! {
+            // A long scan does not hold up shutdown.
+            _ = shutdown.stop.cancelled() => return None,
+            r = &mut scanning => r,
+            Ok(first) = early_rx => {
+                early_ids = first.iter().map(|r| r.id.clone()).collect();
+                let (_, r) = tokio::join!(self.process_batch(first, shutdown), &mut scanning);
+                r
+            }
+        };
+        Some((scanned, early_ids))
+    }
+
     async fn sleep(&self, d: Duration, stop: &CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => {}
@@ -468,7 +425,7 @@ impl Agent {
                 break;
             }
             let (a, s) = (self.clone(), shutdown.clone());
-            set.spawn(async move { a.process(ready.id, s).await });
+            set.spawn(episode::process(a, ready.id, s));
         }
         while set.join_next().await.is_some() {}
     }
@@ -488,425 +445,8 @@ impl Agent {
         }
     }
 
-    fn strikes_of(&self, id: &EpisodeId) -> StrikeRecord {
-        lock(&self.strikes).get(id).cloned().unwrap_or_default()
-    }
-
-    /// One episode: commit, tarball, upload, action. Loops only to re-pack
-    /// after a digest mismatch.
-    async fn process(self: Arc<Self>, id: EpisodeId, shutdown: Shutdown) {
-        if !lock(&self.in_flight).insert(id.clone()) {
-            return;
-        }
-        let _flight = FlightGuard {
-            set: self.in_flight.clone(),
-            id: id.clone(),
-        };
-        loop {
-            if shutdown.stop.is_cancelled() {
-                return;
-            }
-            // Gone since the scan (shipped from an early batch, purged or
-            // moved by an operator): nothing to do. The marker is looked
-            // at as the scan does, not followed: a dangling symlink there
-            // made the scan see the episode ready and this check see it
-            // gone, so it stayed pending forever, never packed or reported.
-            let marker = self.spool.episode_dir(&id).join(spool::DONE_MARKER);
-            if !blocking(move || marker.symlink_metadata().is_ok()).await {
-                return;
-            }
-            // The commit, from meta.json.
-            let dir = self.spool.episode_dir(&id);
-            let commit = match blocking(move || spool::read_commit(&dir)).await {
-                Ok(c) => c,
-                Err(MetaError::NoCommit(why)) => {
-                    let detail = Detail {
-                        remediation: Some(format!(
-                            "write the producing commit into {}/meta.json as {{\"code_version\": {{\"commit\": \"<40 hex>\"}}}}, then run `ferry-agent quarantine retry {id}`",
-                            self.spool.quarantine_dir(&id).display()
-                        )),
-                        ..Detail::local(why)
-                    };
-                    self.act(&id, None, None, Outcome::NoCommit, detail).await;
-                    return;
-                }
-                Err(MetaError::Read { path, source }) => {
-                    let d = Detail::local(fsio::describe(&path, &source));
-                    self.act(&id, None, None, Outcome::LocalRead, d).await;
-                    return;
-                }
-            };
-            // The tarball: re-hash one left by an earlier run, or pack.
-            let packed = {
-                let _slot = tokio::select! {
-                    // Stop wins over work that is also ready.
-                    biased;
-                    _ = shutdown.stop.cancelled() => { self.log_aborted(&id, "before packing"); return; }
-                    s = self.pack_slots.acquire() => s.expect("semaphore open"),
-                };
-                let _active = self.progress.active();
-                let (sp, i, opts, prog, stop) = (
-                    self.spool.clone(),
-                    id.clone(),
-                    self.pack_opts,
-                    self.progress.clone(),
-                    shutdown.stop.clone(),
-                );
-                blocking(move || outbox::obtain(&sp, &i, opts, &prog.counter, &stop)).await
-            };
-            let (packed, tarball_file) = match packed {
-                Ok(t) => {
-                    if let Some(rec) = lock(&self.strikes).get_mut(&id) {
-                        rec.changed_passes = 0;
-                    }
-                    (t.packed, t.file)
-                }
-                Err(e) => {
-                    let Some(outcome) = classify::pack(&e) else {
-                        self.not_ready(&id, &e).await;
-                        return;
-                    };
-                    if outcome == Outcome::Aborted {
-                        self.log_aborted(&id, "while packing");
-                        return;
-                    }
-                    self.act(
-                        &id,
-                        Some(&commit),
-                        None,
-                        outcome,
-                        Detail::local(e.describe()),
-                    )
-                    .await;
-                    return;
-                }
-            };
-            // Wait while backing off, then upload.
-            tokio::select! {
-                // Stop wins over work that is also ready.
-                biased;
-                _ = shutdown.stop.cancelled() => { self.log_aborted(&id, "before uploading"); return; }
-                _ = self.gate.wait() => {}
-            }
-            let _slot = tokio::select! {
-                // Stop wins over work that is also ready.
-                biased;
-                _ = shutdown.stop.cancelled() => { self.log_aborted(&id, "before uploading"); return; }
-                s = self.upload_slots.acquire() => s.expect("semaphore open"),
-            };
-            let (result, token_problem) = {
-                let _active = self.progress.active();
-                let _upload = self.metrics.upload(packed.size, &self.progress);
-                let tarball = self.spool.tarball(&id);
-                tracing::debug!(episode = %id, size = packed.size, sha256 = %packed.sha256, "uploading");
-                self.shipper
-                    .put_episode(
-                        &id,
-                        &commit,
-                        &packed.sha256,
-                        (tarball_file, &tarball),
-                        &shutdown.abort,
-                    )
-                    .await
-            };
-            let detail = match &result {
-                UploadResult::Answered(a) => {
-                    let mut d = Detail::from_answer(a);
-                    if let Some(tp) = &token_problem {
-                        d.error = format!("{} ({tp})", d.error);
-                    }
-                    d
-                }
-                UploadResult::Network(e) => Detail::local(format!("network: {e}")),
-                UploadResult::TarballRead { path, source } => {
-                    Detail::local(fsio::describe(path, source))
-                }
-                UploadResult::Aborted => Detail::local("aborted".into()),
-            };
-            let outcome = classify::upload(&result);
-            let again = self
-                .act(&id, Some(&commit), Some(&packed.sha256), outcome, detail)
-                .await;
-            if !again {
-                return;
-            }
-        }
-    }
-
-    /// The episode changed while it was packed: not ready this pass (no
-    /// action, no strike; the next pass packs it again, a scan interval
-    /// later unless others moved on). It is never quarantined for it, since
-    /// a producer may still be writing; but after every
-    /// [`CHANGING_REPORT_EVERY`] passes in a row it is reported as an
-    /// error (log, `STATUS=`, `doctor`'s last error).
-    async fn not_ready(&self, id: &EpisodeId, e: &pack::PackError) {
-        let passes = {
-            let mut map = lock(&self.strikes);
-            let rec = map.entry(id.clone()).or_default();
-            rec.changed_passes += 1;
-            rec.changed_passes
-        };
-        if passes % CHANGING_REPORT_EVERY == 0 {
-            let msg = format!(
-                "{id} keeps changing after done.marker ({passes} passes in a row): {}; the producer must finish writing before it writes done.marker",
-                e.describe()
-            );
-            tracing::error!("{msg}");
-            self.record_error(&msg).await;
-        } else {
-            tracing::info!(episode = %id, "not ready: {}; packing again next pass", e.describe());
-        }
-    }
-
-    fn log_aborted(&self, id: &EpisodeId, when: &str) {
-        tracing::info!(episode = %id, "aborted {when} by shutdown; the tarball (if any) stays in the outbox and ships on the next start");
-    }
-
-    /// Execute the table's action for one outcome. Returns true when the
-    /// episode must be re-packed and shipped again now.
-    async fn act(
-        &self,
-        id: &EpisodeId,
-        commit: Option<&Commit>,
-        sha: Option<&Sha256>,
-        outcome: Outcome<'_>,
-        detail: Detail,
-    ) -> bool {
-        let before = self.strikes_of(id);
-        let action = decide(outcome, before.strikes);
-        // Keep the per-episode strike counts (consecutive failures of one
-        // kind; anything else resets them).
-        {
-            let mut map = lock(&self.strikes);
-            let rec = map.entry(id.clone()).or_default();
-            if action != Action::Abandon {
-                rec.attempts += 1;
-            }
-            match action {
-                Action::Repack => {
-                    rec.strikes.digest_mismatch += 1;
-                    rec.strikes.local_read = 0;
-                }
-                Action::SkipThisPass => {
-                    rec.strikes.local_read += 1;
-                    rec.strikes.digest_mismatch = 0;
-                }
-                Action::Abandon => {}
-                _ => rec.strikes = Strikes::default(),
-            }
-            rec.last_error = detail.error.clone();
-            if matches!(
-                action,
-                Action::Retire | Action::Conflict | Action::Quarantine(_)
-            ) {
-                map.remove(id);
-            }
-        }
-        let attempts = before.attempts + 1;
-        match action {
-            Action::Retire => {
-                let (sp, i) = (self.spool.clone(), id.clone());
-                match blocking(move || retire::retire(&sp, &i)).await {
-                    Ok(()) => {
-                        self.gate.succeed();
-                        *lock(&self.device_logged) = None;
-                        tracing::info!(episode = %id, sha256 = %sha.map(|s| s.as_str()).unwrap_or(""), answer = %detail.error, "shipped");
-                        self.left_episodes();
-                        self.metrics.shipped();
-                        let now = spool::now_wall();
-                        let st = {
-                            let mut st = lock(&self.state);
-                            st.record_success(id.as_str(), &now);
-                            st.clone()
-                        };
-                        self.save_state(st).await;
-                    }
-                    Err(e) => {
-                        let msg = format!(
-                            "shipped {id} but cannot retire it: {}",
-                            fsio::describe(&self.spool.episode_dir(id), &e)
-                        );
-                        tracing::error!("{msg}");
-                        self.record_error(&msg).await;
-                    }
-                }
-                false
-            }
-            Action::Conflict => {
-                let (sp, i, c, s, theirs) = (
-                    self.spool.clone(),
-                    id.clone(),
-                    commit.cloned(),
-                    sha.cloned(),
-                    detail.existing_sha256.clone(),
-                );
-                let moved = blocking(move || match (c, s) {
-                    (Some(c), Some(s)) => conflict::park(&sp, &i, &s, theirs.as_deref(), &c),
-                    _ => Err(std::io::Error::other("conflict without commit or digest")),
-                })
-                .await;
-                let msg = format!(
-                    "{id}: the receiver holds different bytes under this id ({}); moved to conflict/, not shipped again. Compare and remove one copy, see `ferry-agent doctor`",
-                    detail.error
-                );
-                match moved {
-                    Ok(()) => {
-                        self.conflicts.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!("{msg}")
-                    }
-                    Err(e) => tracing::error!("{msg}; but moving it failed: {e}"),
-                }
-                self.left_episodes();
-                self.metrics.conflict();
-                self.record_error(&msg).await;
-                false
-            }
-            Action::Quarantine(kind) => {
-                let mut reason = Reason {
-                    status_code: detail.status,
-                    error: detail.error.clone(),
-                    body: detail.body.clone(),
-                    quarantined_at_wall: None,
-                    commit: commit.map(|c| c.to_string()),
-                    attempts: Some(attempts),
-                    remediation: detail.remediation.clone(),
-                    kind: Some(kind_name(kind).to_string()),
-                    extra: Default::default(),
-                };
-                match kind {
-                    QuarantineKind::Unreadable => {
-                        reason.error = format!(
-                            "unreadable {} passes in a row: {}",
-                            ferry_proto::action::LOCAL_READ_LIMIT,
-                            detail.error
-                        );
-                        reason.remediation = Some(format!(
-                            "check the disk (dmesg, smartctl, fsck), repair or remove the file, then run `ferry-agent quarantine retry {id}`"
-                        ));
-                    }
-                    QuarantineKind::RepeatedDigestMismatch => {
-                        reason.error = format!(
-                            "digest-mismatch {} times in a row: the bytes change between packing and the receiver (RAM, disk or a middlebox): {}",
-                            ferry_proto::action::DIGEST_MISMATCH_LIMIT,
-                            detail.error
-                        );
-                        reason.remediation = Some(format!(
-                            "check the device's memory and disk and any proxy on the way, then run `ferry-agent quarantine retry {id}`"
-                        ));
-                    }
-                    QuarantineKind::Refused => {
-                        reason.remediation.get_or_insert_with(|| {
-                            format!("see the error; fix the episode or the receiver limit, then run `ferry-agent quarantine retry {id}`")
-                        });
-                    }
-                    QuarantineKind::CommitRejected | QuarantineKind::NoCommit => {}
-                }
-                let (sp, i, r) = (self.spool.clone(), id.clone(), reason.clone());
-                let moved = blocking(move || quarantine::quarantine(&sp, &i, &r)).await;
-                if let Err(e) = moved {
-                    let msg = format!(
-                        "cannot quarantine {id}: {}",
-                        fsio::describe(&self.spool.episode_dir(id), &e)
-                    );
-                    tracing::error!("{msg}");
-                    self.record_error(&msg).await;
-                    return false;
-                }
-                self.left_episodes();
-                self.quarantined.fetch_add(1, Ordering::Relaxed);
-                self.metrics.quarantined(kind);
-                let rem = reason.remediation.clone().unwrap_or_default();
-                if kind == QuarantineKind::CommitRejected {
-                    let first = commit.is_none_or(|c| lock(&self.logged_412).insert(c.clone()));
-                    if first {
-                        tracing::error!(
-                            episode = %id,
-                            commit = %commit.map(|c| c.as_str()).unwrap_or(""),
-                            "the receiver rejects this commit (412); quarantined until it is allowed (re-checked every {}). Remediation: {rem}",
-                            humantime::format_duration(self.cfg.recheck_interval)
-                        );
-                    } else {
-                        tracing::info!(episode = %id, "quarantined: commit rejected (412), as logged before");
-                    }
-                } else {
-                    tracing::error!(episode = %id, kind = kind_name(kind), "quarantined: {}. Remediation: {rem}", reason.error);
-                }
-                self.record_error(&format!(
-                    "{id} quarantined ({}): {}",
-                    kind_name(kind),
-                    reason.error
-                ))
-                .await;
-                false
-            }
-            Action::Repack => {
-                tracing::warn!(episode = %id, "digest mismatch reported by the receiver; re-packing ({} of {})", before.strikes.digest_mismatch + 1, ferry_proto::action::DIGEST_MISMATCH_LIMIT);
-                let (sp, i) = (self.spool.clone(), id.clone());
-                if let Err(e) = blocking(move || sp.remove_tarballs(&i)).await {
-                    tracing::error!(episode = %id, "cannot delete the tarball to re-pack: {e}");
-                    return false;
-                }
-                true
-            }
-            Action::DeviceBackoff => {
-                let delay = self.gate.fail(None);
-                let due = {
-                    let mut last = lock(&self.device_logged);
-                    let due = last.is_none_or(|t| t.elapsed() >= self.cfg.backoff_max);
-                    if due {
-                        *last = Some(Instant::now());
-                    }
-                    due
-                };
-                let msg = format!(
-                    "the receiver refuses this device ({}): check token_file {} holds the token printed by `ferry-receiver devices add NAME` (a revoked device needs a new one); all shipping paused, retrying in {}",
-                    detail.error,
-                    self.shipper.token_file().display(),
-                    humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
-                );
-                if due {
-                    tracing::error!("{msg}");
-                } else {
-                    tracing::debug!("{msg}");
-                }
-                self.record_error(&msg).await;
-                false
-            }
-            Action::Backoff { retry_after } => {
-                let delay = self.gate.fail(retry_after);
-                let what = if outcome == Outcome::DiskFull {
-                    "device disk problem writing the outbox"
-                } else {
-                    "transient failure"
-                };
-                let msg = format!(
-                    "{what} shipping {id}: {}; tarball kept, retrying in {}",
-                    detail.error,
-                    humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
-                );
-                tracing::warn!("{msg}");
-                self.record_error(&msg).await;
-                false
-            }
-            Action::SkipThisPass => {
-                lock(&self.pass_errors).push(format!(
-                    "{id} (strike {} of {}): {}",
-                    before.strikes.local_read + 1,
-                    ferry_proto::action::LOCAL_READ_LIMIT,
-                    detail.error
-                ));
-                self.record_error(&format!("{id} unreadable: {}", detail.error))
-                    .await;
-                false
-            }
-            Action::Abandon => {
-                self.log_aborted(id, "while uploading");
-                false
-            }
-        }
-    }
-
-    fn left_episodes(&self) {
+    /// One episode less in `episodes/`.
+    pub(crate) fn left_episodes(&self) {
         let _ = self
             .pending
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
@@ -915,6 +455,7 @@ impl Agent {
         self.moved.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The last error, in the state file (for `doctor` and `STATUS=`).
     /// The gauges of the metrics textfile.
     fn gauges(&self) -> Gauges {
         Gauges {
@@ -923,7 +464,7 @@ impl Agent {
         }
     }
 
-    async fn record_error(&self, msg: &str) {
+    pub(crate) async fn record_error(&self, msg: &str) {
         self.metrics.error();
         let now = spool::now_wall();
         let st = {
@@ -934,7 +475,7 @@ impl Agent {
         self.save_state(st).await;
     }
 
-    async fn save_state(&self, st: AgentState) {
+    pub(crate) async fn save_state(&self, st: AgentState) {
         let path = self.spool.state_file();
         if let Err(e) = blocking(move || st.save(&path)).await {
             tracing::warn!("cannot save {}: {e}", spool::STATE_FILE);
@@ -983,31 +524,7 @@ impl Agent {
 
     pub async fn recheck_once(&self) {
         let sp = self.spool.clone();
-        let found = blocking(
-            move || -> std::io::Result<HashMap<Commit, Vec<EpisodeId>>> {
-                let (ids, _) = quarantine::list_ids(&sp)?;
-                let mut by_commit: HashMap<Commit, Vec<EpisodeId>> = HashMap::new();
-                for id in ids {
-                    let Ok(r) = quarantine::read_reason(&sp, &id) else {
-                        continue;
-                    };
-                    if !r.is_commit_rejected() {
-                        continue;
-                    }
-                    // Old reason files may not name the commit: read meta.json.
-                    let c = r
-                        .commit
-                        .as_deref()
-                        .and_then(|c| Commit::parse_lenient(c).ok())
-                        .or_else(|| spool::read_commit(&sp.quarantine_dir(&id)).ok());
-                    if let Some(c) = c {
-                        by_commit.entry(c).or_default().push(id);
-                    }
-                }
-                Ok(by_commit)
-            },
-        )
-        .await;
+        let found = blocking(move || quarantine::rejected_by_commit(&sp)).await;
         let by_commit = match found {
             Ok(m) => m,
             Err(e) => {

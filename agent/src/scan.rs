@@ -16,6 +16,9 @@ use ferry_proto::EpisodeId;
 use crate::fsio;
 use crate::spool::{Spool, DONE_MARKER, EPISODES};
 
+/// Ready episodes taken per pass (memory bound of the scan).
+pub const SCAN_BATCH: usize = 1024;
+
 /// How many problem samples a report keeps (the count is exact).
 const SAMPLES: usize = 5;
 

@@ -11,7 +11,7 @@
 use libfuzzer_sys::fuzz_target;
 use sha2::Digest;
 
-#[path = "../../agent/src/archive.rs"]
+#[path = "../../agent/src/pack/archive.rs"]
 #[allow(dead_code)]
 mod archive;
 

@@ -2,8 +2,9 @@
 //!
 //! The agent turns whatever happened to one shipping attempt into an
 //! [`Outcome`], calls [`decide`] with the episode's [`Strikes`] so far, and
-//! executes the [`Action`] it gets back. Nothing here does IO, so every row
-//! of the table is a unit test below.
+//! executes the [`Action`] it gets back; [`strikes_after`] is what the
+//! episode's strike counts become. Nothing here does IO, so every row of
+//! the table is a unit test below.
 
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ pub enum Outcome<'a> {
 }
 
 /// Per-episode counts of consecutive failures of one kind, before the
-/// outcome being decided. Any other outcome resets them (the agent's job).
+/// outcome being decided; [`strikes_after`] keeps them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Strikes {
     pub digest_mismatch: u32,
@@ -168,6 +169,47 @@ pub fn decide(outcome: Outcome<'_>, strikes: Strikes) -> Action {
         }
         Outcome::NoCommit => Action::Quarantine(QuarantineKind::NoCommit),
         Outcome::Aborted => Action::Abandon,
+    }
+}
+
+/// The strike counts after `action` was decided with `before`: they count
+/// consecutive failures of one kind, so a re-pack adds a digest mismatch, a
+/// skipped pass adds a local read error, each resetting the other, and
+/// every other action resets both, except an abandoned attempt (shutdown),
+/// which is no attempt and changes nothing.
+pub fn strikes_after(before: Strikes, action: Action) -> Strikes {
+    match action {
+        Action::Repack => Strikes {
+            digest_mismatch: before.digest_mismatch + 1,
+            local_read: 0,
+        },
+        Action::SkipThisPass => Strikes {
+            digest_mismatch: 0,
+            local_read: before.local_read + 1,
+        },
+        Action::Abandon => before,
+        Action::Retire
+        | Action::Conflict
+        | Action::Quarantine(_)
+        | Action::DeviceBackoff
+        | Action::Backoff { .. } => Strikes::default(),
+    }
+}
+
+impl Action {
+    /// The episode leaves `episodes/` (to `shipped/`, `conflict/` or
+    /// `quarantine/`): nothing about it needs remembering any more.
+    pub fn moves_episode(self) -> bool {
+        matches!(
+            self,
+            Action::Retire | Action::Conflict | Action::Quarantine(_)
+        )
+    }
+
+    /// The action follows an attempt that counts (every one but an
+    /// attempt that shutdown abandoned).
+    pub fn counts_as_attempt(self) -> bool {
+        self != Action::Abandon
     }
 }
 
@@ -436,5 +478,105 @@ mod tests {
             proptest::prop_assert_eq!(decide(Outcome::NoCommit, s), Action::Quarantine(QuarantineKind::NoCommit));
             proptest::prop_assert_eq!(decide(Outcome::Aborted, s), Action::Abandon);
         }
+    }
+
+    #[test]
+    fn strikes_count_consecutive_failures_of_one_kind() {
+        let s = |digest_mismatch, local_read| Strikes {
+            digest_mismatch,
+            local_read,
+        };
+        let backoff = Action::Backoff { retry_after: None };
+        let refused = Action::Quarantine(QuarantineKind::Refused);
+        // (before, action, after)
+        let table = [
+            (s(0, 0), Action::Repack, s(1, 0)),
+            (s(1, 3), Action::Repack, s(2, 0)),
+            (s(0, 0), Action::SkipThisPass, s(0, 1)),
+            (s(2, 3), Action::SkipThisPass, s(0, 4)),
+            (s(2, 3), Action::Abandon, s(2, 3)),
+            (s(2, 3), Action::Retire, s(0, 0)),
+            (s(2, 3), Action::Conflict, s(0, 0)),
+            (s(2, 3), refused, s(0, 0)),
+            (s(2, 3), Action::DeviceBackoff, s(0, 0)),
+            (s(2, 3), backoff, s(0, 0)),
+        ];
+        for (before, action, after) in table {
+            assert_eq!(
+                strikes_after(before, action),
+                after,
+                "{before:?} {action:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn strikes_reach_the_limits_through_decide() {
+        // Digest mismatches in a row: re-pack, re-pack, quarantine.
+        let mut s = Strikes::default();
+        let reply = Reply::BadRequest {
+            error: BadRequest::DigestMismatch,
+            detail: String::new(),
+        };
+        let mismatch = Outcome::Answered {
+            status: 400,
+            reply: Some(&reply),
+            retry_after: None,
+        };
+        let mut seen = Vec::new();
+        for _ in 0..DIGEST_MISMATCH_LIMIT {
+            let a = decide(mismatch, s);
+            seen.push(a);
+            s = strikes_after(s, a);
+        }
+        assert_eq!(
+            seen,
+            [
+                Action::Repack,
+                Action::Repack,
+                Action::Quarantine(QuarantineKind::RepeatedDigestMismatch)
+            ]
+        );
+        // A transient failure in between starts the count again.
+        let mut s = Strikes::default();
+        for outcome in [Outcome::LocalRead, Outcome::LocalRead, Outcome::Network] {
+            s = strikes_after(s, decide(outcome, s));
+        }
+        assert_eq!(s, Strikes::default());
+        // An abandoned attempt does not.
+        let mut s = Strikes::default();
+        for _ in 0..LOCAL_READ_LIMIT - 1 {
+            s = strikes_after(s, decide(Outcome::LocalRead, s));
+            s = strikes_after(s, decide(Outcome::Aborted, s));
+        }
+        assert_eq!(
+            decide(Outcome::LocalRead, s),
+            Action::Quarantine(QuarantineKind::Unreadable)
+        );
+    }
+
+    #[test]
+    fn only_moves_end_an_episode_and_only_abandon_is_no_attempt() {
+        let all = [
+            Action::Retire,
+            Action::Conflict,
+            Action::Quarantine(QuarantineKind::NoCommit),
+            Action::Repack,
+            Action::DeviceBackoff,
+            Action::Backoff { retry_after: None },
+            Action::SkipThisPass,
+            Action::Abandon,
+        ];
+        let moves: Vec<_> = all.iter().filter(|a| a.moves_episode()).collect();
+        assert_eq!(
+            moves,
+            [
+                &Action::Retire,
+                &Action::Conflict,
+                &Action::Quarantine(QuarantineKind::NoCommit)
+            ]
+        );
+        let not_attempts: Vec<_> = all.iter().filter(|a| !a.counts_as_attempt()).collect();
+        assert_eq!(not_attempts, [&Action::Abandon]);
     }
 }

@@ -4,7 +4,8 @@
 //! This crate is the only place that knows the wire format: the validated
 //! identifiers ([`EpisodeId`], [`Commit`], [`Sha256`]), the header names
 //! ([`headers`]), the JSON body of every answer ([`Reply`]) and the one table
-//! that maps an answer to what the agent does next ([`action::decide`]).
+//! that maps an answer to what the agent does next ([`action::decide`],
+//! with the strike counts it keeps, [`action::strikes_after`]).
 //!
 //! It does no IO and has no async code: everything here is a pure function
 //! of its inputs, unit-tested beside the code.
@@ -17,7 +18,7 @@ pub mod headers;
 mod ids;
 pub mod reply;
 
-pub use action::{decide, Action, Outcome, QuarantineKind, Strikes};
+pub use action::{decide, strikes_after, Action, Outcome, QuarantineKind, Strikes};
 pub use ids::{Commit, EpisodeId, ParseIdError, Sha256};
 pub use reply::{BadRequest, Reply};
 

@@ -13,6 +13,11 @@
 //! frame in zstd's multi-threaded mode). Neither output depends on the
 //! number of workers.
 
+pub mod archive;
+pub mod frames;
+pub mod output;
+pub mod walk;
+
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -22,10 +27,10 @@ use ferry_durable::safe::{self, Dir, Kind, Snapshot};
 use ferry_proto::Sha256;
 use tokio_util::sync::CancellationToken;
 
-use crate::frames::{self, FrameWriter};
+use self::frames::FrameWriter;
+use self::output::{ErrorSlot, Finished, HashedOutput};
+use self::walk::{check_dirs, entry_error, walk, Item, Tree};
 use crate::fsio;
-use crate::output::{ErrorSlot, Finished, HashedOutput};
-use crate::walk::{check_dirs, entry_error, walk, Item, Tree};
 
 /// Why packing failed. Read errors are the episode's (`Outcome::LocalRead`),
 /// write errors the device's (`Outcome::DiskFull` when ENOSPC/EDQUOT).
@@ -302,7 +307,6 @@ fn write_archive(
         path: partial.to_owned(),
         source,
     };
-    let src = tree.src;
     let write_error = ErrorSlot::default();
     let hw = HashedOutput::new(file, write_error.clone(), progress, cancel).map_err(werr)?;
     let params = frames::Params {
@@ -331,69 +335,17 @@ fn write_archive(
         }
     };
 
-    let mut append_all =
-        |builder: &mut tar::Builder<FrameWriter<HashedOutput<'_>>>| -> Result<(), PackError> {
-            // The episode's own directory entry first.
-            let mut h = dir_header();
-            builder
-                .append_data(&mut h, Path::new(name), io::empty())
-                .map_err(|e| classify(e, None, src))?;
-
-            for item in items {
-                if cancel.is_cancelled() {
-                    return Err(PackError::Cancelled);
-                }
-                let rel = Path::new(&*item.rel);
-                let path = src.join(rel);
-                let arc_path = Path::new(name).join(rel);
-                match item.kind() {
-                    Kind::Dir => {
-                        let mut h = dir_header();
-                        builder
-                            .append_data(&mut h, &arc_path, io::empty())
-                            .map_err(|e| classify(e, None, &path))?;
-                    }
-                    Kind::Symlink => {
-                        let (parent, link_name) = item.parent_and_name();
-                        let target = tree
-                            .dir(parent)
-                            .and_then(|d| d.read_link(link_name))
-                            .map_err(|e| match e.raw_os_error() {
-                                // No longer a symlink.
-                                Some(libc::EINVAL) => PackError::Changed {
-                                    path: path.clone(),
-                                    what: "replaced by another kind of file",
-                                },
-                                _ => entry_error(src, rel, e),
-                            })?;
-                        // A symlink's own mtime is when it was made, not data: zeroed
-                        // like a directory's.
-                        let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
-                        builder
-                            .append_link(&mut h, &arc_path, &target)
-                            .map_err(|e| classify(e, None, &path))?;
-                    }
-                    Kind::File => {
-                        append_file(builder, tree, item, &arc_path, params, progress, cancel)
-                            .map_err(|(e, reader_error)| classify(e, reader_error, &path))?;
-                    }
-                    other => {
-                        return Err(PackError::Read {
-                            path,
-                            source: io::Error::new(
-                                io::ErrorKind::Unsupported,
-                                format!(
-                                    "{}, not a regular file, directory or symlink",
-                                    other.name()
-                                ),
-                            ),
-                        });
-                    }
-                }
-            }
-            check_dirs(tree, items)
-        };
-    if let Err(e) = append_all(&mut builder) {
+    let appended = append_all(
+        &mut builder,
+        tree,
+        items,
+        name,
+        params,
+        progress,
+        cancel,
+        &classify,
+    );
+    if let Err(e) = appended {
         // Dropping a multi-threaded zstd context waits for its workers to
         // finish their jobs (many seconds at a high level); a shutdown must
         // not wait for that. Abandoned, the output is discarded at once.
@@ -421,6 +373,79 @@ fn write_archive(
         },
         file,
     ))
+}
+
+/// Every entry, the episode's own directory first, then `items` in order;
+/// then the directories checked unchanged. `classify` maps an error from
+/// tar or zstd to the side that caused it.
+#[allow(clippy::too_many_arguments)]
+fn append_all(
+    builder: &mut tar::Builder<FrameWriter<HashedOutput<'_>>>,
+    tree: &mut Tree<'_>,
+    items: &[Item],
+    name: &str,
+    params: frames::Params,
+    progress: &AtomicU64,
+    cancel: &CancellationToken,
+    classify: &dyn Fn(io::Error, Option<PackError>, &Path) -> PackError,
+) -> Result<(), PackError> {
+    let src = tree.src;
+    // The episode's own directory entry first.
+    let mut h = dir_header();
+    builder
+        .append_data(&mut h, Path::new(name), io::empty())
+        .map_err(|e| classify(e, None, src))?;
+
+    for item in items {
+        if cancel.is_cancelled() {
+            return Err(PackError::Cancelled);
+        }
+        let rel = Path::new(&*item.rel);
+        let path = src.join(rel);
+        let arc_path = Path::new(name).join(rel);
+        match item.kind() {
+            Kind::Dir => {
+                let mut h = dir_header();
+                builder
+                    .append_data(&mut h, &arc_path, io::empty())
+                    .map_err(|e| classify(e, None, &path))?;
+            }
+            Kind::Symlink => {
+                let (parent, link_name) = item.parent_and_name();
+                let target = tree
+                    .dir(parent)
+                    .and_then(|d| d.read_link(link_name))
+                    .map_err(|e| match e.raw_os_error() {
+                        // No longer a symlink.
+                        Some(libc::EINVAL) => PackError::Changed {
+                            path: path.clone(),
+                            what: "replaced by another kind of file",
+                        },
+                        _ => entry_error(src, rel, e),
+                    })?;
+                // A symlink's own mtime is when it was made, not data: zeroed
+                // like a directory's.
+                let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+                builder
+                    .append_link(&mut h, &arc_path, &target)
+                    .map_err(|e| classify(e, None, &path))?;
+            }
+            Kind::File => {
+                append_file(builder, tree, item, &arc_path, params, progress, cancel)
+                    .map_err(|(e, reader_error)| classify(e, reader_error, &path))?;
+            }
+            other => {
+                return Err(PackError::Read {
+                    path,
+                    source: io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("{}, not a regular file, directory or symlink", other.name()),
+                    ),
+                });
+            }
+        }
+    }
+    check_dirs(tree, items)
 }
 
 /// A GNU header with owners zeroed.
@@ -519,7 +544,7 @@ mod tests {
         );
         assert!(!t.path().join("a.tar.zst.partial").exists());
         let a = File::open(t.path().join("a.tar.zst")).unwrap();
-        let again = crate::archive::check(a, "ep1", None, &|| false).unwrap();
+        let again = archive::check(a, "ep1", None, &|| false).unwrap();
         assert_eq!(
             (Sha256::from_bytes(&again.digest), again.size),
             (pa.sha256, pa.size)
