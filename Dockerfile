@@ -19,7 +19,8 @@ COPY agent/Cargo.toml agent/
 COPY receiver/Cargo.toml receiver/
 COPY tests/Cargo.toml tests/
 COPY xtask/Cargo.toml xtask/
-RUN for c in proto durable agent receiver tests; do mkdir -p $c/src && touch $c/src/lib.rs; done \
+COPY fuzz/check/Cargo.toml fuzz/check/
+RUN for c in proto durable agent receiver tests fuzz/check; do mkdir -p $c/src && touch $c/src/lib.rs; done \
  && for m in agent/src/main.rs receiver/src/main.rs xtask/src/main.rs tests/e2e/main.rs; do \
       mkdir -p "$(dirname $m)" && echo 'fn main() {}' > $m; done \
  && cargo build --release --locked -p ferry-receiver
