@@ -114,8 +114,10 @@ fn random_kill9_of_agent_and_receiver_loses_and_duplicates_nothing() {
             None if with_work >= WITH_WORK || round >= MAX_FAULTS => break,
             _ => {}
         }
-        // Work keeps arriving, so that the faults land while there is some.
-        if round % 2 == 0 {
+        // Work keeps arriving before every fault, and the fault follows
+        // within a moment, so that it lands while there is some however
+        // fast this machine ships.
+        {
             let d = rng.below(n_devices as u64) as usize;
             add(
                 &mut devices[d],
@@ -124,7 +126,7 @@ fn random_kill9_of_agent_and_receiver_loses_and_duplicates_nothing() {
                 &mut rng,
             );
         }
-        std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
+        std::thread::sleep(Duration::from_millis(20 + rng.below(200)));
         let pending: usize = devices
             .iter()
             .map(|d| d.spool.ids_in("episodes").len())
