@@ -128,16 +128,9 @@ impl Admission {
         })
     }
 
-    /// Connections in the general tier now.
-    pub fn general_open(&self, max_connections: usize) -> usize {
-        max_connections
-            .saturating_sub(PRIORITY_RESERVE)
-            .max(1)
-            .saturating_sub(self.general.available_permits())
-    }
-
     /// Connections in the priority tier now.
-    pub fn priority_open(&self) -> usize {
+    #[cfg(test)]
+    fn priority_open(&self) -> usize {
         self.priority
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -186,7 +179,11 @@ mod tests {
             matches!(a.admit(), Ticket::General(_)),
             "a freed general place is reused"
         );
-        assert_eq!(a.general_open(PRIORITY_RESERVE + 2), 1);
+        assert_eq!(
+            a.general.available_permits(),
+            1,
+            "one of two general places held"
+        );
     }
 
     #[test]

@@ -35,6 +35,15 @@ impl AppError {
         })
     }
 
+    /// 503 for an upload whose device was renamed while it was in flight:
+    /// its retry is checked under the new name.
+    pub fn device_renamed() -> Self {
+        Self(Reply::Overloaded {
+            retry_after_secs: 1,
+            detail: "this device was renamed while the upload was in flight; retry it".into(),
+        })
+    }
+
     pub fn internal() -> Self {
         Self(Reply::Internal {
             detail: "internal error; the receiver's log has the details".into(),
@@ -53,11 +62,7 @@ impl From<IndexError> for AppError {
             }
             IndexError::DeviceRenamed(_) => {
                 tracing::warn!(error = %e, "an upload is answered 503: retried, it is checked under the device's new name");
-                Self(Reply::Overloaded {
-                    retry_after_secs: 1,
-                    detail: "this device was renamed while the upload was in flight; retry it"
-                        .into(),
-                })
+                Self::device_renamed()
             }
             _ => {
                 tracing::error!(error = %e, "index database failure");

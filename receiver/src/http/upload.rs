@@ -466,10 +466,7 @@ async fn refused_at_commit(state: &SharedState, up: &Upload, why: Standing) -> A
                 up.device
             ),
         }),
-        Standing::DeviceGone => AppError(Reply::Overloaded {
-            retry_after_secs: 1,
-            detail: "this device was renamed while the upload was in flight; retry it".into(),
-        }),
+        Standing::DeviceGone => AppError::device_renamed(),
         Standing::CommitNotAllowed => {
             let status = match state.index.commit_status(up.commit.as_str()).await {
                 Ok(s) => s,
