@@ -183,9 +183,11 @@ async fn check_headers(
     })
 }
 
-/// The allow-list check: 412 with the rendered remediation.
+/// The allow-list check: 412 with the rendered remediation, counted in the
+/// metrics and tallied for the operator (`crate::rejected`: a map update).
 fn check_commit(
     state: &SharedState,
+    device: &str,
     commit: &Commit,
     status: &CommitStatus,
 ) -> Result<(), AppError> {
@@ -193,6 +195,7 @@ fn check_commit(
         return Ok(());
     }
     state.metrics.rejected(commit.as_str());
+    state.rejections.record(commit.as_str(), device, unix_now());
     Err(AppError(Reply::CommitRejected {
         your_commit: commit.to_string(),
         remediation: render_remediation(
@@ -239,13 +242,7 @@ pub async fn put_episode(State(state): State<SharedState>, req: Request) -> Resp
 async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
     let (mut parts, body) = req.into_parts();
     let mut up = check_headers(state, &mut parts).await?;
-    if let Err(e) = check_commit(state, &up.commit, &up.commit_status) {
-        // Tallied for the operator (`crate::rejected`): a map update.
-        state
-            .rejections
-            .record(up.commit.as_str(), &up.device, unix_now());
-        return Err(e);
-    }
+    check_commit(state, &up.device, &up.commit, &up.commit_status)?;
 
     if let Some(existing) = up.existing.take() {
         if existing.sha256 != up.sha256.as_str() {
@@ -472,13 +469,8 @@ async fn refused_at_commit(state: &SharedState, up: &Upload, why: Standing) -> A
                 Ok(s) => s,
                 Err(e) => return e.into(),
             };
-            match check_commit(state, &up.commit, &status) {
-                Err(e) => {
-                    state
-                        .rejections
-                        .record(up.commit.as_str(), &up.device, unix_now());
-                    e
-                }
+            match check_commit(state, &up.device, &up.commit, &status) {
+                Err(e) => e,
                 // Allowed again since: the retry will be stored.
                 Ok(()) => AppError(Reply::Overloaded {
                     retry_after_secs: 1,
