@@ -77,11 +77,11 @@ pub(crate) async fn execute(
     match moved {
         Ok(()) => {
             agent.conflicts.fetch_add(1, Ordering::Relaxed);
+            agent.metrics.conflict();
             tracing::error!("{msg}")
         }
         Err(e) => tracing::error!("{msg}; but moving it failed: {e}"),
     }
     agent.left_episodes();
-    agent.metrics.conflict();
     agent.record_error(&msg).await;
 }
