@@ -19,12 +19,6 @@ use crate::fsio;
 use crate::run::{blocking, lock, Agent};
 use crate::spool::{self, Spool, REASON_FILE};
 
-/// The stable name of a quarantine kind, as written in the reason file
-/// ([`QuarantineKind::as_str`]).
-pub fn kind_name(kind: QuarantineKind) -> &'static str {
-    kind.as_str()
-}
-
 /// One `quarantine_reason.json`. Read leniently: every field may be
 /// missing, unknown fields are kept and written back unchanged.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -276,7 +270,7 @@ pub(crate) fn reason_for(
         commit: commit.map(|c| c.to_string()),
         attempts: Some(attempts),
         remediation: detail.remediation.clone(),
-        kind: Some(kind_name(kind).to_string()),
+        kind: Some(kind.as_str().to_string()),
         extra: Default::default(),
     };
     match kind {
@@ -354,12 +348,12 @@ pub(crate) async fn execute(
             tracing::info!(episode = %id, "quarantined: commit rejected (412), as logged before");
         }
     } else {
-        tracing::error!(episode = %id, kind = kind_name(kind), "quarantined: {}. Remediation: {rem}", reason.error);
+        tracing::error!(episode = %id, kind = kind.as_str(), "quarantined: {}. Remediation: {rem}", reason.error);
     }
     agent
         .record_error(&format!(
             "{id} quarantined ({}): {}",
-            kind_name(kind),
+            kind.as_str(),
             reason.error
         ))
         .await;

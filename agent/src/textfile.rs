@@ -17,24 +17,16 @@ use ferry_proto::QuarantineKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::notify::Progress;
-use crate::quarantine::kind_name;
 
 /// How often the writer looks for a change (the issue's "at most once a
 /// second").
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
-/// Every quarantine kind, in the order the file lists them (all are
-/// written, at zero too, so that `increase()` sees the first one).
-const KINDS: [QuarantineKind; 5] = [
-    QuarantineKind::CommitRejected,
-    QuarantineKind::Refused,
-    QuarantineKind::RepeatedDigestMismatch,
-    QuarantineKind::Unreadable,
-    QuarantineKind::NoCommit,
-];
-
+/// Where a kind's counter is: the order of [`QuarantineKind::ALL`], which
+/// is also the order the file lists them (all are written, at zero too, so
+/// that `increase()` sees the first one).
 fn kind_index(kind: QuarantineKind) -> usize {
-    KINDS
+    QuarantineKind::ALL
         .iter()
         .position(|k| *k == kind)
         .expect("every kind is listed")
@@ -44,7 +36,7 @@ fn kind_index(kind: QuarantineKind) -> usize {
 #[derive(Debug, Default)]
 pub struct Metrics {
     shipped: AtomicU64,
-    quarantined: [AtomicU64; 5],
+    quarantined: [AtomicU64; QuarantineKind::ALL.len()],
     conflicts: AtomicU64,
     last_success: AtomicU64,
     last_error: AtomicU64,
@@ -205,10 +197,10 @@ pub fn render(m: &Metrics, progress: &Progress, g: Gauges, outbox_bytes: u64) ->
         let size = get(&m.run_size);
         (size, sent.saturating_sub(get(&m.run_sent_base)).min(size))
     };
-    let by_kind = KINDS
+    let by_kind = QuarantineKind::ALL
         .iter()
         .zip(&m.quarantined)
-        .map(|(k, c)| (format!("{{kind=\"{}\"}}", kind_name(*k)), get(c)))
+        .map(|(k, c)| (format!("{{kind=\"{}\"}}", k.as_str()), get(c)))
         .collect();
     let samples: [Vec<(String, u64)>; 12] = [
         one(g.pending),

@@ -23,7 +23,7 @@ use crate::{conflict, quarantine, retire};
 /// again when the episode must be re-packed and shipped now.
 pub(super) async fn act<'a>(agent: &'a Agent, id: &EpisodeId, h: Box<Happened<'a>>) -> Step<'a> {
     let outcome = h.what.outcome();
-    let (before, action) = agent.tally.decide(id, outcome, &h.detail.error);
+    let (before, action) = agent.tally.decide(id, outcome);
     let attempts = before.attempts + 1;
     let (commit, sha256, detail) = (h.commit.as_ref(), h.sha256.as_ref(), &h.detail);
     match action {

@@ -10,11 +10,10 @@ use ferry_proto::{decide, strikes_after, Action, EpisodeId, Outcome, Strikes};
 
 use crate::run::lock;
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Record {
     pub strikes: Strikes,
     pub attempts: u32,
-    pub last_error: String,
     /// Passes in a row that found the episode changing while it was packed.
     pub changed_passes: u32,
 }
@@ -42,9 +41,9 @@ impl Tally {
     /// The action for `outcome` given the episode's strikes, and the record
     /// as it was before; the record is updated (or forgotten, when the
     /// action moves the episode out of `episodes/`).
-    pub fn decide(&self, id: &EpisodeId, outcome: Outcome<'_>, error: &str) -> (Record, Action) {
+    pub fn decide(&self, id: &EpisodeId, outcome: Outcome<'_>) -> (Record, Action) {
         let mut map = lock(&self.0);
-        let before = map.get(id).cloned().unwrap_or_default();
+        let before = map.get(id).copied().unwrap_or_default();
         let action = decide(outcome, before.strikes);
         if action.moves_episode() {
             map.remove(id);
@@ -55,7 +54,6 @@ impl Tally {
             rec.attempts += 1;
         }
         rec.strikes = strikes_after(rec.strikes, action);
-        rec.last_error = error.to_string();
         (before, action)
     }
 }
