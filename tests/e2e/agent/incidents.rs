@@ -603,17 +603,17 @@ fn incident5_a_long_pack_at_a_high_zstd_level_keeps_the_watchdog_fed() {
     // watchdog is fed every half interval only if a job finished or input
     // moved since the last feed.
     let interval = Duration::from_secs(6);
-    let trace = tempfile::tempdir().unwrap();
-    let trace_log = trace.path().join("strace.log");
+    let trace = ferry_tests::Strace::new();
     let agent = spool.agent("run");
-    let mut cmd = std::process::Command::new("strace");
-    cmd.args(["-f", "-qq", "-e", "trace=read", "-o"])
-        .arg(&trace_log)
-        .arg("-P")
-        .arg(&file)
-        .args(["-e", "inject=read:delay_enter=1000000:when=1+128"])
-        .arg(agent.get_program())
-        .args(agent.get_args());
+    let mut cmd = trace.command(&[
+        "-e",
+        "trace=read",
+        "-P",
+        file.to_str().unwrap(),
+        "-e",
+        "inject=read:delay_enter=1000000:when=1+128",
+    ]);
+    cmd.arg(agent.get_program()).args(agent.get_args());
     for (k, v) in ns.env(Some(interval)) {
         cmd.env(k, v);
     }
@@ -628,10 +628,7 @@ fn incident5_a_long_pack_at_a_high_zstd_level_keeps_the_watchdog_fed() {
     d.wait_log("packed");
     let packed = Instant::now();
     until("shipped", || d.log(), || stored(&rx).contains_key("dense"));
-    let held = std::fs::read_to_string(&trace_log)
-        .unwrap()
-        .matches("(DELAYED)")
-        .count();
+    let held = trace.hits();
     assert!(
         held >= 12,
         "strace held {held} reads, not the 12 the test needs"

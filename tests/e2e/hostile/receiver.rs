@@ -211,29 +211,14 @@ fn readyz_probe_is_not_a_sync_per_request() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("strace.log");
-    let data = dir.path().join("data");
-    let mut rx = Receiver::prepare(&data, &[]);
+    let trace = ferry_tests::Strace::new();
+    let mut rx = Receiver::prepare(&dir.path().join("data"), &[]);
     rx.try_spawn(
         "127.0.0.1:0",
-        &[
-            "strace".into(),
-            "-f".into(),
-            "-qq".into(),
-            "-e".into(),
-            "trace=fsync,fdatasync".into(),
-            "-o".into(),
-            log.display().to_string(),
-        ],
+        &trace.wrapper(&["-e", "trace=fsync,fdatasync"]),
     )
     .unwrap();
-    let syncs = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("sync("))
-            .count()
-    };
+    let syncs = || trace.log().lines().filter(|l| l.contains("sync(")).count();
     let before = syncs();
     let t = Instant::now();
     for _ in 0..200 {
@@ -372,20 +357,6 @@ fn revocation_is_rechecked_at_commit() {
     }
     let listed = rx.cli_ok(["episodes", "list", "--json"]);
     assert_eq!(listed.trim(), "[]", "{listed}");
-    let objects: Vec<_> = walkdir(&rx.data_dir.join("objects"));
+    let objects = crate::receiver::object_files(&rx);
     assert!(objects.is_empty(), "objects left: {objects:?}");
-}
-
-/// Files below `dir` (dot files aside).
-fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walkdir(&p));
-        } else if !e.file_name().to_string_lossy().starts_with('.') {
-            out.push(p);
-        }
-    }
-    out
 }
