@@ -79,6 +79,22 @@ pub fn run_ok(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// `cargo-<sub>` from crates.io (`cargo install --locked`), unless
+/// `cargo <sub> --version` already answers.
+pub fn install_cargo_tool(sub: &str) -> Result<()> {
+    let have = Command::new("cargo")
+        .args([sub, "--version"])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        run_ok(cargo().args(["install", &format!("cargo-{sub}"), "--locked"]))?;
+    }
+    Ok(())
+}
+
 /// Every tool some test runs. `.ci/run` installs them all (apt); under
 /// `FERRY_REQUIRE_ALL=1` `cargo xtask test` refuses to start without one,
 /// rather than fail minutes later in the test that needs it.
@@ -194,16 +210,7 @@ fn fuzz(args: &[String]) -> Result<ExitCode> {
         Some(s) => s.parse().context("fuzz SECONDS")?,
         None => 60,
     };
-    let have_fuzz = Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have_fuzz {
-        run_ok(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
-    }
+    install_cargo_tool("fuzz")?;
     // New inputs go to a corpus under target/ (libFuzzer writes to its
     // first corpus directory); the seeds in fuzz/corpus/parse, which
     // fuzz/check's tests also run, stay as committed.

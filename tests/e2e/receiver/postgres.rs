@@ -7,9 +7,9 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use ferry_tests::{sample_archive, sha256_hex, Receiver, COMMIT_A, COMMIT_B};
+use ferry_tests::{sample_archive, sha256_hex, stored, Receiver, COMMIT_A, COMMIT_B};
 
-use super::{expect, stored};
+use super::expect;
 
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
@@ -136,7 +136,7 @@ fn postgres_index_answers_every_upload_row() {
         200,
         "already-present",
     );
-    let rows = super::stored_by_device(&rx);
+    let rows = ferry_tests::stored_by_device(&rx);
     assert_eq!(
         rows.keys().collect::<Vec<_>>(),
         [&("pg-dev-2".to_string(), "pg-1".to_string())]
