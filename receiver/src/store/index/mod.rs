@@ -1,18 +1,15 @@
-//! Storage: the [`Index`] of devices, commits and episodes behind a trait
-//! (SQLite embedded by default, PostgreSQL by URL), and the local
-//! content-addressed object store ([`objects`]).
-//!
-//! The index holds no bytes of episodes and the object store no metadata:
-//! an episode exists once its index row is committed, and its row points at
-//! an object by sha256.
+//! The index of devices, commits and episodes: the [`Index`] trait and its
+//! two backends, SQLite (`sqlite.rs`, embedded by default) and PostgreSQL
+//! (`postgres.rs`), which share their SQL (`sql.rs`). No database type
+//! crosses the trait: errors are [`IndexError`], decided from database
+//! error codes where they are made.
 
-pub mod commit;
-pub mod objects;
 pub mod postgres;
 mod rejections_sql;
-mod sql;
+pub(crate) mod sql;
 pub mod sqlite;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,39 +22,38 @@ use crate::config::Database;
 /// A boxed future, so that [`Index`] can be used as `Arc<dyn Index>`.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, IndexError>> + Send + 'a>>;
 
-/// Why an index operation failed. Decided from database error codes, never
-/// from message text.
-#[derive(Debug, thiserror::Error)]
+/// Why an index operation failed, decided from database error codes (never
+/// from message text) where the error is made; no database type crosses
+/// the trait.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IndexError {
     /// The database's disk is full: answer 507.
     #[error("index database is out of space: {0}")]
-    Full(sqlx::Error),
+    Full(String),
     /// A row names a device that no longer exists (the foreign key refused
     /// it): the device was renamed while its upload was between its header
     /// checks and its row. Answer 503: its retry is checked under the new
     /// name.
     #[error("the episode's device was renamed during its upload: {0}")]
-    DeviceRenamed(sqlx::Error),
-    /// Any other database failure: answer 500 (or 503 on /readyz).
+    DeviceRenamed(String),
+    /// The database cannot be reached now (no connection within
+    /// `database_timeout`, a connection lost, the server shutting down or
+    /// out of connections): transient, answer 503 with `Retry-After`.
+    #[error("index database unreachable: {0}")]
+    Unreachable(String),
+    /// The database refused a statement: about the rows, not the
+    /// connection (answer 500; a batch is retried row by row).
     #[error("index database error: {0}")]
-    Db(#[from] sqlx::Error),
-    /// An opening or migration problem.
+    Refused(String),
+    /// An opening or migration problem, or a broken invariant.
     #[error("{0}")]
     Setup(String),
 }
 
 impl IndexError {
-    /// The same failure again, for another row of the batch it failed: the
-    /// same kind (so the same answer), with the message.
-    pub fn again(&self) -> IndexError {
-        match self {
-            IndexError::Full(e) => IndexError::Full(sqlx::Error::Protocol(e.to_string())),
-            IndexError::DeviceRenamed(e) => {
-                IndexError::DeviceRenamed(sqlx::Error::Protocol(e.to_string()))
-            }
-            IndexError::Db(e) => IndexError::Db(sqlx::Error::Protocol(e.to_string())),
-            IndexError::Setup(s) => IndexError::Setup(s.clone()),
-        }
+    /// Whether the failure is the database being out of reach (transient).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, IndexError::Unreachable(_))
     }
 }
 
@@ -237,17 +233,61 @@ pub trait Index: Send + Sync + 'static {
     /// Stored tallies last seen at or after `since` whose commit is not on
     /// the allow-list, newest first, at most `limit`.
     fn rejections(&self, since: i64, limit: u64) -> BoxFut<'_, Vec<Rejection>>;
-    /// Whether any row, of any device, references an object: objects are
-    /// content-addressed and shared by every row with the same bytes.
-    fn sha_referenced<'a>(&'a self, sha256: &'a str) -> BoxFut<'a, bool>;
+    /// Of these digests, those that some row (of any device) references:
+    /// objects are content-addressed and shared by every row with the same
+    /// bytes.
+    fn referenced<'a>(&'a self, shas: &'a [String]) -> BoxFut<'a, HashSet<String>>;
+    /// The write gate, held shared by a commit batch from before its
+    /// objects become visible under their final keys until its rows are
+    /// committed (see `store::collect`). Released with [`Gate::release`],
+    /// which fails when the gate may have been lost meanwhile.
+    fn write_gate(&self) -> BoxFut<'_, Gate>;
+    /// The collection lease and the write gate, exclusively: while held, no
+    /// batch of any replica is between making an object visible and
+    /// committing its row. `None` when another replica holds the lease.
+    fn collect_gate(&self) -> BoxFut<'_, Option<Gate>>;
     fn totals(&self) -> BoxFut<'_, Totals>;
 }
 
+/// A held gate or lease (see [`Index::write_gate`]).
+pub struct Gate(Box<dyn Held>);
+
+/// What a backend holds for a [`Gate`].
+pub trait Held: Send {
+    /// Lets go; an error means the gate may not have been held throughout
+    /// (its database connection was lost).
+    fn release(self: Box<Self>) -> BoxFut<'static, ()>;
+}
+
+impl Gate {
+    pub fn new(held: impl Held + 'static) -> Self {
+        Gate(Box::new(held))
+    }
+
+    /// Lets go; `Err` when the gate may have been lost while held.
+    pub async fn release(self) -> Result<(), IndexError> {
+        self.0.release().await
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
 /// Opens (creating and migrating as needed) the configured index.
-pub async fn open(db: &Database) -> Result<Arc<dyn Index>, IndexError> {
-    match db {
+pub async fn open(config: &crate::config::Config) -> Result<Arc<dyn Index>, IndexError> {
+    match &config.database {
         Database::Sqlite(path) => Ok(Arc::new(sqlite::SqliteIndex::open(path).await?)),
-        Database::Postgres(url) => Ok(Arc::new(postgres::PgIndex::open(url).await?)),
+        Database::Postgres(url) => Ok(Arc::new(
+            postgres::PgIndex::open(
+                url,
+                config.database_max_connections,
+                config.database_timeout,
+            )
+            .await?,
+        )),
     }
 }
 
