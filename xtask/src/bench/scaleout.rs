@@ -21,7 +21,11 @@ const PG: &str = "postgres://postgres@127.0.0.1:5432";
 /// What is missing for this case, if anything.
 fn missing() -> Option<String> {
     for tool in ["moto_server", "psql", "nginx"] {
-        if !super::have(tool) && !(tool == "nginx" && super::nginx::available()) {
+        let found = match tool {
+            "nginx" => super::nginx::available(),
+            _ => super::have(tool),
+        };
+        if !found {
             return Some(format!("`{tool}` is not installed"));
         }
     }
