@@ -181,25 +181,8 @@ http {{
 "#,
             dir = dir.display(),
         );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf)?;
-        let nginx = if Path::new("/usr/sbin/nginx").exists() {
-            "/usr/sbin/nginx"
-        } else {
-            "nginx"
-        };
-        let child = Command::new(nginx)
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("start nginx")?;
-        let b = Balancer { child, port };
-        wait_port(port, "nginx")?;
-        Ok(b)
+        let child = super::nginx::run(&dir, &conf, port)?;
+        Ok(Balancer { child, port })
     }
 }
 
