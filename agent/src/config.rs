@@ -277,6 +277,8 @@ mod tests {
         let text = include_str!("../../config/agent.toml");
         let problems = ferry_settings::check_example(text, KEYS);
         assert!(problems.is_empty(), "config/agent.toml: {problems:#?}");
+        let missing = ferry_settings::keys_not_shown(text, KEYS);
+        assert!(missing.is_empty(), "config/agent.toml lacks {missing:?}");
         let mut layers = Layers::new(ENV_PREFIX, KEYS);
         layers
             .merge_toml(text, Path::new("config/agent.toml"))

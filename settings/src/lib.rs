@@ -7,8 +7,8 @@
 //! A program declares each key once with [`keys!`]: its name, the type its
 //! parser gives, its default and its doc comment. The program's `Config`
 //! is then built from [`Layers::get`] / [`Layers::opt`] of those keys, plus
-//! whatever checks span several keys. [`check_example`] holds a shipped
-//! example file to the declaration.
+//! whatever checks span several keys. [`check_example`] and
+//! [`keys_not_shown`] hold a shipped example file to the declaration.
 //!
 //! Hand-rolled rather than `figment`: the layering is thirty lines here,
 //! while figment would bring its own value model (env values typed by
@@ -74,7 +74,7 @@ impl<T> Declared for Key<T> {
 macro_rules! keys {
     ($(
         $(#[$attr:meta])*
-        $vis:vis $id:ident : $ty:ty = $name:literal $(default $default:literal)? => $parse:expr;
+        $vis:vis $id:ident : $ty:ty = $name:literal $(default $default:expr)? => $parse:expr;
     )*) => {
         $(
             $(#[$attr])*
@@ -88,7 +88,7 @@ macro_rules! keys {
         pub const KEYS: &[&dyn $crate::Declared] = &[$(&$id),*];
     };
     (@default) => { None };
-    (@default $d:literal) => { Some($d) };
+    (@default $d:expr) => { Some($d) };
 }
 
 /// A configuration error. It always names the file or the key at fault;
@@ -278,27 +278,17 @@ impl Layers {
     }
 }
 
-/// What is wrong with an example configuration file against the declared
-/// `keys`: a key set in it (`key = value`) or shown commented out
-/// (`# key = value`) that is not declared or whose value does not parse,
-/// and a declared key it does not show. Empty when it is right.
+/// What is wrong with the entries of an example configuration file
+/// against the declared `keys`: a key set in it (`key = value`) or shown
+/// commented out (`# key = value`) that is not declared, or whose value
+/// does not parse. Empty when every entry is right.
 pub fn check_example(text: &str, keys: &[&dyn Declared]) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut shown = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line_no = n + 1;
-        let entry = line.strip_prefix('#').unwrap_or(line).trim();
-        let Some((name, value)) = entry.split_once(" = ") else {
-            continue;
-        };
-        if !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-            continue;
-        }
+    for (line_no, name, value) in example_entries(text) {
         let Some(key) = keys.iter().find(|k| k.name() == name) else {
             problems.push(format!("line {line_no}: `{name}` is no declared key"));
             continue;
         };
-        shown.push(name);
         let text = match format!("v = {value}").parse::<toml::Table>() {
             Ok(mut t) => match t.remove("v") {
                 Some(toml::Value::String(s)) => s,
@@ -314,12 +304,28 @@ pub fn check_example(text: &str, keys: &[&dyn Declared]) -> Vec<String> {
             problems.push(format!("line {line_no}: `{name}` = {value}: {e}"));
         }
     }
-    for k in keys {
-        if !shown.contains(&k.name()) {
-            problems.push(format!("declared key `{}` is not in the example", k.name()));
-        }
-    }
     problems
+}
+
+/// The declared keys an example file neither sets nor shows commented out.
+pub fn keys_not_shown(text: &str, keys: &[&dyn Declared]) -> Vec<&'static str> {
+    let shown: Vec<&str> = example_entries(text).map(|(_, name, _)| name).collect();
+    keys.iter()
+        .map(|k| k.name())
+        .filter(|k| !shown.contains(k))
+        .collect()
+}
+
+/// `(line number, key, value text)` of each `key = value` or
+/// `# key = value` line; prose comments have no ` = ` after a bare name.
+fn example_entries(text: &str) -> impl Iterator<Item = (usize, &str, &str)> {
+    text.lines().enumerate().filter_map(|(n, line)| {
+        let entry = line.strip_prefix('#').unwrap_or(line).trim();
+        let (name, value) = entry.split_once(" = ")?;
+        name.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            .then_some((n + 1, name, value))
+    })
 }
 
 #[cfg(test)]

@@ -61,12 +61,17 @@ pub fn text(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-/// A path; an empty one is an error.
-pub fn path(s: &str) -> Result<PathBuf, String> {
+/// Text that must not be empty.
+pub fn nonempty(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("must not be empty".to_owned());
     }
-    Ok(PathBuf::from(s))
+    Ok(s.to_owned())
+}
+
+/// A path; an empty one is an error.
+pub fn path(s: &str) -> Result<PathBuf, String> {
+    nonempty(s).map(PathBuf::from)
 }
 
 /// A path, or nothing when empty (a key that an empty value turns off).
