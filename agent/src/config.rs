@@ -279,6 +279,13 @@ mod tests {
         assert!(problems.is_empty(), "config/agent.toml: {problems:#?}");
         let missing = ferry_settings::keys_not_shown(text, KEYS);
         assert!(missing.is_empty(), "config/agent.toml lacks {missing:?}");
+        // And every declared default is a valid value of its key.
+        for k in KEYS {
+            if let Some(d) = k.default() {
+                k.check(d)
+                    .unwrap_or_else(|e| panic!("default of {}: {e}", k.name()));
+            }
+        }
         let mut layers = Layers::new(ENV_PREFIX, KEYS);
         layers
             .merge_toml(text, Path::new("config/agent.toml"))

@@ -592,6 +592,13 @@ mod tests {
         // what that mode sets.
         let missing = ferry_settings::keys_not_shown(examples[0].1, KEYS);
         assert!(missing.is_empty(), "config/receiver.toml lacks {missing:?}");
+        // And every declared default is a valid value of its key.
+        for k in KEYS {
+            if let Some(d) = k.default() {
+                k.check(d)
+                    .unwrap_or_else(|e| panic!("default of {}: {e}", k.name()));
+            }
+        }
     }
 
     #[test]
