@@ -246,25 +246,32 @@ pub(crate) fn commit_info(r: CommitRow) -> CommitInfo {
 }
 
 mod batch;
+mod commits;
 mod devices;
 mod episodes;
 mod rejections;
 
-pub(crate) use batch::impl_insert_batch;
-pub(crate) use devices::device_and_commit_methods;
-pub(crate) use episodes::episode_methods;
+pub(crate) use batch::{impl_batch_standing, impl_batch_statements, impl_insert_batch};
+pub(crate) use commits::commit_methods;
+pub(crate) use devices::{device_admin_methods, device_methods};
+pub(crate) use episodes::{episode_methods, episode_store_methods};
 pub(crate) use rejections::rejection_methods;
 
 /// Implements [`Index`](super::Index) for a struct with a `pool` field of a
 /// concrete sqlx pool type: one implementation for SQLite and PostgreSQL,
-/// its methods in one file per table group.
+/// its methods in one file per table group under `sql/`.
 macro_rules! impl_sql_index {
     ($ty:ty, $pool:ty) => {
         $crate::store::index::sql::impl_insert_batch!($ty, $pool);
+        $crate::store::index::sql::impl_batch_statements!($ty, $pool);
+        $crate::store::index::sql::impl_batch_standing!($ty, $pool);
 
         impl $crate::store::Index for $ty {
-            $crate::store::index::sql::device_and_commit_methods!($pool);
+            $crate::store::index::sql::device_methods!($pool);
+            $crate::store::index::sql::device_admin_methods!($pool);
+            $crate::store::index::sql::commit_methods!($pool);
             $crate::store::index::sql::episode_methods!($pool);
+            $crate::store::index::sql::episode_store_methods!($pool);
             $crate::store::index::sql::rejection_methods!($pool);
         }
     };

@@ -37,7 +37,9 @@ macro_rules! impl_insert_batch {
             /// statements would make a batch of 200 rows cost 400 round
             /// trips.
             async fn insert_batch_on(
-                conn: &mut sqlx::pool::PoolConnection<<$pool as $crate::store::index::sql::HasDb>::Db>,
+                conn: &mut sqlx::pool::PoolConnection<
+                    <$pool as $crate::store::index::sql::HasDb>::Db,
+                >,
                 rows: &[$crate::store::NewEpisode],
             ) -> Result<Vec<$crate::store::Inserted>, $crate::store::IndexError> {
                 let classify = $crate::store::index::sql::classify;
@@ -83,7 +85,16 @@ macro_rules! impl_insert_batch {
                 tx.commit().await.map_err(classify)?;
                 Ok(out)
             }
+        }
+    };
+}
+pub(crate) use impl_insert_batch;
 
+/// The INSERT and the SELECT of [`impl_insert_batch!`]'s transaction, as
+/// inherent methods of `$ty`.
+macro_rules! impl_batch_statements {
+    ($ty:ty, $pool:ty) => {
+        impl $ty {
             /// The INSERT of the batch's first row of each key, in key order;
             /// returns the keys it created.
             async fn insert_new_on(
@@ -172,7 +183,16 @@ macro_rules! impl_insert_batch {
                 }
                 Ok(existing)
             }
+        }
+    };
+}
+pub(crate) use impl_batch_statements;
 
+/// The standing check of [`impl_insert_batch!`]'s transaction, as an
+/// inherent method of `$ty`.
+macro_rules! impl_batch_standing {
+    ($ty:ty, $pool:ty) => {
+        impl $ty {
             /// Why each of `rows` was refused by the insert's standing
             /// check, read in the same transaction (`None`: it was not).
             async fn standing_on(
@@ -187,7 +207,9 @@ macro_rules! impl_insert_batch {
                 let mut devices = std::collections::HashMap::<String, bool>::new();
                 let mut allowed = std::collections::HashSet::<String>::new();
                 if !rows.is_empty() {
-                    let mut q = sqlx::QueryBuilder::<Db>::new("SELECT name, revoked FROM devices WHERE name IN (");
+                    let mut q = sqlx::QueryBuilder::<Db>::new(
+                        "SELECT name, revoked FROM devices WHERE name IN (",
+                    );
                     let mut list = q.separated(", ");
                     for e in rows {
                         list.push_bind(&e.device);
@@ -200,7 +222,9 @@ macro_rules! impl_insert_batch {
                         .map_err(classify)?
                         .into_iter()
                         .collect();
-                    let mut q = sqlx::QueryBuilder::<Db>::new("SELECT commit_id FROM commits WHERE commit_id IN (");
+                    let mut q = sqlx::QueryBuilder::<Db>::new(
+                        "SELECT commit_id FROM commits WHERE commit_id IN (",
+                    );
                     let mut list = q.separated(", ");
                     for e in rows {
                         list.push_bind(&e.commit);
@@ -214,16 +238,18 @@ macro_rules! impl_insert_batch {
                         .into_iter()
                         .collect();
                 }
-                Ok(move |e: &$crate::store::NewEpisode| match devices.get(&e.device) {
-                    None => Some($crate::store::Standing::DeviceGone),
-                    Some(true) => Some($crate::store::Standing::DeviceRevoked),
-                    Some(false) if !allowed.contains(&e.commit) => {
-                        Some($crate::store::Standing::CommitNotAllowed)
-                    }
-                    Some(false) => None,
-                })
+                Ok(
+                    move |e: &$crate::store::NewEpisode| match devices.get(&e.device) {
+                        None => Some($crate::store::Standing::DeviceGone),
+                        Some(true) => Some($crate::store::Standing::DeviceRevoked),
+                        Some(false) if !allowed.contains(&e.commit) => {
+                            Some($crate::store::Standing::CommitNotAllowed)
+                        }
+                        Some(false) => None,
+                    },
+                )
             }
         }
     };
 }
-pub(crate) use impl_insert_batch;
+pub(crate) use impl_batch_standing;

@@ -2,8 +2,8 @@
 //! the insert (`batch.rs`) and total it, for both pool types (see
 //! `impl_sql_index!` in `sql.rs`); and the write and collection gates.
 
-/// The [`Index`](crate::store::Index) methods of the episodes table and the
-/// gates, as items of the trait's `impl` block for a pool type.
+/// The [`Index`](crate::store::Index) methods that read episodes, as items
+/// of the trait's `impl` block for a pool type.
 macro_rules! episode_methods {
     ($pool:ty) => {
         fn episode<'a>(
@@ -66,13 +66,6 @@ macro_rules! episode_methods {
             })
         }
 
-        fn insert_episodes<'a>(
-            &'a self,
-            rows: &'a [$crate::store::NewEpisode],
-        ) -> $crate::store::BoxFut<'a, Vec<$crate::store::Inserted>> {
-            Box::pin(Self::insert_batch(self.pool.clone(), rows))
-        }
-
         fn list_episodes<'a>(
             &'a self,
             device: Option<&'a str>,
@@ -98,6 +91,21 @@ macro_rules! episode_methods {
                 Ok(rows.into_iter().map($crate::store::index::sql::episode_info).collect())
             })
         }
+    };
+}
+pub(crate) use episode_methods;
+
+/// The [`Index`](crate::store::Index) methods that insert episodes, find
+/// the referenced objects, take the gates and total the index, as items of
+/// the trait's `impl` block for a pool type.
+macro_rules! episode_store_methods {
+    ($pool:ty) => {
+        fn insert_episodes<'a>(
+            &'a self,
+            rows: &'a [$crate::store::NewEpisode],
+        ) -> $crate::store::BoxFut<'a, Vec<$crate::store::Inserted>> {
+            Box::pin(Self::insert_batch(self.pool.clone(), rows))
+        }
 
         fn referenced<'a>(
             &'a self,
@@ -108,8 +116,7 @@ macro_rules! episode_methods {
                 // A bounded number of parameters per statement, well
                 // under SQLite's limit.
                 for chunk in shas.chunks(500) {
-                    let params: Vec<String> =
-                        (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                    let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
                     let sql = format!(
                         "SELECT DISTINCT sha256 FROM episodes WHERE sha256 IN ({})",
                         params.join(", ")
@@ -156,4 +163,4 @@ macro_rules! episode_methods {
         }
     };
 }
-pub(crate) use episode_methods;
+pub(crate) use episode_store_methods;
