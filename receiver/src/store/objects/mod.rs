@@ -207,9 +207,8 @@ pub fn open(config: &crate::config::Config) -> Result<Arc<dyn Objects>, StoreErr
         crate::config::Storage::Local(dir) => {
             Ok(Arc::new(LocalObjects::new(dir.clone(), config.tmp_dir())))
         }
-        crate::config::Storage::S3(s3) => Ok(Arc::new(s3::S3Objects::new(
-            s3::builder_from_env(),
-            s3,
-        )?)),
+        crate::config::Storage::S3(s3) => {
+            Ok(Arc::new(s3::S3Objects::new(s3::builder_from_env(), s3)?))
+        }
     }
 }

@@ -193,7 +193,11 @@ impl Inner {
 
     /// PUT then DELETE a tiny probe under the staging prefix.
     async fn check(&self) -> Result<(), StoreError> {
-        let key = self.key(&format!("{}/readyz-{}", sweep::STAGING, staging::random_name()));
+        let key = self.key(&format!(
+            "{}/readyz-{}",
+            sweep::STAGING,
+            staging::random_name()
+        ));
         let at = self.locator(&key);
         let probe = async {
             self.s3
@@ -285,7 +289,9 @@ impl Inner {
     async fn delete(&self, shas: &[Sha256]) -> Result<(), StoreError> {
         let keys: Vec<object_store::Result<Path>> =
             shas.iter().map(|s| Ok(self.object_key(s))).collect();
-        let mut results = self.s3.delete_stream(futures_util::stream::iter(keys).boxed());
+        let mut results = self
+            .s3
+            .delete_stream(futures_util::stream::iter(keys).boxed());
         let mut first = None;
         while let Some(r) = results.next().await {
             match r {

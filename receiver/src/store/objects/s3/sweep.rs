@@ -39,7 +39,13 @@ pub fn marker_key(inner: &Inner) -> Path {
 pub async fn abort(inner: &Inner, key: &Path, id: &str, marker: &Path) -> Result<(), StoreError> {
     match inner.s3.abort_multipart(key, &id.to_owned()).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(store_error("abort multipart upload", &inner.locator(key), e)),
+        Err(e) => {
+            return Err(store_error(
+                "abort multipart upload",
+                &inner.locator(key),
+                e,
+            ))
+        }
     }
     delete_marker(inner, marker).await
 }

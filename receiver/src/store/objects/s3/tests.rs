@@ -53,7 +53,11 @@ fn free_port() -> u16 {
 /// `moto_server` on PATH, else where pyenv puts it.
 fn moto_bin() -> Option<std::path::PathBuf> {
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("moto_server")).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("moto_server"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     on_path
         .into_iter()
@@ -198,7 +202,11 @@ async fn stage(
 ) -> Result<Option<Staged>, StoreError> {
     let Staging { tx, done } = s.begin(claimed, body.len() as u64);
     for c in body.chunks(65_521) {
-        if tx.send(Chunk::Data(Bytes::copy_from_slice(c))).await.is_err() {
+        if tx
+            .send(Chunk::Data(Bytes::copy_from_slice(c)))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -228,7 +236,10 @@ async fn small_and_multipart_uploads_persist_under_their_digest_and_read_back() 
         let b = body(len, seed);
         let want = sha(&b);
         let staged = stage(&s, &want, &b, true).await.unwrap().unwrap();
-        assert_eq!((staged.sha256.clone(), staged.size), (want.clone(), len as u64));
+        assert_eq!(
+            (staged.sha256.clone(), staged.size),
+            (want.clone(), len as u64)
+        );
         // Not visible before persist, even while its parts are uploaded.
         assert_eq!(s.stat(&want).await.unwrap(), None);
         let r = s.persist(vec![staged]).await;
@@ -242,7 +253,10 @@ async fn small_and_multipart_uploads_persist_under_their_digest_and_read_back() 
     let again = stage(&s, &sha(&b), &b, true).await.unwrap().unwrap();
     assert!(s.persist(vec![again]).await[0].is_ok());
     m.settled("prod").await;
-    assert_eq!(s.locator(&sha(&b)), format!("s3://{BUCKET}/prod/{}", sha(&b)));
+    assert_eq!(
+        s.locator(&sha(&b)),
+        format!("s3://{BUCKET}/prod/{}", sha(&b))
+    );
     assert_eq!(s.describe(), format!("s3://{BUCKET}/prod"));
     s.check().await.unwrap();
     assert_eq!(s.free_bytes().await.unwrap(), None);
@@ -261,7 +275,11 @@ async fn a_digest_mismatch_leaves_no_object_no_upload_and_no_marker() {
     let staged = stage(&s, &claimed, &b, true).await.unwrap().unwrap();
     assert_ne!(staged.sha256, claimed);
     let actual = staged.sha256.clone();
-    assert_eq!(m.open_uploads(), 1, "the parts went up under the claimed key");
+    assert_eq!(
+        m.open_uploads(),
+        1,
+        "the parts went up under the claimed key"
+    );
     let r = s.persist(vec![staged]).await;
     assert!(r[0].is_err(), "{r:?}");
     // Dropped, as the HTTP layer does on a mismatch: aborted by a task.
@@ -313,8 +331,12 @@ async fn list_pages_only_objects_in_key_order_and_delete_takes_missing_ones() {
             p => format!("{p}/{k}"),
         };
         for k in ["staging/mp-0123", "not-a-digest", &format!("x/{}", shas[0])] {
-            let body = s.inner.s3.put(&Path::from(under(k)), PutPayload::from_static(b"{}"));
-            body.await.unwrap();
+            let key = Path::from(under(k));
+            s.inner
+                .s3
+                .put(&key, PutPayload::from_static(b"{}"))
+                .await
+                .unwrap();
         }
         let all = s.list(None, 10).await.unwrap();
         let listed: Vec<Sha256> = all.iter().map(|l| l.sha256.clone()).collect();
@@ -335,7 +357,12 @@ async fn list_pages_only_objects_in_key_order_and_delete_takes_missing_ones() {
         assert_eq!(left, shas[1..]);
         assert_eq!(s.stat(&shas[0]).await.unwrap(), None);
         assert!(matches!(
-            s.read(&shas[0]).await.map(|_| ()).unwrap_err().source.kind(),
+            s.read(&shas[0])
+                .await
+                .map(|_| ())
+                .unwrap_err()
+                .source
+                .kind(),
             io::ErrorKind::NotFound
         ));
     }
@@ -358,9 +385,17 @@ async fn the_sweep_aborts_an_abandoned_multipart_upload_once_it_is_idle() {
     s.inner.s3.put(&marker, content).await.unwrap();
     // A probe left by a crash, and something not ours.
     let probe = s.inner.key("staging/readyz-0123");
-    s.inner.s3.put(&probe, PutPayload::from_static(b"ok")).await.unwrap();
+    s.inner
+        .s3
+        .put(&probe, PutPayload::from_static(b"ok"))
+        .await
+        .unwrap();
     let foreign = s.inner.key("staging/someone-else");
-    s.inner.s3.put(&foreign, PutPayload::from_static(b"x")).await.unwrap();
+    s.inner
+        .s3
+        .put(&foreign, PutPayload::from_static(b"x"))
+        .await
+        .unwrap();
     assert_eq!(m.open_uploads(), 1);
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
@@ -436,7 +471,10 @@ async fn a_store_down_or_unserving_is_unreachable_within_seconds() {
         let what = sha(b"x");
         let e = s.stat(&what).await.unwrap_err();
         assert!(e.is_unreachable(), "{e}");
-        assert!(e.to_string().contains(&format!("s3://{BUCKET}/p/{what}")), "{e}");
+        assert!(
+            e.to_string().contains(&format!("s3://{BUCKET}/p/{what}")),
+            "{e}"
+        );
         let e = s.check().await.unwrap_err();
         assert!(e.is_unreachable(), "{e}");
         let e = s.list(None, 10).await.unwrap_err();
