@@ -496,3 +496,30 @@ async fn a_store_down_or_unserving_is_unreachable_within_seconds() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_start_names_a_missing_bucket_and_the_endpoint() {
+    let Some(m) = Moto::start("the_start_names_a_missing_bucket") else {
+        return;
+    };
+    let cfg = S3Storage {
+        bucket: "no-such-bucket".into(),
+        prefix: "prod".into(),
+        endpoint: Some(m.endpoint()),
+        region: None,
+        part_size: 5 * MIB as u64,
+        buffer_limit: 64 * MIB as u64,
+    };
+    let builder = AmazonS3Builder::new()
+        .with_access_key_id("test")
+        .with_secret_access_key("test");
+    let e = S3Objects::new(builder, &cfg)
+        .unwrap()
+        .prepare()
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("s3://no-such-bucket/prod"), "{text}");
+    assert!(text.contains(&m.endpoint()), "{text}");
+    assert!(!e.is_unreachable(), "a missing bucket is no outage: {text}");
+}
