@@ -389,9 +389,10 @@ impl Writer {
         let payload: PutPayload = chunks.iter().cloned().collect();
         let permit = self.permit.take();
         let upload = self.upload.as_mut().expect("created above");
-        let hashing = hash_apart(std::mem::take(&mut self.hasher), chunks);
-        let shipped = upload.ship(payload, permit).await;
-        self.hasher = hashing.await;
+        let at = upload.inner.locator(&upload.key);
+        let hashing = hash_apart(std::mem::take(&mut self.hasher), chunks, &at);
+        let (hashed, shipped) = tokio::join!(hashing, upload.ship(payload, permit));
+        self.hasher = hashed?;
         shipped
     }
 
@@ -399,7 +400,8 @@ impl Writer {
         let held = if self.upload.is_none() {
             let chunks = std::mem::take(&mut self.buf);
             let payload: PutPayload = chunks.iter().cloned().collect();
-            self.hasher = hash_apart(std::mem::take(&mut self.hasher), chunks).await;
+            let at = self.inner.locator(&self.inner.object_key(&self.claimed));
+            self.hasher = hash_apart(std::mem::take(&mut self.hasher), chunks, &at).await?;
             Held::Small {
                 payload,
                 _permit: self.permit.take(),
@@ -423,19 +425,28 @@ impl Writer {
     }
 }
 
-/// `hasher` updated with `chunks`, on the blocking pool.
-async fn hash_apart(mut hasher: sha2::Sha256, chunks: Vec<Bytes>) -> sha2::Sha256 {
+/// `hasher` updated with `chunks`, on the blocking pool. Fails only while
+/// the runtime shuts down (the pool is gone): the upload is answered 503,
+/// never with a digest of the wrong bytes.
+async fn hash_apart(
+    mut hasher: sha2::Sha256,
+    chunks: Vec<Bytes>,
+    at: &str,
+) -> Result<sha2::Sha256, StoreError> {
     let job = move || {
         for c in &chunks {
             hasher.update(c);
         }
         hasher
     };
-    // The pool is gone only while the runtime shuts down; the upload then
-    // fails at its next step, so any digest will do.
-    tokio::task::spawn_blocking(job)
-        .await
-        .unwrap_or_else(|_| sha2::Sha256::new())
+    tokio::task::spawn_blocking(job).await.map_err(|e| {
+        plain_error(
+            "hash",
+            at,
+            io::ErrorKind::ConnectionAborted,
+            format!("the hashing task ended: {e}"),
+        )
+    })
 }
 
 /// Makes one staged upload visible under its final key: a conditional PUT
