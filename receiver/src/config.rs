@@ -37,6 +37,7 @@ pub const KEYS: &[&str] = &[
     "tls_key",
     "body_read_timeout",
     "min_upload_rate",
+    "upload_expiry",
     "shutdown_grace",
     "log_format",
 ];
@@ -287,6 +288,9 @@ impl RawConfig {
                 parse_size(s).map_err(|e| format!("{e} (a rate like 1KiB/s, or 0 to disable)"))
             })?
             .unwrap_or(1024);
+        let upload_expiry = self
+            .parse("upload_expiry", parse_duration)?
+            .unwrap_or(Duration::from_secs(24 * 3600));
         let shutdown_grace = self
             .parse("shutdown_grace", parse_duration)?
             .unwrap_or(Duration::from_secs(10));
@@ -318,6 +322,7 @@ impl RawConfig {
             tls,
             body_read_timeout,
             min_upload_rate,
+            upload_expiry,
             shutdown_grace,
             log_format,
         })
@@ -561,6 +566,9 @@ pub struct Config {
     /// Slowest average body rate (bytes per second) accepted once an upload
     /// is older than twice `body_read_timeout`; 0 disables the check.
     pub min_upload_rate: u64,
+    /// How long an incomplete tus upload (SPEC §8) is kept after its last
+    /// PATCH (or its creation) before its bytes are reclaimed.
+    pub upload_expiry: Duration,
     /// How long in-flight uploads may run on after SIGTERM.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,

@@ -864,7 +864,7 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         Self { path, keep: false }
     }
 
