@@ -19,6 +19,8 @@
 //! - `migration`: an index made by the previous release, upgraded in
 //!   place (SQLite and PostgreSQL).
 //! - `tls`: HTTPS with a configured certificate.
+//! - `tus`: resumable uploads (SPEC §8): resume, `kill -9`, expiry,
+//!   owners, and the standard clients tuspy and tus-js-client.
 
 mod cli;
 mod crash;
@@ -33,6 +35,7 @@ mod shutdown;
 mod startup;
 mod surface;
 mod tls;
+mod tus;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -243,7 +246,12 @@ pub fn object_files(rx: &Receiver) -> Vec<std::path::PathBuf> {
 
 /// Files in `<data_dir>/tmp`.
 pub fn temp_files(rx: &Receiver) -> Vec<String> {
-    std::fs::read_dir(rx.data_dir.join("tmp"))
+    files_in(rx, "tmp")
+}
+
+/// The names in `<data_dir>/<sub>`.
+pub fn files_in(rx: &Receiver, sub: &str) -> Vec<String> {
+    std::fs::read_dir(rx.data_dir.join(sub))
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
