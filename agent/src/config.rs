@@ -48,6 +48,7 @@ pub struct RawConfig {
     pub quarantine_keep: Option<String>,
     pub sweep_batch: Option<toml::Value>,
     pub bandwidth_limit: Option<toml::Value>,
+    pub resumable_threshold: Option<toml::Value>,
     pub log_format: Option<String>,
     pub shutdown_grace: Option<String>,
     pub metrics_textfile: Option<String>,
@@ -69,6 +70,7 @@ pub const KEYS: &[&str] = &[
     "quarantine_keep",
     "sweep_batch",
     "bandwidth_limit",
+    "resumable_threshold",
     "log_format",
     "shutdown_grace",
     "metrics_textfile",
@@ -110,6 +112,8 @@ pub struct Config {
     pub sweep_batch: usize,
     /// Bytes per second; `None` is unlimited.
     pub bandwidth_limit: Option<u64>,
+    /// Tarballs of at least this many bytes ship with tus (SPEC §8).
+    pub resumable_threshold: u64,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     /// Where to write the metrics for node_exporter's textfile collector.
@@ -197,6 +201,7 @@ impl RawConfig {
             "quarantine_keep" => self.quarantine_keep.clone(),
             "sweep_batch" => self.sweep_batch.as_ref().map(v),
             "bandwidth_limit" => self.bandwidth_limit.as_ref().map(v),
+            "resumable_threshold" => self.resumable_threshold.as_ref().map(v),
             "log_format" => self.log_format.clone(),
             "shutdown_grace" => self.shutdown_grace.clone(),
             "metrics_textfile" => self.metrics_textfile.clone(),
@@ -222,6 +227,7 @@ impl RawConfig {
             "quarantine_keep" => self.quarantine_keep = s,
             "sweep_batch" => self.sweep_batch = t,
             "bandwidth_limit" => self.bandwidth_limit = t,
+            "resumable_threshold" => self.resumable_threshold = t,
             "log_format" => self.log_format = s,
             "shutdown_grace" => self.shutdown_grace = s,
             "metrics_textfile" => self.metrics_textfile = s,
@@ -249,6 +255,19 @@ impl RawConfig {
             None => None,
             Some(s) if matches!(s.trim(), "" | "0" | "unlimited") => None,
             Some(s) => Some(parse_rate(&s).map_err(|m| r.invalid("bandwidth_limit", &m))?),
+        };
+        let resumable_threshold = match r.text("resumable_threshold") {
+            None => 16 << 20,
+            Some(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map_err(|e| {
+                    r.invalid(
+                        "resumable_threshold",
+                        &format!("expected a size like 16MiB: {e}"),
+                    )
+                })?
+                .as_u64(),
         };
         let log_format = match r.text("log_format").as_deref().map(str::trim) {
             None | Some("human") => LogFormat::Human,
@@ -279,6 +298,7 @@ impl RawConfig {
             quarantine_keep: r.duration("quarantine_keep", "30d")?,
             sweep_batch,
             bandwidth_limit,
+            resumable_threshold,
             log_format,
             shutdown_grace: r.duration("shutdown_grace", "10s")?,
             metrics_textfile: r.metrics_textfile()?,
@@ -401,6 +421,7 @@ mod tests {
         assert_eq!(c.quarantine_keep, Duration::from_secs(30 * 86400));
         assert_eq!(c.sweep_batch, 500);
         assert_eq!(c.bandwidth_limit, None);
+        assert_eq!(c.resumable_threshold, 16 << 20);
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
     }
 

@@ -6,10 +6,12 @@
 //! sha256 state the previous PATCH left in memory (after a restart, the
 //! first PATCH re-hashes the partial file once). When the body ends, the
 //! bytes are fsynced, then the record's offset is replaced, then the new
-//! offset answered: what was answered survives `kill -9`. A body that
-//! ends early (a dropped link) keeps what arrived, as tus asks, unless the
-//! PATCH carried an `Upload-Checksum`, which then cannot be checked: such
-//! a PATCH keeps nothing, and neither does one whose checksum differs (460).
+//! offset answered: what was answered survives `kill -9`. A long PATCH
+//! also checkpoints every `store::uploads::CHECKPOINT` bytes, so what HEAD
+//! answers mid-PATCH is durable too. A body that ends early (a dropped
+//! link) keeps what arrived, as tus asks, unless the PATCH carried an
+//! `Upload-Checksum`, which then cannot be checked: such a PATCH keeps
+//! nothing, and neither does one whose checksum differs (460).
 //!
 //! The PATCH that reaches `Upload-Length` verifies the whole sha256 against
 //! the claimed one (400 `digest-mismatch`: the upload is discarded) and the
@@ -147,21 +149,27 @@ async fn run(state: &SharedState, id: &str, h: &HeaderMap, body: Body) -> Result
     };
     let started = Instant::now();
     let (tx, rx) = mpsc::channel::<Bytes>(16);
+    meta.expires = unix_now().saturating_add(state.config.upload_expiry.as_secs() as i64);
     let writer = tokio::task::spawn_blocking({
-        let (bin, at, base) = (state.uploads.bin(id), meta.offset, base.clone());
-        move || uploads::append(bin, at, base, checksum.is_some(), rx)
+        let (ups, owned_id, m, base) = (
+            state.uploads.clone(),
+            id.to_owned(),
+            meta.clone(),
+            base.clone(),
+        );
+        move || uploads::append(&ups, &owned_id, m, base, checksum.is_some(), rx)
     });
     let ended = pump(state, body, tx, meta.length - meta.offset).await;
     let appended = match writer.await {
         Ok(r) => r.map_err(AppError::from)?,
         Err(_) => return Err(AppError::internal().into()),
     };
-    let keep =
-        ended.keeps() && checksum.is_none_or(|c| ended.is_whole() && appended.patch == Some(c));
+    // Without a checksum every byte that arrived is kept (some may be
+    // checkpointed already); with one, only a whole PATCH that matches it.
+    let keep = checksum.is_none_or(|c| ended.is_whole() && appended.patch == Some(c));
     let at = meta.offset;
     if keep {
         meta.offset += appended.written;
-        meta.expires = unix_now().saturating_add(state.config.upload_expiry.as_secs() as i64);
         let (ups, owned_id, m, file) = (
             state.uploads.clone(),
             id.to_owned(),
@@ -214,17 +222,13 @@ enum Ended {
     Whole,
     /// It stopped early: a stall, a trickle, a broken connection.
     Early(AppError),
-    /// It went past `Upload-Length`: nothing of it is kept.
+    /// It went past `Upload-Length`: what fits is kept, the rest refused.
     TooLong,
 }
 
 impl Ended {
     fn is_whole(&self) -> bool {
         matches!(self, Ended::Whole)
-    }
-
-    fn keeps(&self) -> bool {
-        !matches!(self, Ended::TooLong)
     }
 
     /// The answer when the PATCH is not answered with its new offset:
@@ -234,7 +238,7 @@ impl Ended {
         match self {
             Ended::TooLong => Some(AppError::bad_request(
                 BadRequest::MalformedBody,
-                "the PATCH goes past Upload-Length; none of it was kept",
+                "the PATCH goes past Upload-Length",
             )),
             Ended::Early(e) => Some(e),
             Ended::Whole if mismatch => Some(AppError(Reply::ChecksumMismatch {

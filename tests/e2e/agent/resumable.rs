@@ -1,0 +1,71 @@
+//! Resumable uploads from the agent (SPEC §8): a large episode ships with
+//! tus, keeps its upload URL in `outbox/<id>.upload.json`, and after the
+//! receiver is `kill -9`ed mid-upload sends only what the receiver had not
+//! made durable.
+
+use std::process::Stdio;
+
+use ferry_tests::{make_episode, noise, Receiver, Spool, COMMIT_A};
+
+use crate::receiver::metric;
+
+const TUS_BYTES: &str = "ferry_bytes_received_total{route=\"tus\"}";
+
+#[test]
+fn agent_resumes_a_large_episode_after_the_receiver_is_killed_mid_upload() {
+    let mut rx = Receiver::start();
+    rx.allow(COMMIT_A, true);
+    let spool = Spool::new(&rx, "dev-big");
+    make_episode(
+        spool.path(),
+        "ep-big",
+        Some(COMMIT_A),
+        &[("data.bin", &noise(7, 32 << 20))],
+    );
+    let log = spool.path().join("agent.log");
+    let mut agent = spool
+        .agent("run")
+        .env("FERRY_AGENT_SCAN_INTERVAL", "200ms")
+        .env("FERRY_AGENT_BACKOFF_MAX", "1s")
+        .env("FERRY_AGENT_BANDWIDTH_LIMIT", "8MiB")
+        .env("FERRY_AGENT_RESUMABLE_THRESHOLD", "1MiB")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let record = spool.path().join("outbox/ep-big.upload.json");
+    // Well into the upload: past three of the receiver's 8 MiB checkpoints.
+    ferry_tests::wait_for("24 MiB of the episode at the receiver", || {
+        (record.exists() && metric(&rx, TUS_BYTES).unwrap_or(0.0) > (24 << 20) as f64).then_some(())
+    });
+    rx.kill9();
+    rx.restart();
+    // Retired: moved to shipped/, then the tarball and its upload record
+    // removed.
+    ferry_tests::wait_for("the episode shipped", || {
+        (spool.ids_in("shipped") == ["ep-big"] && spool.ids_in("outbox").is_empty()).then_some(())
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let log = std::fs::read_to_string(&log).unwrap();
+    let stored = super::stored(&rx);
+    let sha = stored.get("ep-big").expect("stored");
+    let size = std::fs::metadata(ferry_tests::object_path(&rx.data_dir, sha))
+        .unwrap()
+        .len();
+    // The receiver after its restart got only what it had not made durable.
+    let again = metric(&rx, TUS_BYTES).unwrap() as u64;
+    eprintln!("resumed after kill -9: {again} of {size} bytes sent again");
+    assert!(
+        again <= size - (16 << 20),
+        "{again} of {size} bytes sent again after the restart\n{log}"
+    );
+    assert!(metric(&rx, "ferry_uploads_resumed_total").unwrap() >= 1.0);
+    assert!(log.contains("resuming the upload"), "{log}");
+    assert!(!record.exists(), "the upload record goes with the tarball");
+    assert!(
+        spool.ids_in("outbox").is_empty(),
+        "{:?}",
+        spool.ids_in("outbox")
+    );
+}
