@@ -12,7 +12,8 @@
 //! `PATCH` streamed like a PUT's body (bandwidth limit, progress for the
 //! watchdog, stall timeout, shutdown abort). A 404 or 410 (expired, or the
 //! receiver lost it) forgets the record and creates a new upload; an offset
-//! mismatch asks HEAD again. The completing PATCH is answered like a PUT
+//! mismatch asks HEAD again. A creation answered without `Tus-Resumable`
+//! (a receiver without tus) falls back to the PUT. The completing PATCH is answered like a PUT
 //! (201/200 with the §2 JSON, 400 digest-mismatch, 409), and the caller
 //! classifies it with `proto::decide` as for a PUT.
 //!
@@ -45,6 +46,10 @@ pub struct UploadRecord {
     /// The tarball it uploads: a record of another tarball is forgotten.
     pub sha256: String,
     pub size: u64,
+    /// The bytes the receiver last said it holds (its HEAD), for `status`
+    /// and `doctor`; the next attempt asks again.
+    #[serde(default)]
+    pub offset: u64,
 }
 
 /// Largest record read.
@@ -93,6 +98,26 @@ pub fn write_record(spool: &Spool, id: &EpisodeId, rec: &UploadRecord) -> std::i
     fsio::write_atomic(&spool.upload_record(id), &text)
 }
 
+/// The resumable uploads in progress in the outbox (blocking), by episode:
+/// for `status` and `doctor`.
+pub fn in_progress(spool: &Spool) -> Vec<(EpisodeId, UploadRecord)> {
+    let Ok(rd) = std::fs::read_dir(spool.dir(crate::spool::OUTBOX)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(EpisodeId, UploadRecord)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let stem = name.to_str()?.strip_suffix(crate::spool::UPLOAD_EXT)?;
+            let id = EpisodeId::parse(stem).ok()?;
+            let rec = read_record(spool, &id)?;
+            Some((id, rec))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    out
+}
+
 fn forget(spool: &Spool, id: &EpisodeId) -> std::io::Result<()> {
     fsio::remove_file_durable(&spool.upload_record(id))
 }
@@ -100,8 +125,9 @@ fn forget(spool: &Spool, id: &EpisodeId) -> std::io::Result<()> {
 /// What one resumable attempt came to.
 pub enum Resumable {
     Done(UploadResult),
-    /// The receiver has no tus routes (an older release): PUT the tarball
-    /// instead; here is its descriptor back.
+    /// The receiver has no tus routes (an older release: its answer to the
+    /// creation has no `Tus-Resumable`): PUT the tarball instead; here is
+    /// its descriptor back.
     Unsupported(std::fs::File),
 }
 
@@ -125,6 +151,28 @@ fn metadata(s: &Shipment<'_>) -> String {
         tus::META_SHA256,
         b64(s.sha256.as_str())
     )
+}
+
+/// A 200 or 201 retires the episode (`proto::decide`): from a tus route it
+/// must say what it claims in the §2 JSON, `stored` or `already-present`;
+/// anything else (a proxy's page, a broken receiver) is no proof that the
+/// episode is stored, and is retried like a network failure.
+fn settled(r: UploadResult) -> UploadResult {
+    match &r {
+        UploadResult::Answered(a)
+            if (a.status == 200 || a.status == 201)
+                && !matches!(
+                    a.reply,
+                    Some(Reply::Stored { .. } | Reply::AlreadyPresent { .. })
+                ) =>
+        {
+            UploadResult::Network(format!(
+                "the receiver answered {} without saying the episode is stored: {}",
+                a.status, a.body
+            ))
+        }
+        _ => r,
+    }
 }
 
 fn gone(r: &UploadResult) -> bool {
@@ -157,18 +205,16 @@ impl Shipper {
             let record = blocking(move || read_record(&spool, &id))
                 .await
                 .filter(|r| r.sha256 == s.sha256.as_str() && r.size == size);
-            let url = match record {
-                Some(r) => r.url,
+            let (url, known) = match record {
+                Some(r) => (r.url, r.offset),
                 None => match self.tus_create(s, size, &token, cancel).await {
-                    Ok(url) => url,
+                    Ok(url) => (url, 0),
                     Err(r) => {
-                        if let UploadResult::Answered(a) = &r {
-                            if a.status == 404 || a.status == 405 {
-                                let std = file.into_std().await;
-                                return (Resumable::Unsupported(std), problem);
-                            }
+                        if matches!(&r, UploadResult::Answered(a) if !a.tus) {
+                            let std = file.into_std().await;
+                            return (Resumable::Unsupported(std), problem);
                         }
-                        return done(r);
+                        return done(settled(r));
                     }
                 },
             };
@@ -197,6 +243,18 @@ impl Shipper {
             if offset > 0 {
                 tracing::info!(episode = %s.id, offset, size, "resuming the upload");
             }
+            if offset != known {
+                let rec = UploadRecord {
+                    url: url.clone(),
+                    sha256: s.sha256.to_string(),
+                    size,
+                    offset,
+                };
+                let (spool, id) = (s.spool.clone(), s.id.clone());
+                if let Err(e) = blocking(move || write_record(&spool, &id, &rec)).await {
+                    tracing::warn!(episode = %s.id, "cannot note the upload's offset: {e}");
+                }
+            }
             let mut part = match file.try_clone().await {
                 Ok(f) => f,
                 Err(e) => return done(read_failed(e)),
@@ -223,7 +281,7 @@ impl Shipper {
                 _ => false,
             };
             if !again {
-                return done(r);
+                return done(settled(r));
             }
             if gone(&r) {
                 let (spool, id) = (s.spool.clone(), s.id.clone());
@@ -265,6 +323,7 @@ impl Shipper {
             url: url.clone(),
             sha256: s.sha256.to_string(),
             size,
+            offset: 0,
         };
         let (spool, id) = (s.spool.clone(), s.id.clone());
         if let Err(e) = blocking(move || write_record(&spool, &id, &rec)).await {
@@ -294,6 +353,42 @@ mod tests {
         }
     }
 
+    fn answered(status: u16, reply: Option<Reply>) -> UploadResult {
+        UploadResult::Answered(crate::ship::Answer {
+            status,
+            reply,
+            retry_after: None,
+            body: String::new(),
+            location: None,
+            upload_offset: None,
+            tus: true,
+        })
+    }
+
+    #[test]
+    fn only_a_200_or_201_that_says_stored_retires() {
+        let stored = Reply::Stored {
+            episode_id: "e".into(),
+            sha256: "s".into(),
+            size: 1,
+        };
+        assert!(matches!(
+            settled(answered(201, Some(stored))),
+            UploadResult::Answered(_)
+        ));
+        assert!(matches!(
+            settled(answered(200, None)),
+            UploadResult::Network(_)
+        ));
+        let refused = Reply::Gone {
+            detail: String::new(),
+        };
+        assert!(matches!(
+            settled(answered(410, Some(refused))),
+            UploadResult::Answered(_)
+        ));
+    }
+
     #[test]
     fn a_record_is_written_whole_and_read_back_only_when_valid() {
         let dir = tempfile::tempdir().unwrap();
@@ -305,6 +400,7 @@ mod tests {
             url: "/v1/uploads/abc".into(),
             sha256: "a".repeat(64),
             size: 7,
+            offset: 3,
         };
         write_record(&spool, &id, &rec).unwrap();
         assert_eq!(read_record(&spool, &id), Some(rec));

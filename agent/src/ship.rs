@@ -34,6 +34,8 @@ pub struct Answer {
     /// or PATCH.
     pub location: Option<String>,
     pub upload_offset: Option<u64>,
+    /// The answer carried `Tus-Resumable`: a tus route answered it.
+    pub tus: bool,
 }
 
 /// What became of one upload attempt.
@@ -445,6 +447,7 @@ async fn read_answer(
     };
     let location = header(reqwest::header::LOCATION.as_str());
     let upload_offset = header(headers::tus::UPLOAD_OFFSET).and_then(|v| v.trim().parse().ok());
+    let tus = header(headers::tus::RESUMABLE).is_some();
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if let Some((last, start)) = progress {
@@ -470,6 +473,7 @@ async fn read_answer(
         body: String::from_utf8_lossy(&body).into_owned(),
         location,
         upload_offset,
+        tus,
     })
 }
 

@@ -28,7 +28,7 @@ pub const LOCK_FILE: &str = ".ferry-agent.lock";
 pub const SMALL_FILE_CAP: u64 = 1 << 20;
 const TARBALL_EXT: &str = ".tar.zst";
 const PARTIAL_EXT: &str = ".tar.zst.partial";
-const UPLOAD_EXT: &str = ".upload.json";
+pub const UPLOAD_EXT: &str = ".upload.json";
 
 /// Where an episode is in its life. One directory per state; an episode is
 /// in exactly one of them (the outbox tarball is a cache of `Pending`).

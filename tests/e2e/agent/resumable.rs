@@ -39,6 +39,12 @@ fn agent_resumes_a_large_episode_after_the_receiver_is_killed_mid_upload() {
         (record.exists() && metric(&rx, TUS_BYTES).unwrap_or(0.0) > (24 << 20) as f64).then_some(())
     });
     rx.kill9();
+    // `status` shows the upload in progress, from the spool alone.
+    let out = spool.agent("status").arg("--json").output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ups = &st["counts"]["resumable"];
+    assert_eq!(ups[0]["episode"], "ep-big", "{st}");
+    assert!(ups[0]["size"].as_u64().unwrap() > 32 << 20, "{st}");
     rx.restart();
     // Retired: moved to shipped/, then the tarball and its upload record
     // removed.
