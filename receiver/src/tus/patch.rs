@@ -127,6 +127,11 @@ async fn run(state: &SharedState, id: &str, h: &HeaderMap, body: Body) -> Result
         })
         .into());
     }
+    // Slots first: a PATCH turned away keeps the hash state for the next.
+    let slots = match take_slots(state, &device) {
+        Ok(s) => s,
+        Err(answer) => return Err(Done(*answer)),
+    };
     if meta.offset > 0 && (live.interrupted || live.hasher.is_none()) {
         state.metrics.uploads_resumed.inc();
     }
@@ -141,12 +146,9 @@ async fn run(state: &SharedState, id: &str, h: &HeaderMap, body: Body) -> Result
     };
     if meta.offset == meta.length {
         // A retry of a completion whose commit failed.
+        drop(slots);
         return complete(state, id, &meta, base).await;
     }
-    let slots = match take_slots(state, &device) {
-        Ok(s) => s,
-        Err(answer) => return Err(Done(*answer)),
-    };
     let started = Instant::now();
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     meta.expires = unix_now().saturating_add(state.config.upload_expiry.as_secs() as i64);
