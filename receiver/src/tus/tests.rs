@@ -4,6 +4,8 @@
 //! small upload from creation to the stored episode. Crashes, expiry and
 //! standard clients are tested end to end in `tests/e2e/receiver/tus.rs`.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use base64::Engine;
@@ -18,6 +20,7 @@ use crate::http::router;
 use crate::http::tests::{
     bad_request, status_of, unread_body, Fixture, ALLOWED, DIGEST, LIMIT, OTHER_DIGEST, UNKNOWN,
 };
+use crate::store::unix_now;
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -400,4 +403,29 @@ async fn a_lying_digest_is_refused_at_completion_and_termination_removes_an_uplo
     .await;
     assert_eq!(code, StatusCode::NO_CONTENT);
     assert!(!f.state.uploads.bin(id).exists() && !f.state.uploads.json(id).exists());
+}
+
+#[tokio::test]
+async fn an_expired_upload_is_gone_until_it_is_reclaimed() {
+    let f = Fixture::new().await;
+    let (body, sha) = body_of(100);
+    let r = create(Some(&f.token_a), metadata("ep-3", ALLOWED, &sha), "100");
+    let (_, h, _) = send(&f, r).await;
+    let url = header(&h, "location").to_owned();
+    let id = url.rsplit('/').next().unwrap().to_owned();
+    let mut meta = f.state.uploads.load(&id).await.unwrap().unwrap();
+    meta.expires = unix_now() - 1;
+    f.state.uploads.write_meta(&id, &meta).unwrap();
+    let head = req(Method::HEAD, &url, Some(&f.token_a), &[], Body::empty());
+    let (code, _, _) = send(&f, head).await;
+    assert_eq!(code, StatusCode::GONE);
+    let (code, _, j) = send(&f, patch(&url, &f.token_a, 0, &body, None)).await;
+    assert_eq!((code, status_of(&j)), (StatusCode::GONE, "gone"));
+    // The reclaimer takes it, bytes and record.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let n = crate::store::uploads::reclaim::pass(&f.state.uploads, Duration::ZERO, &shutdown).await;
+    assert_eq!(n, 1);
+    assert!(!f.state.uploads.bin(&id).exists() && !f.state.uploads.json(&id).exists());
+    let head = req(Method::HEAD, &url, Some(&f.token_a), &[], Body::empty());
+    assert_eq!(send(&f, head).await.0, StatusCode::NOT_FOUND);
 }
