@@ -118,6 +118,20 @@ pub fn in_progress(spool: &Spool) -> Vec<(EpisodeId, UploadRecord)> {
     out
 }
 
+/// Keeps the offset the receiver reported in the record, for `status`.
+async fn note_offset(s: &Shipment<'_>, url: &str, size: u64, offset: u64) {
+    let rec = UploadRecord {
+        url: url.to_owned(),
+        sha256: s.sha256.to_string(),
+        size,
+        offset,
+    };
+    let (spool, id) = (s.spool.clone(), s.id.clone());
+    if let Err(e) = blocking(move || write_record(&spool, &id, &rec)).await {
+        tracing::warn!(episode = %s.id, "cannot note the upload's offset: {e}");
+    }
+}
+
 fn forget(spool: &Spool, id: &EpisodeId) -> std::io::Result<()> {
     fsio::remove_file_durable(&spool.upload_record(id))
 }
@@ -244,33 +258,11 @@ impl Shipper {
                 tracing::info!(episode = %s.id, offset, size, "resuming the upload");
             }
             if offset != known {
-                let rec = UploadRecord {
-                    url: url.clone(),
-                    sha256: s.sha256.to_string(),
-                    size,
-                    offset,
-                };
-                let (spool, id) = (s.spool.clone(), s.id.clone());
-                if let Err(e) = blocking(move || write_record(&spool, &id, &rec)).await {
-                    tracing::warn!(episode = %s.id, "cannot note the upload's offset: {e}");
-                }
+                note_offset(s, &url, size, offset).await;
             }
-            let mut part = match file.try_clone().await {
-                Ok(f) => f,
-                Err(e) => return done(read_failed(e)),
-            };
-            if let Err(e) = part.seek(std::io::SeekFrom::Start(offset)).await {
-                return done(read_failed(e));
-            }
-            let (body, watch) = self.stream_from(part, size - offset);
-            let rb = self
-                .request(Method::PATCH, &url, &token)
-                .header(tus::RESUMABLE, tus::PROTOCOL_VERSION)
-                .header(reqwest::header::CONTENT_TYPE, tus::PATCH_CONTENT_TYPE)
-                .header(tus::UPLOAD_OFFSET, offset)
-                .header(reqwest::header::CONTENT_LENGTH, size - offset)
-                .body(body);
-            let r = self.send_streamed(rb, watch, s.tarball, cancel).await;
+            let r = self
+                .tus_patch(s, &file, &url, (offset, size), &token, cancel)
+                .await;
             let again = match &r {
                 // Not complete yet (the receiver kept less than was sent):
                 // HEAD says where to go on.
@@ -292,6 +284,38 @@ impl Shipper {
             last = r;
         }
         done(last)
+    }
+
+    /// One PATCH with the rest of the tarball, from `offset` of `size`.
+    async fn tus_patch(
+        &self,
+        s: &Shipment<'_>,
+        file: &tokio::fs::File,
+        url: &str,
+        (offset, size): (u64, u64),
+        token: &Result<String, String>,
+        cancel: &CancellationToken,
+    ) -> UploadResult {
+        let read_failed = |source| UploadResult::TarballRead {
+            path: s.tarball.to_owned(),
+            source,
+        };
+        let mut part = match file.try_clone().await {
+            Ok(f) => f,
+            Err(e) => return read_failed(e),
+        };
+        if let Err(e) = part.seek(std::io::SeekFrom::Start(offset)).await {
+            return read_failed(e);
+        }
+        let (body, watch) = self.stream_from(part, size - offset);
+        let rb = self
+            .request(Method::PATCH, url, token)
+            .header(tus::RESUMABLE, tus::PROTOCOL_VERSION)
+            .header(reqwest::header::CONTENT_TYPE, tus::PATCH_CONTENT_TYPE)
+            .header(tus::UPLOAD_OFFSET, offset)
+            .header(reqwest::header::CONTENT_LENGTH, size - offset)
+            .body(body);
+        self.send_streamed(rb, watch, s.tarball, cancel).await
     }
 
     /// `POST /v1/uploads`; the new upload's path, recorded; or the answer

@@ -150,6 +150,42 @@ async fn run(state: &SharedState, id: &str, h: &HeaderMap, body: Body) -> Result
         return complete(state, id, &meta, base).await;
     }
     let started = Instant::now();
+    let result = receive(state, id, &mut meta, &mut live, base, checksum, body).await;
+    drop(slots);
+    state
+        .metrics
+        .upload_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(answer) = result {
+        tracing::info!(
+            upload = id,
+            device,
+            offset = meta.offset,
+            "PATCH ended early"
+        );
+        return Err(answer);
+    }
+    if meta.offset < meta.length {
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        offset_headers(&mut resp, &meta);
+        return Ok(resp);
+    }
+    let (_, whole) = live.hasher.take().expect("kept by receive");
+    complete(state, id, &meta, whole).await
+}
+
+/// Streams the body to the upload's file, then keeps what it may of it
+/// (moving `meta`'s offset and `live`'s hash state) or discards it; the
+/// refusal when the PATCH is not answered with its new offset.
+async fn receive(
+    state: &SharedState,
+    id: &str,
+    meta: &mut Meta,
+    live: &mut Live,
+    base: sha2::Sha256,
+    checksum: Option<[u8; 32]>,
+    body: Body,
+) -> Result<(), Done> {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     meta.expires = unix_now().saturating_add(state.config.upload_expiry.as_secs() as i64);
     let writer = tokio::task::spawn_blocking({
@@ -195,27 +231,10 @@ async fn run(state: &SharedState, id: &str, h: &HeaderMap, body: Body) -> Result
             interrupted: true,
         };
     }
-    drop(slots);
-    state
-        .metrics
-        .upload_seconds
-        .observe(started.elapsed().as_secs_f64());
-    if let Some(answer) = ended.refusal(checksum.is_some() && !keep) {
-        tracing::info!(
-            upload = id,
-            device,
-            offset = meta.offset,
-            "PATCH ended early"
-        );
-        return Err(answer.into());
+    match ended.refusal(checksum.is_some() && !keep) {
+        Some(answer) => Err(answer.into()),
+        None => Ok(()),
     }
-    if meta.offset < meta.length {
-        let mut resp = StatusCode::NO_CONTENT.into_response();
-        offset_headers(&mut resp, &meta);
-        return Ok(resp);
-    }
-    let (_, whole) = live.hasher.take().expect("kept above");
-    complete(state, id, &meta, whole).await
 }
 
 /// How a PATCH body ended.
