@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::sync::mpsc;
 
-use super::objects::local::{TempFile, Written, TEMP_SUFFIX};
+use super::objects::local::{BodyHasher, TempFile, Written, TEMP_SUFFIX};
 use super::objects::{blocking, StoreError};
 
 /// What the receiver keeps of one upload, in `<id>.json`.
@@ -297,7 +297,7 @@ pub fn append(
     uploads: &Uploads,
     id: &str,
     mut meta: Meta,
-    mut whole: sha2::Sha256,
+    whole: sha2::Sha256,
     checksum: bool,
     mut rx: mpsc::Receiver<Bytes>,
 ) -> Result<Appended, StoreError> {
@@ -313,10 +313,13 @@ pub fn append(
     let mut patch = checksum.then(sha2::Sha256::new);
     let mut written = 0u64;
     let mut checkpoint = CHECKPOINT;
+    // As a PUT's writer: from 1 MiB on the hash runs on a thread of its
+    // own, beside the writes.
+    let mut hasher = BodyHasher::Inline(whole);
     while let Some(chunk) = rx.blocking_recv() {
         file.write_all(&chunk)
             .map_err(|e| StoreError::new("write", &bin, e))?;
-        whole.update(&chunk);
+        hasher.update(&chunk, written + chunk.len() as u64);
         if let Some(p) = patch.as_mut() {
             p.update(&chunk);
         }
@@ -327,6 +330,13 @@ pub fn append(
             checkpoint = written + CHECKPOINT;
         }
     }
+    let whole = hasher.finish().ok_or_else(|| {
+        StoreError::new(
+            "hash",
+            &bin,
+            io::Error::other("the hashing thread panicked"),
+        )
+    })?;
     Ok(Appended {
         file,
         written,
