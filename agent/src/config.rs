@@ -53,6 +53,8 @@ keys! {
     /// Upload bytes per second, shared by all uploads; `None` (unset,
     /// empty, `0` or `unlimited`) is unlimited.
     pub BANDWIDTH_LIMIT: Option<u64> = "bandwidth_limit" default "unlimited" => bandwidth_limit;
+    /// Tarballs of at least this many bytes ship with tus (SPEC §8).
+    pub RESUMABLE_THRESHOLD: u64 = "resumable_threshold" default "16MiB" => parse::size;
     /// Log format on stderr.
     pub LOG_FORMAT: LogFormat = "log_format" default "human" => parse::log_format;
     /// On SIGTERM, how long in-flight uploads get before they are aborted.
@@ -91,6 +93,8 @@ pub struct Config {
     pub sweep_batch: usize,
     /// Bytes per second; `None` is unlimited.
     pub bandwidth_limit: Option<u64>,
+    /// Tarballs of at least this many bytes ship with tus (SPEC §8).
+    pub resumable_threshold: u64,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     /// Where to write the metrics for node_exporter's textfile collector.
@@ -145,6 +149,7 @@ impl Config {
             quarantine_keep: layers.get(&QUARANTINE_KEEP)?,
             sweep_batch: layers.get(&SWEEP_BATCH)?,
             bandwidth_limit: layers.get(&BANDWIDTH_LIMIT)?,
+            resumable_threshold: layers.get(&RESUMABLE_THRESHOLD)?,
             log_format: layers.get(&LOG_FORMAT)?,
             shutdown_grace: layers.get(&SHUTDOWN_GRACE)?,
             metrics_textfile: layers.opt(&METRICS_TEXTFILE)?.flatten(),
@@ -218,6 +223,7 @@ mod tests {
         assert_eq!(c.quarantine_keep, Duration::from_secs(30 * 86400));
         assert_eq!(c.sweep_batch, 500);
         assert_eq!(c.bandwidth_limit, None);
+        assert_eq!(c.resumable_threshold, 16 << 20);
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
     }
 

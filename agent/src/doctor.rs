@@ -277,6 +277,18 @@ fn check_pending(
         ),
         None,
     ));
+    if !counts.resumable.is_empty() {
+        let ups: Vec<String> = counts.resumable.iter().map(|r| r.describe()).collect();
+        out.push(row(
+            "resumable uploads",
+            Level::Ok,
+            format!(
+                "in progress: {} (as the receiver last said)",
+                ups.join(", ")
+            ),
+            None,
+        ));
+    }
     if counts.invalid > 0 || counts.unreadable > 0 {
         out.push(row(
             "skipped entries",

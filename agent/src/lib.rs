@@ -5,7 +5,7 @@
 //! Map: `config` (raw → resolved), `spool` (layout, [`spool::EpisodeState`]),
 //! `fsio` (crash-safe moves, errno), `scan`, `pack` (the folder: `walk`,
 //! the tree it reads; `frames`, `output`; `archive`, the walker that checks
-//! a tarball left in the outbox), `outbox` (the tarball to ship), `ship`,
+//! a tarball left in the outbox), `outbox` (the tarball to ship), `ship`, `resumable` (tus, SPEC §8),
 //! `classify` (what happened → `proto::Outcome`), `episode` (one episode's
 //! journey: pack → ship → classify → act), `retire` / `quarantine` /
 //! `conflict` (the actions that move an episode, each with its effects and
@@ -29,6 +29,7 @@ pub mod notify;
 pub mod outbox;
 pub mod pack;
 pub mod quarantine;
+pub mod resumable;
 pub mod retire;
 pub mod run;
 pub mod scan;

@@ -30,6 +30,12 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
     /// The body as text (for reason files and logs), truncated.
     pub body: String,
+    /// tus (SPEC §8): `Location` of a creation, `Upload-Offset` of a HEAD
+    /// or PATCH.
+    pub location: Option<String>,
+    pub upload_offset: Option<u64>,
+    /// The answer carried `Tus-Resumable`: a tus route answered it.
+    pub tus: bool,
 }
 
 /// What became of one upload attempt.
@@ -224,23 +230,7 @@ impl Shipper {
                 return (UploadResult::TarballRead { path, source }, token_problem);
             }
         };
-        let start = Instant::now();
-        let last = Arc::new(AtomicU64::new(0));
-        let read_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
-        let body = BodyState {
-            file,
-            remaining: size,
-            read: self.limiter.as_ref().map_or(UNLIMITED_READ, |l| l.chunk()),
-            pending: Bytes::new(),
-            limiter: self.limiter.clone(),
-            progress: self.progress.clone(),
-            last: last.clone(),
-            start,
-            read_error: read_error.clone(),
-        };
-        let stream = futures_util::stream::unfold(body, |mut st| async move {
-            st.next_chunk().await.map(|r| (r, st))
-        });
+        let (body, watch) = self.stream_from(file, size);
         let rb = self
             .client
             .put(format!("{}{}", self.base, ferry_proto::episode_path(id)))
@@ -248,14 +238,59 @@ impl Shipper {
             .header(headers::SHA256, sha256.as_str())
             .header(reqwest::header::CONTENT_LENGTH, size)
             .header(reqwest::header::CONTENT_TYPE, "application/zstd")
-            .body(reqwest::Body::wrap_stream(stream));
+            .body(body);
         let rb = self.authed(rb, &token);
+        let result = self.send_streamed(rb, watch, tarball, cancel).await;
+        (result, token_problem)
+    }
+
+    /// A request body streamed from `file` (at its current position),
+    /// `size` bytes, through the bandwidth limit, counted as progress;
+    /// and what [`Shipper::send_streamed`] watches of it.
+    pub(crate) fn stream_from(&self, file: tokio::fs::File, size: u64) -> (reqwest::Body, Watch) {
+        let watch = Watch {
+            start: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+            read_error: Arc::default(),
+        };
+        let body = BodyState {
+            file,
+            remaining: size,
+            read: self.limiter.as_ref().map_or(UNLIMITED_READ, |l| l.chunk()),
+            pending: Bytes::new(),
+            limiter: self.limiter.clone(),
+            progress: self.progress.clone(),
+            last: watch.last.clone(),
+            start: watch.start,
+            read_error: watch.read_error.clone(),
+        };
+        let stream = futures_util::stream::unfold(body, |mut st| async move {
+            st.next_chunk().await.map(|r| (r, st))
+        });
+        (reqwest::Body::wrap_stream(stream), watch)
+    }
+
+    /// Sends a request whose body streams from the tarball: cancellation
+    /// aborts it at once, a stall of `request_timeout` is a network error,
+    /// a failed read of the tarball is that.
+    pub(crate) async fn send_streamed(
+        &self,
+        rb: reqwest::RequestBuilder,
+        watch: Watch,
+        tarball: &Path,
+        cancel: &CancellationToken,
+    ) -> UploadResult {
+        let Watch {
+            start,
+            last,
+            read_error,
+        } = watch;
         let send = async {
             let resp = rb.send().await?;
             read_answer(resp, Some((&last, start))).await
         };
         let stall = stall_watch(&last, start, self.request_timeout);
-        let result = tokio::select! {
+        tokio::select! {
             biased;
             _ = cancel.cancelled() => UploadResult::Aborted,
             _ = stall => UploadResult::Network(format!(
@@ -269,9 +304,54 @@ impl Shipper {
                     None => UploadResult::Network(error_chain(&e)),
                 },
             },
-        };
-        (result, token_problem)
+        }
     }
+
+    /// A request to the receiver (`{base}{path}`), authenticated.
+    pub(crate) fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &Result<String, String>,
+    ) -> reqwest::RequestBuilder {
+        self.authed(
+            self.client.request(method, format!("{}{path}", self.base)),
+            token,
+        )
+    }
+
+    /// Sends a request without a streamed body; the answer within
+    /// `request_timeout`, or the network error.
+    pub(crate) async fn send_small(
+        &self,
+        rb: reqwest::RequestBuilder,
+        cancel: &CancellationToken,
+    ) -> UploadResult {
+        let fut = async {
+            let resp = rb.send().await.map_err(|e| error_chain(&e))?;
+            read_answer(resp, None).await.map_err(|e| error_chain(&e))
+        };
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => UploadResult::Aborted,
+            r = tokio::time::timeout(self.request_timeout, fut) => match r {
+                Ok(Ok(a)) => UploadResult::Answered(a),
+                Ok(Err(e)) => UploadResult::Network(e),
+                Err(_) => UploadResult::Network(format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.request_timeout)
+                )),
+            },
+        }
+    }
+}
+
+/// What a streamed upload is watched by: when it started, when a byte last
+/// moved, and the tarball's read error if one ended it.
+pub(crate) struct Watch {
+    start: Instant,
+    last: Arc<AtomicU64>,
+    read_error: Arc<Mutex<Option<std::io::Error>>>,
 }
 
 /// Bytes read from the tarball at a time when no rate limit applies: 1 MiB,
@@ -359,6 +439,15 @@ async fn read_answer(
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| headers::parse_retry_after(v.as_bytes()));
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let location = header(reqwest::header::LOCATION.as_str());
+    let upload_offset = header(headers::tus::UPLOAD_OFFSET).and_then(|v| v.trim().parse().ok());
+    let tus = header(headers::tus::RESUMABLE).is_some();
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if let Some((last, start)) = progress {
@@ -382,6 +471,9 @@ async fn read_answer(
         reply,
         retry_after,
         body: String::from_utf8_lossy(&body).into_owned(),
+        location,
+        upload_offset,
+        tus,
     })
 }
 

@@ -28,6 +28,7 @@ pub const LOCK_FILE: &str = ".ferry-agent.lock";
 pub const SMALL_FILE_CAP: u64 = 1 << 20;
 const TARBALL_EXT: &str = ".tar.zst";
 const PARTIAL_EXT: &str = ".tar.zst.partial";
+pub const UPLOAD_EXT: &str = ".upload.json";
 
 /// Where an episode is in its life. One directory per state; an episode is
 /// in exactly one of them (the outbox tarball is a cache of `Pending`).
@@ -115,6 +116,12 @@ impl Spool {
         self.root.join(OUTBOX).join(format!("{id}{TARBALL_EXT}"))
     }
 
+    /// `outbox/<id>.upload.json`: the resumable upload of the tarball
+    /// (SPEC §8), kept beside it.
+    pub fn upload_record(&self, id: &EpisodeId) -> PathBuf {
+        self.root.join(OUTBOX).join(format!("{id}{UPLOAD_EXT}"))
+    }
+
     pub fn partial(&self, id: &EpisodeId) -> PathBuf {
         self.root.join(OUTBOX).join(format!("{id}{PARTIAL_EXT}"))
     }
@@ -161,9 +168,12 @@ impl Spool {
     }
 
     /// Delete the tarball (and a partial one) of an episode, durably.
+    /// The tarball, its partial and its resumable upload's record: a
+    /// record names an upload of this tarball's bytes only.
     pub fn remove_tarballs(&self, id: &EpisodeId) -> io::Result<()> {
         fsio::remove_file_durable(&self.tarball(id))?;
-        fsio::remove_file_durable(&self.partial(id))
+        fsio::remove_file_durable(&self.partial(id))?;
+        fsio::remove_file_durable(&self.upload_record(id))
     }
 }
 

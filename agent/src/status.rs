@@ -28,6 +28,29 @@ pub struct Counts {
     /// `done.marker` time of the oldest pending episode (UTC), if any: how
     /// far behind the device is.
     pub oldest_pending_at: Option<String>,
+    /// Resumable uploads in progress (SPEC §8), with the bytes the
+    /// receiver last said it holds.
+    pub resumable: Vec<Resumable>,
+}
+
+/// One resumable upload in progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resumable {
+    pub episode: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl Resumable {
+    /// `ep-1 12.0 MiB of 32.0 MiB`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} of {}",
+            self.episode,
+            bytesize::ByteSize(self.offset).to_string_as(true),
+            bytesize::ByteSize(self.size).to_string_as(true)
+        )
+    }
 }
 
 /// `read_dir`, with a missing directory read as empty (a spool the agent
@@ -80,6 +103,14 @@ pub fn counts(s: &Spool) -> io::Result<Counts> {
             None => {}
         }
     }
+    c.resumable = crate::resumable::in_progress(s)
+        .into_iter()
+        .map(|(id, r)| Resumable {
+            episode: id.to_string(),
+            offset: r.offset,
+            size: r.size,
+        })
+        .collect();
     let (ids, bad) = if s.dir(spool::QUARANTINE).exists() {
         quarantine::list_ids(s)?
     } else {
@@ -119,6 +150,9 @@ pub fn print(s: &Spool, json: bool) -> anyhow::Result<()> {
     }
     println!("writing      {}", c.writing);
     println!("outbox       {} (+{} partial)", c.outbox, c.partial);
+    for r in &c.resumable {
+        println!("  resumable  {} (as the receiver last said)", r.describe());
+    }
     println!("shipped      {}", c.shipped);
     println!("quarantined  {}", c.quarantined);
     for (k, n) in &c.quarantine_by_reason {

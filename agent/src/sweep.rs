@@ -146,6 +146,17 @@ pub fn sweep_all(
                 return sw;
             }
             let name = e.file_name().to_string_lossy().into_owned();
+            // An upload record whose episode is gone (a crash between the
+            // move and the removal of the tarball): nothing to resume.
+            if let Some(id) = name
+                .strip_suffix(spool::UPLOAD_EXT)
+                .and_then(|stem| ferry_proto::EpisodeId::parse(stem).ok())
+            {
+                if !spool.episode_dir(&id).exists() {
+                    remove(&e.path(), &mut sw.orphans, &mut sw.errors);
+                }
+                continue;
+            }
             let Some((id, partial)) = spool::parse_outbox_name(&name) else {
                 continue;
             };
@@ -263,11 +274,16 @@ mod tests {
         fs::write(s.tarball(&id("orphan")), "t").unwrap();
         fs::write(s.partial(&id("stale")), "p").unwrap();
         fs::create_dir_all(s.dir(spool::SHIPPED).join(".x.old-1")).unwrap();
+        // Upload records: one of a pending episode stays, an orphan goes.
+        fs::write(s.upload_record(&id("live")), "{}").unwrap();
+        fs::write(s.upload_record(&id("orphan")), "{}").unwrap();
         let sw = sweep_all(&c, &s, &in_flight, &stop, later, true);
+        assert!(s.upload_record(&id("live")).exists());
+        assert!(!s.upload_record(&id("orphan")).exists());
         assert_eq!(
             sw,
             Swept {
-                orphans: 1,
+                orphans: 2,
                 partials: 1,
                 shipped: 1,
                 quarantined: 1,

@@ -132,32 +132,16 @@ pub fn decide(outcome: Outcome<'_>, strikes: Strikes) -> Action {
             status,
             reply,
             retry_after,
-        } => match status {
-            200 | 201 => Action::Retire,
-            409 => Action::Conflict,
-            412 => Action::Quarantine(QuarantineKind::CommitRejected),
-            400 => match reply {
-                Some(Reply::BadRequest {
-                    error: BadRequest::DigestMismatch,
-                    ..
-                }) => {
-                    if strikes.digest_mismatch + 1 >= DIGEST_MISMATCH_LIMIT {
-                        Action::Quarantine(QuarantineKind::RepeatedDigestMismatch)
-                    } else {
-                        Action::Repack
-                    }
-                }
-                _ => Action::Quarantine(QuarantineKind::Refused),
-            },
-            401 | 403 => Action::DeviceBackoff,
-            408 | 429 => Action::Backoff { retry_after },
-            402 | 404..=407 | 410..=411 | 413..=428 | 430..=499 => {
+        } => match (status, reply) {
+            // tus (SPEC §8): answers about the upload, not the episode. The
+            // agent re-asks HEAD or starts a new upload on its next attempt.
+            (409, Some(Reply::OffsetMismatch { .. }))
+            | (410, Some(Reply::Gone { .. }))
+            | (460, _) => Action::Backoff { retry_after },
+            (412, Some(Reply::UnsupportedVersion { .. })) => {
                 Action::Quarantine(QuarantineKind::Refused)
             }
-            // 5xx including 503 and 507, and anything unexpected (1xx, 3xx
-            // from a misconfigured proxy): the answer says nothing about
-            // the episode, so keep it and try again later.
-            _ => Action::Backoff { retry_after },
+            _ => decide_status(status, reply, retry_after, strikes),
         },
         Outcome::Network | Outcome::DiskFull => Action::Backoff { retry_after: None },
         Outcome::LocalRead => {
@@ -169,6 +153,42 @@ pub fn decide(outcome: Outcome<'_>, strikes: Strikes) -> Action {
         }
         Outcome::NoCommit => Action::Quarantine(QuarantineKind::NoCommit),
         Outcome::Aborted => Action::Abandon,
+    }
+}
+
+/// The rows of SPEC §2's answers, by status code.
+fn decide_status(
+    status: u16,
+    reply: Option<&Reply>,
+    retry_after: Option<Duration>,
+    strikes: Strikes,
+) -> Action {
+    match status {
+        200 | 201 => Action::Retire,
+        409 => Action::Conflict,
+        412 => Action::Quarantine(QuarantineKind::CommitRejected),
+        400 => match reply {
+            Some(Reply::BadRequest {
+                error: BadRequest::DigestMismatch,
+                ..
+            }) => {
+                if strikes.digest_mismatch + 1 >= DIGEST_MISMATCH_LIMIT {
+                    Action::Quarantine(QuarantineKind::RepeatedDigestMismatch)
+                } else {
+                    Action::Repack
+                }
+            }
+            _ => Action::Quarantine(QuarantineKind::Refused),
+        },
+        401 | 403 => Action::DeviceBackoff,
+        408 | 429 => Action::Backoff { retry_after },
+        402 | 404..=407 | 410..=411 | 413..=428 | 430..=459 | 461..=499 => {
+            Action::Quarantine(QuarantineKind::Refused)
+        }
+        // 5xx including 503 and 507, and anything unexpected (1xx, 3xx
+        // from a misconfigured proxy): the answer says nothing about
+        // the episode, so keep it and try again later.
+        _ => Action::Backoff { retry_after },
     }
 }
 
@@ -322,6 +342,58 @@ mod tests {
         }
     }
 
+    fn tus(status: u16, reply: Reply) -> Action {
+        decide(
+            Outcome::Answered {
+                status,
+                reply: Some(&reply),
+                retry_after: None,
+            },
+            Strikes::default(),
+        )
+    }
+
+    /// SPEC §8's answers are about the upload, not the episode: an offset
+    /// mismatch, an expired upload and a damaged PATCH are retried (HEAD
+    /// again, a new upload, the same bytes again), never parked or
+    /// quarantined; a tus version the receiver does not speak is refused.
+    #[test]
+    fn tus_rows_retry_the_upload() {
+        let detail = String::new();
+        let offset = Reply::OffsetMismatch {
+            offset: 7,
+            detail: detail.clone(),
+        };
+        let back = Action::Backoff { retry_after: None };
+        assert_eq!(tus(409, offset), back);
+        assert_eq!(
+            tus(
+                410,
+                Reply::Gone {
+                    detail: detail.clone()
+                }
+            ),
+            back
+        );
+        assert_eq!(
+            tus(
+                460,
+                Reply::ChecksumMismatch {
+                    detail: detail.clone()
+                }
+            ),
+            back
+        );
+        assert_eq!(answered(460), back, "460 without a body too");
+        assert_eq!(
+            tus(412, Reply::UnsupportedVersion { detail }),
+            Action::Quarantine(QuarantineKind::Refused)
+        );
+        // Without the tus bodies, 409 and 410 keep their §2 rows.
+        assert_eq!(answered(409), Action::Conflict);
+        assert_eq!(answered(410), Action::Quarantine(QuarantineKind::Refused));
+    }
+
     #[test]
     fn row_401_403_never_quarantine() {
         assert_eq!(answered(401), Action::DeviceBackoff);
@@ -419,7 +491,8 @@ mod tests {
             }
         } else if status == 401 || status == 403 {
             Action::DeviceBackoff
-        } else if status == 408 || status == 429 || (500..600).contains(&status) {
+        } else if status == 408 || status == 429 || status == 460 || (500..600).contains(&status) {
+            // 460: SPEC §8's checksum mismatch, bytes damaged on the way.
             Action::Backoff { retry_after: ra }
         } else if four_xx {
             // "other 400, 413, other 4xx"

@@ -12,6 +12,37 @@ pub const PROTOCOL: &str = "x-ferry-protocol";
 /// Value of [`PROTOCOL`].
 pub const PROTOCOL_VERSION: &str = "1";
 
+/// On the answer of the tus PATCH that completes an upload (SPEC §8): the
+/// `status` of the §2 reply, `stored` or `already-present`.
+pub const STATUS: &str = "x-ferry-status";
+
+/// tus 1.0 (SPEC §8): the headers of the protocol, and what this receiver
+/// speaks of it.
+pub mod tus {
+    pub const RESUMABLE: &str = "tus-resumable";
+    pub const VERSION: &str = "tus-version";
+    pub const EXTENSION: &str = "tus-extension";
+    pub const MAX_SIZE: &str = "tus-max-size";
+    pub const CHECKSUM_ALGORITHM: &str = "tus-checksum-algorithm";
+    pub const UPLOAD_LENGTH: &str = "upload-length";
+    pub const UPLOAD_OFFSET: &str = "upload-offset";
+    pub const UPLOAD_METADATA: &str = "upload-metadata";
+    pub const UPLOAD_EXPIRES: &str = "upload-expires";
+    pub const UPLOAD_CHECKSUM: &str = "upload-checksum";
+    pub const UPLOAD_DEFER_LENGTH: &str = "upload-defer-length";
+    /// The one version spoken, the value of `Tus-Resumable` and
+    /// `Tus-Version`.
+    pub const PROTOCOL_VERSION: &str = "1.0.0";
+    pub const EXTENSIONS: &str = "creation,termination,expiration,checksum";
+    pub const CHECKSUM_ALGORITHMS: &str = "sha256";
+    /// The `Content-Type` of a PATCH.
+    pub const PATCH_CONTENT_TYPE: &str = "application/offset+octet-stream";
+    /// `Upload-Metadata` keys of a creation.
+    pub const META_EPISODE_ID: &str = "episode_id";
+    pub const META_COMMIT: &str = "commit";
+    pub const META_SHA256: &str = "sha256";
+}
+
 /// The `Retry-After` of an answer, as delay-seconds (`1*DIGIT`, RFC 9110
 /// §10.2.3), surrounding whitespace allowed. A value too large for `u64`
 /// saturates rather than failing; anything else (an HTTP-date, a sign, a

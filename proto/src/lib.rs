@@ -27,6 +27,9 @@ pub fn episode_path(id: &EpisodeId) -> String {
     format!("/v1/episodes/{id}")
 }
 
+/// The tus creation endpoint (SPEC §8); an upload is `{UPLOADS_PATH}/{id}`.
+pub const UPLOADS_PATH: &str = "/v1/uploads";
+
 /// Path of the commit check endpoint: `/v1/commits/{commit}`.
 pub fn commit_path(commit: &Commit) -> String {
     format!("/v1/commits/{commit}")

@@ -17,6 +17,9 @@ pub enum BadRequest {
     MalformedBody,
     /// `Content-Length` is absent (for example a chunked upload).
     MissingLength,
+    /// `Upload-Metadata` of a tus creation (SPEC §8) is not `key base64`
+    /// pairs separated by commas.
+    MalformedMetadata,
     /// Any other malformed request (bad JSON on an admin route, bad query).
     Invalid,
 }
@@ -24,7 +27,7 @@ pub enum BadRequest {
 impl BadRequest {
     /// Every kind, for the tests that go through them all.
     #[cfg(test)]
-    pub(crate) const ALL: [BadRequest; 9] = [
+    pub(crate) const ALL: [BadRequest; 10] = [
         BadRequest::MissingCommit,
         BadRequest::MalformedCommit,
         BadRequest::BadEpisodeId,
@@ -33,6 +36,7 @@ impl BadRequest {
         BadRequest::DigestMismatch,
         BadRequest::MalformedBody,
         BadRequest::MissingLength,
+        BadRequest::MalformedMetadata,
         BadRequest::Invalid,
     ];
 
@@ -46,6 +50,7 @@ impl BadRequest {
             BadRequest::DigestMismatch => "digest-mismatch",
             BadRequest::MalformedBody => "malformed-body",
             BadRequest::MissingLength => "missing-length",
+            BadRequest::MalformedMetadata => "malformed-metadata",
             BadRequest::Invalid => "invalid",
         }
     }
@@ -109,6 +114,17 @@ pub enum Reply {
     InsufficientStorage { detail: String },
     /// 500: a bug or an unexpected failure; the log has the details.
     Internal { detail: String },
+    /// 409 (tus, SPEC §8): a PATCH's `Upload-Offset` is not the upload's
+    /// offset, which is `offset`: ask HEAD and send from there.
+    OffsetMismatch { offset: u64, detail: String },
+    /// 410 (tus): the upload expired; start a new one.
+    Gone { detail: String },
+    /// 412 (tus): `Tus-Resumable` names a version this receiver does not
+    /// speak (`Tus-Version` lists those it does).
+    UnsupportedVersion { detail: String },
+    /// 460 (tus checksum extension): the PATCH's bytes do not match its
+    /// `Upload-Checksum`; none of them were kept.
+    ChecksumMismatch { detail: String },
 }
 
 impl Reply {
@@ -129,6 +145,10 @@ impl Reply {
             Reply::Overloaded { .. } => "overloaded",
             Reply::InsufficientStorage { .. } => "insufficient-storage",
             Reply::Internal { .. } => "internal",
+            Reply::OffsetMismatch { .. } => "offset-mismatch",
+            Reply::Gone { .. } => "gone",
+            Reply::UnsupportedVersion { .. } => "unsupported-version",
+            Reply::ChecksumMismatch { .. } => "checksum-mismatch",
         }
     }
 
@@ -150,6 +170,10 @@ impl Reply {
             Reply::Overloaded { .. } => 503,
             Reply::InsufficientStorage { .. } => 507,
             Reply::Internal { .. } => 500,
+            Reply::OffsetMismatch { .. } => 409,
+            Reply::Gone { .. } => 410,
+            Reply::UnsupportedVersion { .. } => 412,
+            Reply::ChecksumMismatch { .. } => 460,
         }
     }
 }
@@ -292,6 +316,19 @@ mod tests {
             Reply::Internal {
                 detail: String::new(),
             },
+            Reply::OffsetMismatch {
+                offset: 3,
+                detail: String::new(),
+            },
+            Reply::Gone {
+                detail: String::new(),
+            },
+            Reply::UnsupportedVersion {
+                detail: String::new(),
+            },
+            Reply::ChecksumMismatch {
+                detail: String::new(),
+            },
         ];
         for r in all {
             let v = serde_json::to_value(&r).unwrap();
@@ -319,7 +356,12 @@ mod tests {
             "overloaded" => 503,
             "insufficient-storage" => 507,
             "internal" => 500,
-            other => panic!("{other} is not in SPEC §2"),
+            // SPEC §8 (tus 1.0).
+            "offset-mismatch" => 409,
+            "gone" => 410,
+            "unsupported-version" => 412,
+            "checksum-mismatch" => 460,
+            other => panic!("{other} is not in SPEC §2 or §8"),
         }
     }
 

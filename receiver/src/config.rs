@@ -110,6 +110,9 @@ keys! {
         "0" | "0/s" => Ok(0),
         _ => parse::rate(s).map_err(|e| format!("{e}, or 0 to disable")),
     };
+    /// How long an incomplete tus upload (SPEC §8) is kept after its last
+    /// PATCH (or its creation) before its bytes are reclaimed.
+    pub UPLOAD_EXPIRY: Duration = "upload_expiry" default "24h" => parse::duration;
     /// How long in-flight uploads may run on after SIGTERM.
     pub SHUTDOWN_GRACE: Duration = "shutdown_grace" default "10s" => parse::duration;
     /// Log format on stderr.
@@ -201,6 +204,7 @@ impl RawConfig {
             tls,
             body_read_timeout: l.get(&BODY_READ_TIMEOUT)?,
             min_upload_rate: l.get(&MIN_UPLOAD_RATE)?,
+            upload_expiry: l.get(&UPLOAD_EXPIRY)?,
             shutdown_grace: l.get(&SHUTDOWN_GRACE)?,
             log_format: l.get(&LOG_FORMAT)?,
         })
@@ -393,6 +397,8 @@ pub struct Config {
     /// Slowest average body rate (bytes per second) accepted once an upload
     /// is older than twice `body_read_timeout`; 0 disables the check.
     pub min_upload_rate: u64,
+    /// How long an incomplete tus upload is kept (`upload_expiry`).
+    pub upload_expiry: Duration,
     /// How long in-flight uploads may run on after SIGTERM.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,

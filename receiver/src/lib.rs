@@ -24,6 +24,7 @@ pub mod server;
 pub mod store;
 pub mod sweep;
 pub mod tokens;
+pub mod tus;
 
 use tokio_util::sync::CancellationToken;
 

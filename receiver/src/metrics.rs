@@ -22,6 +22,13 @@ pub struct RouteLabels {
     pub status: u16,
 }
 
+/// The `route` of `ferry_bytes_received_total`: `put` (SPEC §2) or `tus`
+/// (SPEC §8), nothing else.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BodyRouteLabels {
+    pub route: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommitLabels {
     pub commit: String,
@@ -31,7 +38,15 @@ pub struct CommitLabels {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RouteLabels, Counter>,
+    /// Body bytes of `PUT /v1/episodes/{id}`.
     pub bytes_received: Counter,
+    /// Body bytes of tus PATCHes (the same family, `route="tus"`).
+    pub bytes_received_tus: Counter,
+    /// tus PATCHes that went on from an offset above 0 after the upload's
+    /// previous PATCH ended early or the receiver restarted.
+    pub uploads_resumed: Counter,
+    /// Incomplete tus uploads reclaimed after `upload_expiry`.
+    pub uploads_expired: Counter,
     /// Unreferenced objects deleted by this replica's collector.
     pub objects_collected: Counter,
     pub upload_seconds: Histogram,
@@ -66,11 +81,29 @@ impl Metrics {
             "Unreferenced objects deleted by the collector",
             objects_collected.clone(),
         );
-        let bytes_received = Counter::default();
+        let by_route = Family::<BodyRouteLabels, Counter>::default();
         registry.register(
             "bytes_received",
-            "Upload body bytes received",
-            bytes_received.clone(),
+            "Upload body bytes received, by route (put, tus)",
+            by_route.clone(),
+        );
+        let bytes_received = by_route
+            .get_or_create(&BodyRouteLabels { route: "put" })
+            .clone();
+        let bytes_received_tus = by_route
+            .get_or_create(&BodyRouteLabels { route: "tus" })
+            .clone();
+        let uploads_resumed = Counter::default();
+        registry.register(
+            "uploads_resumed",
+            "tus PATCHes resuming an upload after an interrupted PATCH or a restart",
+            uploads_resumed.clone(),
+        );
+        let uploads_expired = Counter::default();
+        registry.register(
+            "uploads_expired",
+            "Incomplete tus uploads reclaimed after upload_expiry",
+            uploads_expired.clone(),
         );
         // 10 ms .. ~5.8 h
         let upload_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 21));
@@ -136,6 +169,9 @@ impl Metrics {
             commit,
             requests,
             bytes_received,
+            bytes_received_tus,
+            uploads_resumed,
+            uploads_expired,
             objects_collected,
             upload_seconds,
             episodes_stored,
@@ -191,7 +227,10 @@ mod tests {
         let text = m.encode();
         for name in [
             "ferry_http_requests_total",
-            "ferry_bytes_received_total",
+            "ferry_bytes_received_total{route=\"put\"}",
+            "ferry_bytes_received_total{route=\"tus\"}",
+            "ferry_uploads_resumed_total",
+            "ferry_uploads_expired_total",
             "ferry_upload_duration_seconds",
             "ferry_episodes_stored_total",
             "ferry_commit_rejected_total",

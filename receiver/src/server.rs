@@ -180,6 +180,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         ),
     );
 
+    // Incomplete resumable uploads past `upload_expiry` (SPEC §8).
+    let reclaimer = tokio::spawn(crate::store::uploads::reclaim::run(
+        state.uploads.clone(),
+        config.upload_expiry,
+        state.metrics.uploads_expired.clone(),
+        shutdown.clone(),
+    ));
+
     let flusher = state.rejections.spawn_flusher(
         state.index.clone(),
         config.rejected_window,
@@ -190,6 +198,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     sweeper.abort();
     upkeep.abort();
     collector.abort();
+    reclaimer.abort();
     // The last tallies, including 412s answered during the grace period.
     let _ = flusher.await;
     state

@@ -40,7 +40,12 @@ pub fn stored_by_device(rx: &Receiver) -> BTreeMap<(String, String), String> {
 /// Names in `<data_dir>/tmp`: one per upload not finished (or not yet
 /// stored); none when the directory does not exist.
 pub fn temp_files(rx: &Receiver) -> Vec<String> {
-    std::fs::read_dir(rx.data_dir.join("tmp"))
+    files_in(rx, "tmp")
+}
+
+/// The names in `<data_dir>/<sub>`; none when it does not exist.
+pub fn files_in(rx: &Receiver, sub: &str) -> Vec<String> {
+    std::fs::read_dir(rx.data_dir.join(sub))
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -22,7 +22,7 @@ pub mod skip;
 pub mod strace;
 pub mod wait;
 
-pub use inspect::{metric, pack_sha, stored, stored_by_device, temp_files};
+pub use inspect::{files_in, metric, pack_sha, stored, stored_by_device, temp_files};
 pub use oracle::assert_archive_is_episode;
 pub use skip::{gap_sensitive, have, heavy, lacks, require_all, skip};
 pub use strace::Strace;

@@ -123,6 +123,10 @@ const TOOLS: &[&str] = &[
     "systemd-analyze",
     "cargo-deb",
     "chromium",
+    // The standard tus clients (SPEC §8): tuspy (pip) and tus-js-client
+    // (npm, tests/js), run by python3 and node.
+    "python3",
+    "node",
 ];
 
 /// Whether this run forbids skips (`FERRY_REQUIRE_ALL=1`, set by `.ci/run`).

@@ -23,6 +23,7 @@ pub(crate) use tally::Tally;
 
 use crate::outbox::{self, Tarball};
 use crate::pack::PackError;
+use crate::resumable::{Resumable, Shipment};
 use crate::run::{blocking, lock, Agent, Shutdown};
 use crate::ship::UploadResult;
 use crate::spool::{self, MetaError};
@@ -224,10 +225,37 @@ async fn upload<'a>(
         let _upload = agent.metrics.upload(packed.size, &agent.progress);
         let path = agent.spool.tarball(id);
         tracing::debug!(episode = %id, size = packed.size, sha256 = %packed.sha256, "uploading");
-        agent
-            .shipper
-            .put_episode(id, &commit, &packed.sha256, (file, &path), &shutdown.abort)
-            .await
+        let file = if packed.size >= agent.cfg.resumable_threshold {
+            let shipment = Shipment {
+                spool: &agent.spool,
+                id,
+                commit: &commit,
+                sha256: &packed.sha256,
+                tarball: &path,
+            };
+            match agent
+                .shipper
+                .tus_episode(&shipment, file, &shutdown.abort)
+                .await
+            {
+                (Resumable::Done(result), problem) => Err((result, problem)),
+                (Resumable::Unsupported(file), _) => {
+                    tracing::info!(episode = %id, "the receiver has no resumable uploads; using PUT");
+                    Ok(file)
+                }
+            }
+        } else {
+            Ok(file)
+        };
+        match file {
+            Err(done) => done,
+            Ok(file) => {
+                agent
+                    .shipper
+                    .put_episode(id, &commit, &packed.sha256, (file, &path), &shutdown.abort)
+                    .await
+            }
+        }
     };
     Step::Happened(Box::new(Happened {
         commit: Some(commit),

@@ -12,7 +12,7 @@ pub mod status_page;
 pub mod upload;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,6 +63,8 @@ pub struct AppState {
     pub rejections: Arc<crate::rejected::Rejections>,
     /// Bytes and episodes stored per minute, the last hour.
     pub upload_rate: crate::rate::UploadRate,
+    /// Resumable (tus) uploads in progress, under `<data_dir>/uploads`.
+    pub uploads: Arc<crate::store::uploads::Uploads>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -87,6 +89,9 @@ impl AppState {
         admin_token: Option<String>,
     ) -> Self {
         let metrics = Arc::new(Metrics::new());
+        let uploads = Arc::new(crate::store::uploads::Uploads::new(
+            config.data_dir.join("uploads"),
+        ));
         Self {
             upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
             device_slots: slots::DeviceSlots::default(),
@@ -105,6 +110,7 @@ impl AppState {
             ready_cache: health::ReadyCache::default(),
             rejections: Arc::default(),
             upload_rate: crate::rate::UploadRate::default(),
+            uploads,
         }
     }
 
@@ -210,6 +216,13 @@ fn build_router(state: SharedState, priority_only: bool) -> Router {
         .nest("/v1/admin", admin::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
+    // Resumable uploads keep their bytes on this replica's disk, so they
+    // are offered only with the local object store: with S3 a POST finds
+    // no route (404, no `Tus-Resumable`) and the agent ships with a PUT.
+    let routes = match state.config.storage {
+        crate::config::Storage::Local(_) => routes.merge(crate::tus::router()),
+        crate::config::Storage::S3(_) => routes,
+    };
     let routes = if priority_only {
         routes.layer(middleware::from_fn(shed_unless_priority))
     } else {

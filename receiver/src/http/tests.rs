@@ -21,27 +21,28 @@ use crate::config::RawConfig;
 use crate::ops;
 use crate::store::{unix_now, NewEpisode};
 
-const ALLOWED: &str = "1111111111111111111111111111111111111111";
-const HEAD: &str = "2222222222222222222222222222222222222222";
-const UNKNOWN: &str = "3333333333333333333333333333333333333333";
-const DIGEST: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const OTHER_DIGEST: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+pub(crate) const ALLOWED: &str = "1111111111111111111111111111111111111111";
+pub(crate) const HEAD: &str = "2222222222222222222222222222222222222222";
+pub(crate) const UNKNOWN: &str = "3333333333333333333333333333333333333333";
+pub(crate) const DIGEST: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+pub(crate) const OTHER_DIGEST: &str =
+    "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 /// `max_episode_size` of the receiver under test.
-const LIMIT: u64 = 1024;
+pub(crate) const LIMIT: u64 = 1024;
 
 /// A receiver state on a fresh data directory, with an allow-list of two
 /// commits (`HEAD` the head) and three devices: `dev-a`, `dev-b` and the
 /// revoked `dev-gone`.
-struct Fixture {
-    dir: tempfile::TempDir,
-    state: SharedState,
-    token_a: String,
-    token_b: String,
-    token_gone: String,
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) state: SharedState,
+    pub(crate) token_a: String,
+    pub(crate) token_b: String,
+    pub(crate) token_gone: String,
 }
 
 impl Fixture {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut raw = RawConfig::default();
         raw.set_flag("data_dir", dir.path().to_str().unwrap());
@@ -75,7 +76,7 @@ impl Fixture {
 
     /// Stores `dev-a`'s episode `id` with `DIGEST`: its index row and its
     /// object, as a finished upload leaves them.
-    async fn store_episode_of_a(&self, id: &str) {
+    pub(crate) async fn store_episode_of_a(&self, id: &str) {
         let sha = Sha256::parse(DIGEST).unwrap();
         let objects = self.dir.path().join("objects");
         let store = crate::store::objects::LocalObjects::new(objects, self.dir.path().join("tmp"));
@@ -92,7 +93,7 @@ impl Fixture {
         assert_eq!(inserted, vec![crate::store::Inserted::Created]);
     }
 
-    async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+    pub(crate) async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
         let resp: Response = router(self.state.clone()).oneshot(req).await.unwrap();
         let status = resp.status();
         let protocol = resp.headers().get(headers::PROTOCOL).cloned();
@@ -115,7 +116,7 @@ impl Fixture {
 
 /// A request body that fails when it is read: an answer decided from the
 /// headers never reads it.
-fn unread_body() -> Body {
+pub(crate) fn unread_body() -> Body {
     Body::from_stream(futures_util::stream::iter([Err::<Bytes, _>(
         std::io::Error::other("the body was read"),
     )]))
@@ -149,11 +150,11 @@ fn put(id: &str, token: Option<&str>, set: &[(&str, &str)], without: &[&str]) ->
     b.body(unread_body()).unwrap()
 }
 
-fn status_of(body: &Value) -> &str {
+pub(crate) fn status_of(body: &Value) -> &str {
     body["status"].as_str().unwrap_or("<no status>")
 }
 
-fn bad_request(body: &Value) -> BadRequest {
+pub(crate) fn bad_request(body: &Value) -> BadRequest {
     match serde_json::from_value(body.clone()).unwrap() {
         Reply::BadRequest { error, .. } => error,
         other => panic!("not a bad-request answer: {other:?}"),

@@ -33,7 +33,7 @@ pub const RETRY_AFTER_SECS: u64 = 5;
 /// frame's magic (0x184D2A50..=0x184D2A5F, little endian).
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
-fn is_zstd(head: &[u8]) -> bool {
+pub(crate) fn is_zstd(head: &[u8]) -> bool {
     head.len() >= 4
         && (head[..4] == ZSTD_MAGIC || (head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18]))
 }
@@ -87,19 +87,29 @@ pub async fn empty_id() -> AppError {
 }
 
 /// Everything the headers say, validated, and what the index said of them.
-struct Upload {
-    id: EpisodeId,
-    commit: Commit,
-    sha256: Sha256,
-    length: u64,
-    device: String,
-    commit_status: CommitStatus,
-    existing: Option<ferry_proto::admin::EpisodeInfo>,
+/// Shared with the tus creation (`crate::tus`), whose headers say the same
+/// things in other words.
+pub(crate) struct Upload {
+    pub(crate) id: EpisodeId,
+    pub(crate) commit: Commit,
+    pub(crate) sha256: Sha256,
+    pub(crate) length: u64,
+    pub(crate) device: String,
+    pub(crate) commit_status: CommitStatus,
+    pub(crate) existing: Option<ferry_proto::admin::EpisodeInfo>,
 }
 
-/// The headers, in the order of the module doc. The index is read once
-/// (see [`Preflight`]), with the id and commit as far as they parse; their
-/// errors are answered after authentication's.
+/// What a request claims about its episode before any body byte, each
+/// value as far as it parsed: a PUT's path and headers, or a tus
+/// creation's `Upload-Metadata` and `Upload-Length`.
+pub(crate) struct Claim {
+    pub(crate) id: Result<EpisodeId, AppError>,
+    pub(crate) commit: Result<Commit, AppError>,
+    pub(crate) sha256: Result<Sha256, AppError>,
+    pub(crate) length: Result<u64, AppError>,
+}
+
+/// The headers, in the order of the module doc.
 async fn check_headers(
     state: &SharedState,
     parts: &mut axum::http::request::Parts,
@@ -114,10 +124,55 @@ async fn check_headers(
         BadRequest::MalformedCommit,
         Commit::parse,
     );
+    let sha256 = required(
+        h,
+        headers::SHA256,
+        BadRequest::MissingDigest,
+        BadRequest::MalformedDigest,
+        Sha256::parse,
+    );
+    let length = match header_str(h, header::CONTENT_LENGTH.as_str()) {
+        None => Err(AppError::bad_request(
+            BadRequest::MissingLength,
+            "a Content-Length header is required (chunked uploads are not accepted)",
+        )),
+        Some(v) => v
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                AppError::bad_request(
+                    BadRequest::MissingLength,
+                    "the Content-Length header is not a number",
+                )
+            }),
+    };
+    let claim = Claim {
+        id,
+        commit,
+        sha256,
+        length,
+    };
+    settle(state, &hash, claim).await
+}
+
+/// Decides a claim in the order of the module doc. The index is read once
+/// (see [`Preflight`]), with the id and commit as far as they parse; their
+/// errors are answered after authentication's.
+pub(crate) async fn settle(
+    state: &SharedState,
+    hash: &[u8; 32],
+    claim: Claim,
+) -> Result<Upload, AppError> {
+    let Claim {
+        id,
+        commit,
+        sha256,
+        length,
+    } = claim;
     let preflight = state
         .index
         .preflight(
-            &hash,
+            hash,
             commit.as_ref().map_or("", |c| c.as_str()),
             id.as_ref().map_or("", |i| i.as_str()),
         )
@@ -130,33 +185,11 @@ async fn check_headers(
     else {
         return Err(unknown_token());
     };
-    let device = admit(state, Some(device), &hash)?;
+    let device = admit(state, Some(device), hash)?;
     let id = id?;
     let commit = commit?;
-    let sha256 = required(
-        h,
-        headers::SHA256,
-        BadRequest::MissingDigest,
-        BadRequest::MalformedDigest,
-        Sha256::parse,
-    )?;
-    let length = match header_str(h, header::CONTENT_LENGTH.as_str()) {
-        None => {
-            return Err(AppError::bad_request(
-                BadRequest::MissingLength,
-                "a Content-Length header is required (chunked uploads are not accepted)",
-            ))
-        }
-        Some(v) => v
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| {
-                AppError::bad_request(
-                    BadRequest::MissingLength,
-                    "the Content-Length header is not a number",
-                )
-            })?,
-    };
+    let sha256 = sha256?;
+    let length = length?;
     let limit = state.config.max_episode_size;
     if length > limit {
         return Err(AppError(Reply::TooLarge {
@@ -242,16 +275,45 @@ pub async fn put_episode(State(state): State<SharedState>, req: Request) -> Resp
 async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
     let (mut parts, body) = req.into_parts();
     let mut up = check_headers(state, &mut parts).await?;
+    if let Some(answer) = before_body(state, &mut up).await? {
+        return Ok(answer);
+    }
+    let _slots = match take_slots(state, &up.device) {
+        Ok(s) => s,
+        Err(answer) => return Ok(*answer),
+    };
+    let started = Instant::now();
+    let result = receive(state, &up, body).await;
+    state
+        .metrics
+        .upload_seconds
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// The decisions after the headers' and before the body's: the
+/// allow-list, an existing record (409, or 200 unless its object was lost),
+/// free space. `Some` is the answer when one of them settles the upload.
+pub(crate) async fn before_body(
+    state: &SharedState,
+    up: &mut Upload,
+) -> Result<Option<Response>, AppError> {
     check_commit(state, &up.device, &up.commit, &up.commit_status)?;
 
     if let Some(existing) = up.existing.take() {
         if existing.sha256 != up.sha256.as_str() {
-            return Ok(conflict(&up.id, existing.sha256, &up.sha256));
+            return Ok(Some(conflict(&up.id, existing.sha256, &up.sha256)));
         }
         // Same bytes are already stored, unless the object was lost: then
         // this upload repairs it (and still answers 200).
         match state.objects.stat(&up.sha256).await {
-            Ok(Some(_)) => return Ok(already_present(&up.id, existing.sha256, existing.size)),
+            Ok(Some(_)) => {
+                return Ok(Some(already_present(
+                    &up.id,
+                    existing.sha256,
+                    existing.size,
+                )))
+            }
             Ok(None) => tracing::error!(
                 episode_id = %up.id, device = up.device, sha256 = %up.sha256,
                 "indexed episode has no object; accepting the upload to repair it"
@@ -268,8 +330,25 @@ async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
         }));
     }
 
+    Ok(None)
+}
+
+/// What an upload holds while it reads a body: its device's slot, a global
+/// slot, and its count in `uploads_in_flight`.
+pub(crate) struct Slots<'a> {
+    _device: super::slots::DeviceSlot,
+    _global: tokio::sync::OwnedSemaphorePermit,
+    _in_flight: InFlight<'a>,
+}
+
+/// The per-device and global upload slots, or the answer when none is free
+/// (429 for the device's, 503 for the global ones).
+pub(crate) fn take_slots<'a>(
+    state: &'a SharedState,
+    device: &str,
+) -> Result<Slots<'a>, Box<Response>> {
     let max = state.config.max_uploads_per_device;
-    let Some(_device_slot) = state.device_slots.try_acquire(&up.device, max) else {
+    let Some(device_slot) = state.device_slots.try_acquire(device, max) else {
         let mut resp = reply(Reply::Overloaded {
             retry_after_secs: RETRY_AFTER_SECS,
             detail: format!(
@@ -277,33 +356,34 @@ async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
             ),
         });
         *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        return Ok(resp);
+        return Err(Box::new(resp));
     };
-    let Ok(_slot) = state.upload_slots.clone().try_acquire_owned() else {
-        return Err(AppError(Reply::Overloaded {
+    let Ok(slot) = state.upload_slots.clone().try_acquire_owned() else {
+        return Err(Box::new(reply(Reply::Overloaded {
             retry_after_secs: RETRY_AFTER_SECS,
             detail: format!(
                 "all {} upload slots are busy; retry later",
                 state.config.max_concurrent_uploads
             ),
-        }));
+        })));
     };
     state.metrics.uploads_in_flight.inc();
-    let _in_flight = InFlight(&state.metrics.uploads_in_flight);
-    let started = Instant::now();
-    let result = receive(state, &up, body).await;
-    state
-        .metrics
-        .upload_seconds
-        .observe(started.elapsed().as_secs_f64());
-    result
+    Ok(Slots {
+        _device: device_slot,
+        _global: slot,
+        _in_flight: InFlight(&state.metrics.uploads_in_flight),
+    })
 }
 
 /// Whether an upload is below the minimum average rate. Checked only once it
 /// is older than twice the idle timeout, so a slow start is no problem; a
 /// trickle that never pauses long enough for the idle timeout still cannot
 /// hold an upload slot forever.
-fn too_slow(config: &crate::config::Config, elapsed: std::time::Duration, received: u64) -> bool {
+pub(crate) fn too_slow(
+    config: &crate::config::Config,
+    elapsed: std::time::Duration,
+    received: u64,
+) -> bool {
     let min = config.min_upload_rate;
     min > 0
         && elapsed > 2 * config.body_read_timeout
@@ -408,7 +488,21 @@ async fn receive(state: &SharedState, up: &Upload, body: Body) -> Result<Respons
 
 /// Hands the verified upload to the commit stage (durable, renamed into
 /// place, indexed; see `store::commit`); the unique key decides races.
-async fn store(state: &SharedState, up: &Upload, staged: Staged) -> Result<Response, AppError> {
+pub(crate) async fn store(
+    state: &SharedState,
+    up: &Upload,
+    staged: Staged,
+) -> Result<Response, AppError> {
+    stored(state, up, staged).await.map(reply)
+}
+
+/// [`store`]'s answer as a `Reply`: `stored`, `already-present` or
+/// `conflict`.
+pub(crate) async fn stored(
+    state: &SharedState,
+    up: &Upload,
+    staged: Staged,
+) -> Result<Reply, AppError> {
     let size = staged.size;
     let row = NewEpisode {
         episode_id: up.id.to_string(),
@@ -426,18 +520,24 @@ async fn store(state: &SharedState, up: &Upload, staged: Staged) -> Result<Respo
                 episode_id = %up.id, device = up.device, commit = %up.commit,
                 sha256 = %up.sha256, size, "episode stored"
             );
-            Ok(reply(Reply::Stored {
+            Ok(Reply::Stored {
                 episode_id: up.id.to_string(),
                 sha256: up.sha256.to_string(),
                 size,
-            }))
+            })
         }
         // Same id, same bytes, same path: the object is the winner's too.
-        Inserted::Exists(info) if info.sha256 == up.sha256.as_str() => {
-            Ok(already_present(&up.id, info.sha256, info.size))
-        }
+        Inserted::Exists(info) if info.sha256 == up.sha256.as_str() => Ok(Reply::AlreadyPresent {
+            episode_id: up.id.to_string(),
+            sha256: info.sha256,
+            size: info.size,
+        }),
         // Lost the race to other bytes: ours are left to the collector.
-        Inserted::Exists(info) => Ok(conflict(&up.id, info.sha256, &up.sha256)),
+        Inserted::Exists(info) => Ok(Reply::Conflict {
+            episode_id: up.id.to_string(),
+            existing_sha256: info.sha256,
+            sha256: Some(up.sha256.to_string()),
+        }),
         // Revoked while the body streamed: nothing was stored.
         Inserted::Refused(why) => {
             tracing::info!(

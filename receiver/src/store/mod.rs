@@ -18,5 +18,6 @@ pub mod collect;
 pub mod commit;
 pub mod index;
 pub mod objects;
+pub mod uploads;
 
 pub use index::*;

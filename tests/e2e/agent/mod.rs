@@ -10,10 +10,13 @@
 //! - `systemd`: READY/STATUS/STOPPING/WATCHDOG on a real socket.
 //! - `takeover`: a spool written by the older shipper.
 //! - `tls`: a receiver behind a private CA (`ca_file`).
+//! - `resumable`: large episodes with tus (SPEC §8), resumed after a
+//!   `kill -9` of the receiver.
 
 mod answers;
 mod cli;
 mod incidents;
+mod resumable;
 mod systemd;
 mod takeover;
 mod tls;

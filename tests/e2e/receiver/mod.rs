@@ -19,6 +19,8 @@
 //! - `migration`: an index made by the previous release, upgraded in
 //!   place (SQLite and PostgreSQL).
 //! - `tls`: HTTPS with a configured certificate.
+//! - `tus`: resumable uploads (SPEC §8): resume, `kill -9`, expiry,
+//!   owners, and the standard clients tuspy and tus-js-client.
 
 mod cli;
 mod crash;
@@ -33,6 +35,7 @@ mod shutdown;
 mod startup;
 mod surface;
 mod tls;
+mod tus;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};

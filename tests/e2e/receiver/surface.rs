@@ -89,7 +89,7 @@ fn health_readiness_metrics_and_status_page() {
         "{text}"
     );
     assert_eq!(metric(&rx, "ferry_episodes_stored_total"), Some(1.0));
-    assert!(metric(&rx, "ferry_bytes_received_total").unwrap() >= body.len() as f64);
+    assert!(metric(&rx, "ferry_bytes_received_total{route=\"put\"}").unwrap() >= body.len() as f64);
     assert!(
         text.contains(&format!(
             "ferry_commit_rejected_total{{commit=\"{COMMIT_B}\"}} 1"

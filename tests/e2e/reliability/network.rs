@@ -36,7 +36,10 @@ fn run(args: &[&str]) -> Result<(), String> {
 
 impl Net {
     fn new() -> Result<Net, String> {
-        let tag = std::process::id() % 100_000;
+        // Unique per test too: two tests of one process run at once.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = (std::process::id() % 100_000) * 10 + n % 10;
         let net = Net {
             rx_ns: format!("ferry-rx-{tag}"),
             ag_ns: format!("ferry-ag-{tag}"),
@@ -142,8 +145,16 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 /// The agent's process inside `ip netns exec`: its pid is the child's once
 /// `ip` has exec'd it.
 fn start_agent(net: &Net, spool: &Spool, url: &str) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", &net.ag_ns])
+    agent_cmd(net, spool, url)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ferry-agent in its namespace")
+}
+
+/// `ferry-agent run` in the device's namespace, not yet started.
+fn agent_cmd(net: &Net, spool: &Spool, url: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.ag_ns])
         .arg(ferry_tests::bin("ferry-agent"))
         .arg("run")
         .arg("--spool")
@@ -154,32 +165,35 @@ fn start_agent(net: &Net, spool: &Spool, url: &str) -> Child {
         .env("FERRY_AGENT_BACKOFF_MAX", "2s")
         .env("FERRY_AGENT_REQUEST_TIMEOUT", "5s")
         .env("FERRY_AGENT_SHIP_CONCURRENCY", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ferry-agent in its namespace")
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// The two namespaces, or `None` (skipped, loudly) where they cannot be
+/// made.
+fn net_for(test: &str) -> Option<Net> {
+    for tool in ["ip", "tc", "iptables"] {
+        if !have(tool) {
+            skip(
+                test,
+                &format!("{tool} is not installed (apt-get install iproute2 iptables)"),
+            );
+            return None;
+        }
+    }
+    match Net::new() {
+        Ok(n) => Some(n),
+        Err(e) => {
+            skip(test, &format!("cannot build network namespaces here: {e}"));
+            None
+        }
+    }
 }
 
 #[test]
 fn lossy_metered_link_and_a_vanishing_receiver_lose_nothing() {
-    for tool in ["ip", "tc", "iptables"] {
-        if !have(tool) {
-            skip(
-                "lossy_metered_link_and_a_vanishing_receiver_lose_nothing",
-                &format!("{tool} is not installed (apt-get install iproute2 iptables)"),
-            );
-            return;
-        }
-    }
-    let net = match Net::new() {
-        Ok(n) => n,
-        Err(e) => {
-            skip(
-                "lossy_metered_link_and_a_vanishing_receiver_lose_nothing",
-                &format!("cannot build network namespaces here: {e}"),
-            );
-            return;
-        }
+    let Some(net) = net_for("lossy_metered_link_and_a_vanishing_receiver_lose_nothing") else {
+        return;
     };
     let data = tempfile::tempdir().unwrap();
     let mut rx = Receiver::prepare(data.path(), &[]);
@@ -274,4 +288,91 @@ fn syn_count(net: &Net) -> u64 {
         .find(|l| l.contains("ACCEPT") && l.contains("flags:0x17/0x02"))
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no SYN counter in iptables -L ({}):\n{text}", out.status))
+}
+
+/// The highest offset among the receiver's resumable uploads, read from
+/// their records in the data directory (no route into its namespace).
+fn upload_offset(data_dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(data_dir.join("uploads"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .filter_map(|v| v["offset"].as_u64())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// SPEC §8: a link that goes silent in the middle of a large episode (every
+/// packet to the receiver dropped for a while) costs the bytes the receiver
+/// had not made durable, not the episode: the agent resumes the upload
+/// from the receiver's offset once the link is back.
+#[test]
+fn a_network_cut_mid_upload_resumes_rather_than_restarts() {
+    const NAME: &str = "a_network_cut_mid_upload_resumes_rather_than_restarts";
+    let Some(net) = net_for(NAME) else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let mut rx = Receiver::prepare(data.path(), &[("FERRY_RECEIVER_BODY_READ_TIMEOUT", "2s")]);
+    rx.allow(COMMIT_A, true);
+    let token = rx.add_device("netcut");
+    let listen = format!("{RX_IP}:8420");
+    rx.try_spawn(&listen, &net.exec(&net.rx_ns))
+        .expect("receiver in its namespace");
+    let url = format!("http://{RX_IP}:8420");
+    let spool = Spool::with_token(&url, &token);
+    let big = ferry_tests::noise(77, 24 << 20);
+    ferry_tests::make_episode(spool.path(), "cut-1", Some(COMMIT_A), &[("data.bin", &big)]);
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("agent.log");
+    let mut agent = agent_cmd(&net, &spool, &url)
+        .env("FERRY_AGENT_RESUMABLE_THRESHOLD", "1MiB")
+        .env("FERRY_AGENT_REQUEST_TIMEOUT", "3s")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("ferry-agent in its namespace");
+    // Past the receiver's first 8 MiB checkpoint (20 Mbit/s: ~3.5 s).
+    let before = ferry_tests::wait_for("8 MiB durable at the receiver", || {
+        let o = upload_offset(data.path());
+        (o >= 8 << 20).then_some(o)
+    });
+    let drop_rule = ["-p", "tcp", "--dport", "8420", "-j", "DROP"];
+    net.iptables(&[&["-I", "INPUT", "1"][..], &drop_rule[..]].concat())
+        .expect("iptables DROP");
+    std::thread::sleep(Duration::from_secs(6));
+    net.iptables(&[&["-D", "INPUT"][..], &drop_rule[..]].concat())
+        .expect("iptables DROP removed");
+    let start = Instant::now();
+    while spool.ids_in("shipped").is_empty() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(agent.id(), libc::SIGTERM);
+    let st = wait_exit(&mut agent, Duration::from_secs(60));
+    assert!(st.success(), "agent exit: {st}");
+    rx.kill9();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_delivered(&rx, &spool, &["cut-1".to_string()]);
+    let resumed: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("resuming the upload"))
+        .filter_map(|l| {
+            l.split("offset=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    eprintln!(
+        "network cut: {before} bytes durable before the cut; the agent resumed at {resumed:?}"
+    );
+    assert!(
+        resumed.iter().any(|o| *o >= before),
+        "the agent did not resume from the receiver's offset ({before}):\n{log}"
+    );
 }

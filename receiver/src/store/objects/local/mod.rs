@@ -25,6 +25,7 @@ use super::{blocking, Fut, Listed, ObjFut, Objects, Staged, Staging, StoreError,
 mod writer;
 use ferry_proto::Sha256;
 use tokio::sync::mpsc;
+pub(crate) use writer::BodyHasher;
 pub use writer::TempFile;
 use writer::{random_name, write_upload};
 

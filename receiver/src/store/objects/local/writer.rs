@@ -139,7 +139,7 @@ fn write_all_chunks(out: &mut WritebackFile, chunks: &[Bytes]) -> io::Result<()>
 pub(super) const HASH_APART: u64 = 1 << 20;
 
 /// The sha256 of a body as it arrives.
-enum BodyHasher {
+pub(crate) enum BodyHasher {
     /// On the writer thread (every body, until [`HASH_APART`] bytes).
     Inline(sha2::Sha256),
     /// On the writer thread to the end: no thread could be started.
@@ -154,7 +154,7 @@ enum BodyHasher {
 
 impl BodyHasher {
     /// Hashes `chunk`, the body's bytes up to `received`.
-    fn update(&mut self, chunk: &Bytes, received: u64) {
+    pub(crate) fn update(&mut self, chunk: &Bytes, received: u64) {
         match self {
             BodyHasher::Inline(h) if received < HASH_APART => h.update(chunk),
             BodyHasher::Inline(h) => {
@@ -191,7 +191,7 @@ impl BodyHasher {
     }
 
     /// The hasher over every chunk; `None` if the hashing thread panicked.
-    fn finish(self) -> Option<sha2::Sha256> {
+    pub(crate) fn finish(self) -> Option<sha2::Sha256> {
         match self {
             BodyHasher::Inline(h) | BodyHasher::Here(h) => Some(h),
             BodyHasher::Apart { tx, thread } => {
@@ -212,7 +212,7 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         Self { path, keep: false }
     }
 

@@ -1,0 +1,395 @@
+//! `PATCH /v1/uploads/{upload}`: bytes appended at the upload's offset.
+//!
+//! One PATCH of an upload at a time (its [`Live`] lock; a second waits up
+//! to `body_read_timeout`, then 503). The body is streamed to the upload's
+//! `.bin` by a blocking writer that hashes as it writes, continuing the
+//! sha256 state the previous PATCH left in memory (after a restart, the
+//! first PATCH re-hashes the partial file once). When the body ends, the
+//! bytes are fsynced, then the record's offset is replaced, then the new
+//! offset answered: what was answered survives `kill -9`. A long PATCH
+//! also checkpoints every `store::uploads::CHECKPOINT` bytes, so what HEAD
+//! answers mid-PATCH is durable too. A body that ends early (a dropped
+//! link) keeps what arrived, as tus asks, unless the PATCH carried an
+//! `Upload-Checksum`, which then cannot be checked: such a PATCH keeps
+//! nothing, and neither does one whose checksum differs (460).
+//!
+//! The PATCH that reaches `Upload-Length` verifies the whole sha256 against
+//! the claimed one (400 `digest-mismatch`: the upload is discarded) and the
+//! zstd magic, then hands the file to the PUT's commit stage and answers
+//! only once it is stored, with `X-Ferry-Status` and the §2 JSON. If the
+//! commit stage fails (503, 507), the complete upload stays: an empty PATCH
+//! at its offset tries the commit again.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use ferry_proto::headers::{self, tus};
+use ferry_proto::{BadRequest, Commit, EpisodeId, Reply, Sha256};
+use http_body_util::BodyExt;
+use sha2::Digest;
+use tokio::sync::mpsc;
+
+use super::{offset_headers, owned};
+use crate::http::upload::{is_zstd, stored, take_slots, too_slow, Upload, RETRY_AFTER_SECS};
+use crate::http::{authenticate, reply, AppError, SharedState};
+use crate::store::objects::blocking;
+use crate::store::uploads::{self, Live, Meta};
+use crate::store::{unix_now, CommitStatus};
+
+pub async fn patch(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    match run(&state, &id, &parts.headers, body).await {
+        Ok(resp) | Err(Done(resp)) => resp,
+    }
+}
+
+/// An answer that ends the PATCH early.
+struct Done(Response);
+
+impl From<AppError> for Done {
+    fn from(e: AppError) -> Self {
+        Done(e.into_response())
+    }
+}
+
+fn invalid(detail: impl Into<String>) -> AppError {
+    AppError::bad_request(BadRequest::Invalid, detail)
+}
+
+/// What the headers of a PATCH say: its offset and, optionally, the sha256
+/// of its bytes (`Upload-Checksum: sha256 <base64>`).
+fn patch_headers(h: &HeaderMap) -> Result<(u64, Option<[u8; 32]>), AppError> {
+    let ctype = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if ctype != Some(tus::PATCH_CONTENT_TYPE) {
+        return Err(invalid(format!(
+            "Content-Type must be {}",
+            tus::PATCH_CONTENT_TYPE
+        )));
+    }
+    let offset = h
+        .get(tus::UPLOAD_OFFSET)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| invalid("an Upload-Offset header (a number) is required"))?;
+    let checksum = match h.get(tus::UPLOAD_CHECKSUM) {
+        None => None,
+        Some(v) => {
+            let v = v.to_str().unwrap_or("");
+            let (algo, encoded) = v.split_once(' ').unwrap_or((v, ""));
+            if algo != "sha256" {
+                return Err(invalid(format!(
+                    "Upload-Checksum: algorithm {algo:?} is not supported (Tus-Checksum-Algorithm: sha256)"
+                )));
+            }
+            let digest = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .ok_or_else(|| invalid("Upload-Checksum: not a base64 sha256"))?;
+            Some(digest)
+        }
+    };
+    Ok((offset, checksum))
+}
+
+async fn run(state: &SharedState, id: &str, h: &HeaderMap, body: Body) -> Result<Response, Done> {
+    let device = authenticate(state, h).await?;
+    owned(state, &device, id).await?;
+    let (offset, checksum) = patch_headers(h)?;
+    let live = state.uploads.live(id);
+    let Ok(mut live) =
+        tokio::time::timeout(state.config.body_read_timeout, live.lock_owned()).await
+    else {
+        return Err(AppError(Reply::Overloaded {
+            retry_after_secs: RETRY_AFTER_SECS,
+            detail: "another PATCH of this upload is in progress; retry later".into(),
+        })
+        .into());
+    };
+    // Read again under the lock: a PATCH before this one moved it on.
+    let mut meta = owned(state, &device, id).await?;
+    if offset != meta.offset {
+        return Err(AppError(Reply::OffsetMismatch {
+            offset: meta.offset,
+            detail: format!(
+                "Upload-Offset is {offset}, the upload is at {}; ask HEAD",
+                meta.offset
+            ),
+        })
+        .into());
+    }
+    // Slots first: a PATCH turned away keeps the hash state for the next.
+    let slots = match take_slots(state, &device) {
+        Ok(s) => s,
+        Err(answer) => return Err(Done(*answer)),
+    };
+    if meta.offset > 0 && (live.interrupted || live.hasher.is_none()) {
+        state.metrics.uploads_resumed.inc();
+    }
+    let base = match live.hasher.take() {
+        Some((at, h)) if at == meta.offset => h,
+        _ => {
+            let (bin, upto) = (state.uploads.bin(id), meta.offset);
+            blocking(move || uploads::rehash(&bin, upto))
+                .await
+                .map_err(AppError::from)?
+        }
+    };
+    if meta.offset == meta.length {
+        // A retry of a completion whose commit failed.
+        drop(slots);
+        return complete(state, id, &meta, base).await;
+    }
+    let started = Instant::now();
+    let result = receive(state, id, &mut meta, &mut live, base, checksum, body).await;
+    drop(slots);
+    state
+        .metrics
+        .upload_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(answer) = result {
+        tracing::info!(
+            upload = id,
+            device,
+            offset = meta.offset,
+            "PATCH ended early"
+        );
+        return Err(answer);
+    }
+    if meta.offset < meta.length {
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        offset_headers(&mut resp, &meta);
+        return Ok(resp);
+    }
+    let (_, whole) = live.hasher.take().expect("kept by receive");
+    complete(state, id, &meta, whole).await
+}
+
+/// Streams the body to the upload's file, then keeps what it may of it
+/// (moving `meta`'s offset and `live`'s hash state) or discards it; the
+/// refusal when the PATCH is not answered with its new offset.
+async fn receive(
+    state: &SharedState,
+    id: &str,
+    meta: &mut Meta,
+    live: &mut Live,
+    base: sha2::Sha256,
+    checksum: Option<[u8; 32]>,
+    body: Body,
+) -> Result<(), Done> {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    meta.expires = unix_now().saturating_add(state.config.upload_expiry.as_secs() as i64);
+    let writer = tokio::task::spawn_blocking({
+        let (ups, owned_id, m, base) = (
+            state.uploads.clone(),
+            id.to_owned(),
+            meta.clone(),
+            base.clone(),
+        );
+        move || uploads::append(&ups, &owned_id, m, base, checksum.is_some(), rx)
+    });
+    let ended = pump(state, body, tx, meta.length - meta.offset).await;
+    let appended = match writer.await {
+        Ok(r) => r.map_err(AppError::from)?,
+        Err(_) => return Err(AppError::internal().into()),
+    };
+    // Without a checksum every byte that arrived is kept (some may be
+    // checkpointed already); with one, only a whole PATCH that matches it.
+    let keep = checksum.is_none_or(|c| ended.is_whole() && appended.patch == Some(c));
+    let at = meta.offset;
+    if keep {
+        meta.offset += appended.written;
+        let (ups, owned_id, m, file) = (
+            state.uploads.clone(),
+            id.to_owned(),
+            meta.clone(),
+            appended.file,
+        );
+        blocking(move || uploads::keep(&ups, &owned_id, &file, &m))
+            .await
+            .map_err(AppError::from)?;
+        *live = Live {
+            hasher: Some((meta.offset, appended.whole)),
+            interrupted: !ended.is_whole(),
+        };
+    } else {
+        let (ups, owned_id, file) = (state.uploads.clone(), id.to_owned(), appended.file);
+        blocking(move || uploads::discard(&ups, &owned_id, &file, at))
+            .await
+            .map_err(AppError::from)?;
+        *live = Live {
+            hasher: Some((at, base)),
+            interrupted: true,
+        };
+    }
+    match ended.refusal(checksum.is_some() && !keep) {
+        Some(answer) => Err(answer.into()),
+        None => Ok(()),
+    }
+}
+
+/// How a PATCH body ended.
+enum Ended {
+    /// The body ended after exactly what it carried.
+    Whole,
+    /// It stopped early: a stall, a trickle, a broken connection.
+    Early(AppError),
+    /// It went past `Upload-Length`: what fits is kept, the rest refused.
+    TooLong,
+}
+
+impl Ended {
+    fn is_whole(&self) -> bool {
+        matches!(self, Ended::Whole)
+    }
+
+    /// The answer when the PATCH is not answered with its new offset:
+    /// a checksum mismatch (`mismatch`), a body past the length, or an
+    /// early end.
+    fn refusal(self, mismatch: bool) -> Option<AppError> {
+        match self {
+            Ended::TooLong => Some(AppError::bad_request(
+                BadRequest::MalformedBody,
+                "the PATCH goes past Upload-Length",
+            )),
+            Ended::Early(e) => Some(e),
+            Ended::Whole if mismatch => Some(AppError(Reply::ChecksumMismatch {
+                detail:
+                    "the PATCH's bytes do not match its Upload-Checksum; none of them were kept"
+                        .into(),
+            })),
+            Ended::Whole => None,
+        }
+    }
+}
+
+/// Streams the body to the writer, at most `room` bytes; the same idle
+/// timeout and minimum rate as a PUT.
+async fn pump(state: &SharedState, mut body: Body, tx: mpsc::Sender<Bytes>, room: u64) -> Ended {
+    let timeout = state.config.body_read_timeout;
+    let started = Instant::now();
+    let mut received = 0u64;
+    loop {
+        let frame = match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => {
+                return Ended::Early(AppError(Reply::RequestTimeout {
+                    detail: format!(
+                        "no body data arrived for {}",
+                        humantime::format_duration(timeout)
+                    ),
+                }))
+            }
+            Ok(None) => return Ended::Whole,
+            Ok(Some(Err(_))) => {
+                return Ended::Early(AppError::bad_request(
+                    BadRequest::MalformedBody,
+                    format!("the body broke off after {received} bytes; they are kept"),
+                ))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        received += data.len() as u64;
+        state.metrics.bytes_received_tus.inc_by(data.len() as u64);
+        if received > room {
+            return Ended::TooLong;
+        }
+        if too_slow(&state.config, started.elapsed(), received) {
+            return Ended::Early(AppError(Reply::RequestTimeout {
+                detail: format!(
+                    "the body arrives slower than this receiver's minimum of {} bytes/s",
+                    state.config.min_upload_rate
+                ),
+            }));
+        }
+        if tx.send(data).await.is_err() {
+            // The writer stopped: its result says why.
+            return Ended::Whole;
+        }
+    }
+}
+
+/// The whole upload is here: verify it, store it as a PUT would, answer.
+async fn complete(
+    state: &SharedState,
+    id: &str,
+    meta: &Meta,
+    whole: sha2::Sha256,
+) -> Result<Response, Done> {
+    let sha256 = Sha256::from_bytes(&whole.finalize().into());
+    fn parse<T>(id: &str, r: Result<T, ferry_proto::ParseIdError>) -> Result<T, AppError> {
+        r.map_err(|e| {
+            tracing::error!(upload = id, error = %e, "an upload's record does not parse");
+            AppError::internal()
+        })
+    }
+    let up = Upload {
+        id: parse(id, EpisodeId::parse(&meta.episode_id))?,
+        commit: parse(id, Commit::parse(&meta.commit))?,
+        sha256: parse(id, Sha256::parse(&meta.sha256))?,
+        length: meta.length,
+        device: meta.device.clone(),
+        commit_status: CommitStatus {
+            allowed: true,
+            head_commit: None,
+        },
+        existing: None,
+    };
+    if sha256 != up.sha256 {
+        state.uploads.remove(id).await.map_err(AppError::from)?;
+        tracing::info!(upload = id, device = up.device, episode_id = %up.id, "completed upload has another digest; discarded");
+        return Err(AppError::bad_request(
+            BadRequest::DigestMismatch,
+            format!(
+                "the upload's sha256 is {sha256}, Upload-Metadata said {}; the upload is discarded",
+                up.sha256
+            ),
+        )
+        .into());
+    }
+    let head = state.uploads.head(id).await.map_err(AppError::from)?;
+    if !is_zstd(&head) {
+        state.uploads.remove(id).await.map_err(AppError::from)?;
+        return Err(AppError::bad_request(
+            BadRequest::MalformedBody,
+            "the upload is not a zstd stream (expected a tar.zst); it is discarded",
+        )
+        .into());
+    }
+    let written = state
+        .uploads
+        .finished(id, state.config.tmp_dir(), sha256, meta.length)
+        .await
+        .map_err(AppError::from)?;
+    // An error here (503, 507) keeps the complete upload for a retry.
+    let answer = stored(state, &up, written.staged()).await?;
+    if let Err(e) = state.uploads.remove(id).await {
+        tracing::warn!(upload = id, error = %e, "stored, but the upload's files stay until they expire");
+    }
+    let status = match &answer {
+        Reply::Stored { .. } | Reply::AlreadyPresent { .. } => Some(answer.status()),
+        _ => None,
+    };
+    let mut resp = reply(answer);
+    if let Some(s) = status {
+        resp.headers_mut()
+            .insert(headers::STATUS, HeaderValue::from_static(s));
+    }
+    resp.headers_mut()
+        .insert(tus::UPLOAD_OFFSET, HeaderValue::from(meta.length));
+    Ok(resp)
+}
