@@ -116,34 +116,29 @@ fn is_aside(name: &str) -> bool {
     name.starts_with('.') && name.contains(".old-")
 }
 
-/// One full sweep (blocking).
-pub fn sweep_all(
-    cfg: &Config,
-    spool: &Spool,
-    in_flight: &Mutex<HashSet<EpisodeId>>,
-    stop: &CancellationToken,
-    now: SystemTime,
-    retention: bool,
-) -> Swept {
-    let mut sw = Swept::default();
-    let mut b = Batcher {
-        n: 0,
-        batch: cfg.sweep_batch.max(1),
-        stop,
-    };
-    let remove = |p: &Path, counter: &mut u64, errors: &mut u64| match fsio::remove_path(p) {
+/// Removes what the sweep found, counting it or the failure.
+fn remove(p: &Path, counter: &mut u64, errors: &mut u64) {
+    match fsio::remove_path(p) {
         Ok(()) => *counter += 1,
         Err(e) => {
             *errors += 1;
             tracing::warn!("sweep: cannot remove {}", fsio::describe(p, &e));
         }
-    };
+    }
+}
 
-    // Outbox: orphans and stale partials.
+/// Outbox: orphans, stale partials and upload records of gone episodes.
+/// `false` when the sweep was stopped.
+fn sweep_outbox(
+    spool: &Spool,
+    in_flight: &Mutex<HashSet<EpisodeId>>,
+    b: &mut Batcher<'_>,
+    sw: &mut Swept,
+) -> bool {
     if let Ok(rd) = fs::read_dir(spool.dir(spool::OUTBOX)) {
         for e in rd.flatten() {
             if !b.tick() {
-                return sw;
+                return false;
             }
             let name = e.file_name().to_string_lossy().into_owned();
             // An upload record whose episode is gone (a crash between the
@@ -174,6 +169,27 @@ pub fn sweep_all(
             }
             drop(flying);
         }
+    }
+    true
+}
+
+/// One full sweep (blocking).
+pub fn sweep_all(
+    cfg: &Config,
+    spool: &Spool,
+    in_flight: &Mutex<HashSet<EpisodeId>>,
+    stop: &CancellationToken,
+    now: SystemTime,
+    retention: bool,
+) -> Swept {
+    let mut sw = Swept::default();
+    let mut b = Batcher {
+        n: 0,
+        batch: cfg.sweep_batch.max(1),
+        stop,
+    };
+    if !sweep_outbox(spool, in_flight, &mut b, &mut sw) {
+        return sw;
     }
     // Retention. The age of a shipped episode is the ctime of its
     // directory, which the rename into shipped/ set.

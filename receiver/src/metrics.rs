@@ -60,6 +60,36 @@ pub struct Metrics {
     rejected_seen: Mutex<HashSet<String>>,
 }
 
+/// Registers `metric` under `name` and hands it back.
+fn register<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// The commit stage's histograms (`store::commit::CommitStats`).
+fn register_commit(registry: &mut Registry) -> crate::store::commit::CommitStats {
+    let commit = crate::store::commit::CommitStats::default();
+    registry.register(
+        "commit_batch_size",
+        "Verified uploads made durable and indexed together, per batch",
+        commit.batch_size.clone(),
+    );
+    registry.register(
+        "commit_durable_seconds",
+        "Per batch: making its objects durable and visible under their final keys",
+        commit.durable_seconds.clone(),
+    );
+    registry.register(
+        "commit_index_seconds",
+        "Per batch: its index transaction",
+        commit.index_seconds.clone(),
+    );
+    commit
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -69,23 +99,23 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ferry");
-        let requests = Family::<RouteLabels, Counter>::default();
-        registry.register(
+        let requests = register(
+            &mut registry,
             "http_requests",
             "HTTP requests by route, method and status",
-            requests.clone(),
+            Family::<RouteLabels, Counter>::default(),
         );
-        let objects_collected = Counter::default();
-        registry.register(
+        let objects_collected = register(
+            &mut registry,
             "objects_collected",
             "Unreferenced objects deleted by the collector",
-            objects_collected.clone(),
+            Counter::default(),
         );
-        let by_route = Family::<BodyRouteLabels, Counter>::default();
-        registry.register(
+        let by_route = register(
+            &mut registry,
             "bytes_received",
             "Upload body bytes received, by route (put, tus)",
-            by_route.clone(),
+            Family::<BodyRouteLabels, Counter>::default(),
         );
         let bytes_received = by_route
             .get_or_create(&BodyRouteLabels { route: "put" })
@@ -93,77 +123,57 @@ impl Metrics {
         let bytes_received_tus = by_route
             .get_or_create(&BodyRouteLabels { route: "tus" })
             .clone();
-        let uploads_resumed = Counter::default();
-        registry.register(
+        let uploads_resumed = register(
+            &mut registry,
             "uploads_resumed",
             "tus PATCHes resuming an upload after an interrupted PATCH or a restart",
-            uploads_resumed.clone(),
+            Counter::default(),
         );
-        let uploads_expired = Counter::default();
-        registry.register(
+        let uploads_expired = register(
+            &mut registry,
             "uploads_expired",
             "Incomplete tus uploads reclaimed after upload_expiry",
-            uploads_expired.clone(),
+            Counter::default(),
         );
         // 10 ms .. ~5.8 h
-        let upload_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 21));
-        registry.register(
+        let upload_seconds = register(
+            &mut registry,
             "upload_duration_seconds",
             "Time from the start of an upload to its answer, for uploads that read a body",
-            upload_seconds.clone(),
+            Histogram::new(exponential_buckets(0.01, 2.0, 21)),
         );
-        let episodes_stored = Counter::default();
-        registry.register(
+        let episodes_stored = register(
+            &mut registry,
             "episodes_stored",
             "Episodes stored (201)",
-            episodes_stored.clone(),
+            Counter::default(),
         );
-        let commit_rejected = Family::<CommitLabels, Counter>::default();
-        registry.register(
+        let commit_rejected = register(
+            &mut registry,
             "commit_rejected",
             "412 answers by commit",
-            commit_rejected.clone(),
+            Family::<CommitLabels, Counter>::default(),
         );
-        let uploads_in_flight = Gauge::default();
-        registry.register(
+        let uploads_in_flight = register(
+            &mut registry,
             "uploads_in_flight",
             "Uploads holding an upload slot",
-            uploads_in_flight.clone(),
+            Gauge::default(),
         );
-        let connections_open = Gauge::default();
-        registry.register(
+        let connections_open = register(
+            &mut registry,
             "connections_open",
             "Client connections open",
-            connections_open.clone(),
+            Gauge::default(),
         );
-        let connections_shedding = Counter::default();
-        registry.register(
-            "connections_shedding",
-            "Connections admitted to the priority tier (operator routes only) because the general tier was full",
-            connections_shedding.clone(),
-        );
-        let connections_evicted = Counter::default();
-        registry.register(
+        let connections_shedding = register(&mut registry, "connections_shedding", "Connections admitted to the priority tier (operator routes only) because the general tier was full", Counter::default());
+        let connections_evicted = register(
+            &mut registry,
             "connections_evicted",
             "Priority-tier connections closed to make room for a newer one",
-            connections_evicted.clone(),
+            Counter::default(),
         );
-        let commit = crate::store::commit::CommitStats::default();
-        registry.register(
-            "commit_batch_size",
-            "Verified uploads made durable and indexed together, per batch",
-            commit.batch_size.clone(),
-        );
-        registry.register(
-            "commit_durable_seconds",
-            "Per batch: making its files and their names durable",
-            commit.durable_seconds.clone(),
-        );
-        registry.register(
-            "commit_index_seconds",
-            "Per batch: its index transaction",
-            commit.index_seconds.clone(),
-        );
+        let commit = register_commit(&mut registry);
         Self {
             registry,
             commit,
