@@ -107,6 +107,11 @@ const TOOLS: &[&str] = &[
     "systemd-analyze",
     "cargo-deb",
     "chromium",
+    // The scale-out suite (issue 14): the load balancer and the S3 server.
+    // initdb is not here: Debian keeps it off PATH, in
+    // /usr/lib/postgresql/*/bin, where the harness finds it.
+    "nginx",
+    "moto_server",
 ];
 
 /// Whether this run forbids skips (`FERRY_REQUIRE_ALL=1`, set by `.ci/run`).
