@@ -10,7 +10,6 @@ use ferry_proto::admin::{AllowCommit, VerifyFinding, VerifyState};
 
 use crate::config::Config;
 use crate::ops::{self, OpError};
-use crate::store::objects::ObjectStore;
 use crate::store::{self, Index};
 
 /// Exit codes (SPEC §5).
@@ -80,7 +79,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> i32 {
 
 /// Runs one admin command and returns the exit code.
 pub async fn run(config: &Config, cmd: Admin) -> i32 {
-    let index = match store::open(&config.database).await {
+    let index = match store::open(config).await {
         Ok(i) => i,
         Err(e) => {
             eprintln!("error: cannot open the index: {e}");
@@ -197,8 +196,8 @@ async fn execute(config: &Config, index: &Arc<dyn Index>, cmd: Admin) -> Result<
             }
         }
         Admin::EpisodesVerify { refs } => {
-            let objects = ObjectStore::new(config.objects_dir.clone(), config.tmp_dir());
-            let findings = ops::verify(index, &objects, &refs).await?;
+            let objects = crate::store::objects::open(config)?;
+            let findings = ops::verify(index, &*objects, &refs).await?;
             return Ok(report(&findings));
         }
     }

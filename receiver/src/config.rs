@@ -16,6 +16,14 @@ pub const KEYS: &[&str] = &[
     "data_dir",
     "database_url",
     "storage_url",
+    "s3_endpoint",
+    "s3_region",
+    "s3_part_size",
+    "s3_buffer_limit",
+    "database_max_connections",
+    "database_timeout",
+    "collect_grace",
+    "collect_interval",
     "max_episode_size",
     "max_concurrent_uploads",
     "max_uploads_per_device",
@@ -201,10 +209,20 @@ impl RawConfig {
             Some(d) => d,
             None => Database::Sqlite(data_dir.join("index.sqlite")),
         };
-        let objects_dir = match self.parse("storage_url", parse_storage_url)? {
-            Some(p) => p,
-            None => data_dir.join("objects"),
-        };
+        let storage = self.storage(&data_dir)?;
+        let database_max_connections = self
+            .parse("database_max_connections", positive)?
+            .unwrap_or(16) as u32;
+        let database_timeout = self
+            .parse("database_timeout", parse_duration)?
+            .unwrap_or(Duration::from_secs(5));
+        let collect_grace = self
+            .parse("collect_grace", parse_duration)?
+            .unwrap_or(Duration::from_secs(3600));
+        let collect_interval = self
+            .parse("collect_interval", parse_duration)?
+            .unwrap_or(Duration::from_secs(60))
+            .max(Duration::from_millis(10));
         let max_episode_size = self
             .parse("max_episode_size", parse_size)?
             .unwrap_or(4 * 1024 * 1024 * 1024);
@@ -283,7 +301,11 @@ impl RawConfig {
             listen,
             data_dir,
             database,
-            objects_dir,
+            database_max_connections,
+            database_timeout,
+            storage,
+            collect_grace,
+            collect_interval,
             max_episode_size,
             max_concurrent_uploads,
             max_uploads_per_device,
@@ -299,6 +321,59 @@ impl RawConfig {
             shutdown_grace,
             log_format,
         })
+    }
+}
+
+impl RawConfig {
+    /// `storage_url` with the keys of its backend: a local directory
+    /// (default `<data_dir>/objects`) or an S3 bucket (SPEC §7).
+    fn storage(&self, data_dir: &Path) -> Result<Storage, ConfigError> {
+        let url = self.parse("storage_url", parse_storage_url)?;
+        let s3_keys = [
+            "s3_endpoint",
+            "s3_region",
+            "s3_part_size",
+            "s3_buffer_limit",
+        ];
+        let Some(StorageUrl::S3 { bucket, prefix }) = url else {
+            if let Some(key) = s3_keys.into_iter().find(|k| self.get(k).is_some()) {
+                let (_, source) = self.get(key).expect("just found");
+                return Err(ConfigError::Invalid {
+                    key,
+                    source_name: source.to_string(),
+                    message: "only applies when storage_url is an s3:// URL".into(),
+                });
+            }
+            return Ok(Storage::Local(match url {
+                Some(StorageUrl::Local(p)) => p,
+                _ => data_dir.join("objects"),
+            }));
+        };
+        let nonempty = |s: &str| match s.is_empty() {
+            true => Err("must not be empty".to_owned()),
+            false => Ok(s.to_owned()),
+        };
+        let part_size = self.parse("s3_part_size", parse_size)?.unwrap_or(8 << 20);
+        if part_size < 5 << 20 {
+            let (_, source) = self.get("s3_part_size").expect("set, as it is small");
+            return Err(ConfigError::Invalid {
+                key: "s3_part_size",
+                source_name: source.to_string(),
+                message: "must be at least 5MiB (the smallest S3 multipart part)".into(),
+            });
+        }
+        let buffer_limit = self
+            .parse("s3_buffer_limit", parse_size)?
+            .unwrap_or(256 << 20)
+            .max(part_size);
+        Ok(Storage::S3(S3Storage {
+            bucket,
+            prefix,
+            endpoint: self.parse("s3_endpoint", nonempty)?,
+            region: self.parse("s3_region", nonempty)?,
+            part_size,
+            buffer_limit,
+        }))
     }
 }
 
@@ -352,14 +427,56 @@ fn parse_database_url(s: &str) -> Result<Database, String> {
     Ok(Database::Sqlite(PathBuf::from(path)))
 }
 
-fn parse_storage_url(s: &str) -> Result<PathBuf, String> {
+/// Where objects live (`storage_url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// A local directory (`file://PATH` or `PATH`).
+    Local(PathBuf),
+    /// An S3-compatible bucket (`s3://BUCKET/PREFIX`).
+    S3(S3Storage),
+}
+
+/// An S3 bucket and how to reach it. Credentials are never here: they come
+/// the standard AWS way (environment, profile, instance role).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Storage {
+    pub bucket: String,
+    /// Key prefix, without leading or trailing `/`; may be empty.
+    pub prefix: String,
+    /// `None`: AWS itself, or `AWS_ENDPOINT_URL`.
+    pub endpoint: Option<String>,
+    /// `None`: `AWS_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// Bytes per multipart part (at least 5 MiB, S3's smallest part).
+    pub part_size: u64,
+    /// Part buffers of all uploads together hold at most this many bytes.
+    pub buffer_limit: u64,
+}
+
+enum StorageUrl {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+fn parse_storage_url(s: &str) -> Result<StorageUrl, String> {
+    if let Some(rest) = s.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+        if bucket.len() < 3 || bucket.len() > 63 || !bucket.chars().all(valid) {
+            return Err(format!("{s:?}: {bucket:?} is not an S3 bucket name"));
+        }
+        return Ok(StorageUrl::S3 {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+        });
+    }
     let path = s.strip_prefix("file://").unwrap_or(s);
     if path.is_empty() || path.contains("://") {
         return Err(format!(
-            "{s:?} is not a local directory (file://PATH or PATH); no other object store is built in"
+            "{s:?} is neither a local directory (file://PATH or PATH) nor an s3://BUCKET/PREFIX URL"
         ));
     }
-    Ok(PathBuf::from(path))
+    Ok(StorageUrl::Local(PathBuf::from(path)))
 }
 
 /// Sizes: a plain number of bytes or `512MiB`, `4 GiB`, `1GB`.
@@ -411,8 +528,17 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database: Database,
-    /// Root of the content-addressed object store.
-    pub objects_dir: PathBuf,
+    /// PostgreSQL connections per replica.
+    pub database_max_connections: u32,
+    /// How long a request waits for a database connection (and a new
+    /// connection for the server) before the answer is 503.
+    pub database_timeout: Duration,
+    /// Where the content-addressed objects live.
+    pub storage: Storage,
+    /// An object no row references is collected once it is this old.
+    pub collect_grace: Duration,
+    /// Time between two rounds of collection.
+    pub collect_interval: Duration,
     pub max_episode_size: u64,
     pub max_concurrent_uploads: usize,
     /// Upload slots one device may hold at once (at most
@@ -478,7 +604,10 @@ mod tests {
             c.database,
             Database::Sqlite(PathBuf::from("./ferry-data/index.sqlite"))
         );
-        assert_eq!(c.objects_dir, PathBuf::from("./ferry-data/objects"));
+        assert_eq!(
+            c.storage,
+            Storage::Local(PathBuf::from("./ferry-data/objects"))
+        );
         assert_eq!(c.max_episode_size, 4 << 30);
         assert_eq!(c.max_concurrent_uploads, 64);
         assert_eq!(c.body_read_timeout, Duration::from_secs(30));
@@ -561,10 +690,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log_format"), "{e}");
-        let e = resolve("storage_url = \"s3://bucket\"", &[])
+        let e = resolve("storage_url = \"s3://b\"", &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("storage_url"), "{e}");
+        let e = resolve("s3_region = \"eu-central-1\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s3_region") && e.contains("s3://"), "{e}");
+        let e = resolve(
+            "storage_url = \"s3://bucket\"\ns3_part_size = \"1MiB\"",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("s3_part_size") && e.contains("5MiB"), "{e}");
         let e = resolve("listen = [1]", &[]).unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
     }
@@ -577,7 +717,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.database, Database::Postgres("postgres://u@h/db".into()));
-        assert_eq!(c.objects_dir, PathBuf::from("/srv/objects"));
+        assert_eq!(c.storage, Storage::Local(PathBuf::from("/srv/objects")));
+        let c = resolve(
+            "storage_url = \"s3://ferry-episodes/prod/\"\ns3_endpoint = \"http://127.0.0.1:9000\"",
+            &[("FERRY_RECEIVER_S3_REGION", "eu-central-1")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.storage,
+            Storage::S3(S3Storage {
+                bucket: "ferry-episodes".into(),
+                prefix: "prod".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                region: Some("eu-central-1".into()),
+                part_size: 8 << 20,
+                buffer_limit: 256 << 20,
+            })
+        );
         let c = resolve("database_url = \"sqlite:///var/x.db\"", &[]).unwrap();
         assert_eq!(c.database, Database::Sqlite(PathBuf::from("/var/x.db")));
     }

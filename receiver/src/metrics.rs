@@ -32,6 +32,8 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RouteLabels, Counter>,
     pub bytes_received: Counter,
+    /// Unreferenced objects deleted by this replica's collector.
+    pub objects_collected: Counter,
     pub upload_seconds: Histogram,
     pub episodes_stored: Counter,
     pub commit_rejected: Family<CommitLabels, Counter>,
@@ -57,6 +59,12 @@ impl Metrics {
             "http_requests",
             "HTTP requests by route, method and status",
             requests.clone(),
+        );
+        let objects_collected = Counter::default();
+        registry.register(
+            "objects_collected",
+            "Unreferenced objects deleted by the collector",
+            objects_collected.clone(),
         );
         let bytes_received = Counter::default();
         registry.register(
@@ -128,6 +136,7 @@ impl Metrics {
             commit,
             requests,
             bytes_received,
+            objects_collected,
             upload_seconds,
             episodes_stored,
             commit_rejected,

@@ -8,7 +8,7 @@ use ferry_proto::admin::{
 };
 use ferry_proto::{Commit, EpisodeId, Sha256};
 
-use crate::store::objects::{hash_file, ObjectStore};
+use crate::store::objects::Objects;
 use crate::store::{unix_now, AddDevice, Index, IndexError, RenameDevice};
 use crate::tokens;
 
@@ -23,6 +23,8 @@ pub enum OpError {
     Exists(String),
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error(transparent)]
+    Store(#[from] crate::store::objects::StoreError),
 }
 
 /// Device names follow the episode id grammar: one safe, printable token.
@@ -207,7 +209,7 @@ type Hashed = (VerifyState, Option<String>, Option<String>);
 /// keeping.
 pub async fn verify(
     index: &Arc<dyn Index>,
-    objects: &ObjectStore,
+    objects: &dyn Objects,
     refs: &[String],
 ) -> Result<Vec<VerifyFinding>, OpError> {
     let episodes = if refs.is_empty() {
@@ -258,22 +260,23 @@ pub async fn verify(
     Ok(findings.into_iter().flatten().collect())
 }
 
-/// Finds an object (see `ObjectStore::locate`) and hashes it, in one
-/// blocking call.
-async fn rehash(objects: &ObjectStore, sha: &Sha256, expected_size: u64) -> Hashed {
-    let (store, s) = (objects.clone(), sha.clone());
-    let (path, hashed) = tokio::task::spawn_blocking(move || {
-        let path = store.locate(&s);
-        let hashed = hash_file(&path);
-        (path, hashed)
-    })
-    .await
-    .unwrap_or_else(|e| {
-        (
-            objects.path_of(sha),
-            Err(std::io::Error::other(e.to_string())),
-        )
-    });
+/// Reads an object through the store (a file, or the bucket) and hashes
+/// it as it streams.
+async fn rehash(objects: &dyn Objects, sha: &Sha256, expected_size: u64) -> Hashed {
+    use futures_util::StreamExt as _;
+    use sha2::Digest as _;
+    let at = objects.locator(sha);
+    let hashed: std::io::Result<(Sha256, u64)> = async {
+        let mut stream = objects.read(sha).await.map_err(|e| e.source)?;
+        let (mut hasher, mut size) = (sha2::Sha256::new(), 0u64);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Ok((Sha256::from_bytes(&hasher.finalize().into()), size))
+    }
+    .await;
     match hashed {
         Ok((actual, size)) if actual == *sha && size == expected_size => {
             (VerifyState::Ok, Some(actual.to_string()), None)
@@ -281,17 +284,11 @@ async fn rehash(objects: &ObjectStore, sha: &Sha256, expected_size: u64) -> Hash
         Ok((actual, size)) => (
             VerifyState::Mismatch,
             Some(actual.to_string()),
-            Some(format!("{}: {size} bytes, sha256 {actual}", path.display())),
+            Some(format!("{at}: {size} bytes, sha256 {actual}")),
         ),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => (
-            VerifyState::Missing,
-            None,
-            Some(format!("{}: {err}", path.display())),
-        ),
-        Err(err) => (
-            VerifyState::Unreadable,
-            None,
-            Some(format!("{}: {err}", path.display())),
-        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            (VerifyState::Missing, None, Some(format!("{at}: {err}")))
+        }
+        Err(err) => (VerifyState::Unreadable, None, Some(format!("{at}: {err}"))),
     }
 }

@@ -20,8 +20,7 @@ use crate::admission::{self, Admission, Ticket};
 use crate::config::{Config, TlsFiles};
 use crate::http::{self, AppState};
 use crate::malformed::JsonErrors;
-use crate::store::objects::ObjectStore;
-use crate::sweep;
+use crate::store::collect::Collector;
 
 /// Longest wait for a request's headers (slowloris protection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -119,12 +118,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let admin_token = read_admin_token(&config)?;
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
 
-    let objects = ObjectStore::new(config.objects_dir.clone(), config.tmp_dir());
+    let objects = crate::store::objects::open(&config)
+        .map_err(|e| ServeError::Failed(format!("object storage: {e}")))?;
     objects
         .prepare()
         .await
         .map_err(|e| ServeError::Failed(format!("object storage: {e}")))?;
-    let index = crate::store::open(&config.database)
+    let index = crate::store::open(&config)
         .await
         .map_err(|e| ServeError::Failed(format!("index database: {e}")))?;
     let listener = TcpListener::bind(config.listen)
@@ -160,16 +160,25 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     }
     tracing::info!(%addr, scheme, data_dir = %config.data_dir.display(), "ready");
 
-    let sweeper = tokio::spawn(sweep::sweep_temp(
-        objects.tmp_dir().to_owned(),
-        started_at,
-        shutdown.clone(),
-    ));
-
-    let migrator = tokio::spawn({
+    // Staging left by a crash of this replica's previous run; older staging
+    // of other replicas is the collector's.
+    let sweeper = tokio::spawn({
         let (objects, shutdown) = (objects.clone(), shutdown.clone());
-        async move { objects.migrate(shutdown).await }
+        async move { objects.sweep_staging(started_at, shutdown).await }
     });
+
+    let upkeep = tokio::spawn({
+        let (objects, shutdown) = (objects.clone(), shutdown.clone());
+        async move { objects.upkeep(shutdown).await }
+    });
+
+    let collector = tokio::spawn(
+        Collector::new(state.index.clone(), objects.clone(), config.collect_grace).run(
+            config.collect_interval,
+            shutdown.clone(),
+            state.metrics.objects_collected.clone(),
+        ),
+    );
 
     let flusher = state.rejections.spawn_flusher(
         state.index.clone(),
@@ -179,7 +188,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
 
     accept_loop(listener, tls, routers, &config, shutdown).await;
     sweeper.abort();
-    migrator.abort();
+    upkeep.abort();
+    collector.abort();
     // The last tallies, including 412s answered during the grace period.
     let _ = flusher.await;
     state

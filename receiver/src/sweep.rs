@@ -8,17 +8,12 @@ use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::objects::TEMP_SUFFIX;
+use crate::store::objects::local::TEMP_SUFFIX;
 
 /// Directory entries looked at per blocking call.
 pub const BATCH: usize = 1000;
 
-/// What one sweep did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Swept {
-    pub removed: u64,
-    pub failed: u64,
-}
+pub use crate::store::objects::Swept;
 
 /// Sweeps `tmp` of `*.part` files modified before `before`, in batches of
 /// [`BATCH`] entries, stopping early on `shutdown`. Failures are counted and

@@ -70,6 +70,7 @@ impl From<OpError> for AppError {
             }
             OpError::NotFound(d) => AppError::not_found(d),
             OpError::Index(e) => e.into(),
+            OpError::Store(e) => e.into(),
         }
     }
 }
@@ -265,7 +266,7 @@ async fn download_by_id(
 /// only.
 async fn send_object(st: &SharedState, info: EpisodeInfo) -> Result<Response, AppError> {
     let sha = Sha256::parse(&info.sha256).map_err(|_| AppError::internal())?;
-    let file = st.objects.open(&sha).await.map_err(|e| {
+    let stream = st.objects.read(&sha).await.map_err(|e| {
         if e.source.kind() == std::io::ErrorKind::NotFound {
             tracing::error!(path = %e.path.display(), device = info.device, episode_id = info.episode_id, "stored episode has no object");
             AppError(Reply::NotFound {
@@ -275,7 +276,6 @@ async fn send_object(st: &SharedState, info: EpisodeInfo) -> Result<Response, Ap
             e.into()
         }
     })?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
     let mut resp = Body::from_stream(stream).into_response();
     let hdrs = resp.headers_mut();
     hdrs.insert(

@@ -11,6 +11,9 @@ use ferry_proto::{BadRequest, Reply};
 use crate::store::objects::StoreError;
 use crate::store::IndexError;
 
+/// `Retry-After` when the database or the object store is unreachable.
+pub const UNREACHABLE_RETRY_SECS: u64 = 5;
+
 /// An answer that is not the happy path. Every variant becomes one `Reply`.
 #[derive(Debug)]
 pub struct AppError(pub Reply);
@@ -44,6 +47,17 @@ impl AppError {
         })
     }
 
+    /// 503 for a dependency that cannot be reached now (SPEC §7): the
+    /// device retries after `Retry-After`.
+    pub fn unreachable(what: &str) -> Self {
+        Self(Reply::Overloaded {
+            retry_after_secs: UNREACHABLE_RETRY_SECS,
+            detail: format!(
+                "the receiver's {what} cannot be reached now; nothing was stored; retry later"
+            ),
+        })
+    }
+
     pub fn internal() -> Self {
         Self(Reply::Internal {
             detail: "internal error; the receiver's log has the details".into(),
@@ -64,6 +78,10 @@ impl From<IndexError> for AppError {
                 tracing::warn!(error = %e, "an upload is answered 503: retried, it is checked under the device's new name");
                 Self::device_renamed()
             }
+            IndexError::Unreachable(_) => {
+                tracing::warn!(error = %e, "index database unreachable; answering 503");
+                Self::unreachable("database")
+            }
             _ => {
                 tracing::error!(error = %e, "index database failure");
                 Self::internal()
@@ -81,7 +99,9 @@ impl From<StoreError> for AppError {
             error = %e.source,
             "object storage failure"
         );
-        if e.is_unavailable() {
+        if e.is_unreachable() {
+            Self::unreachable("object storage")
+        } else if e.is_unavailable() {
             Self(Reply::InsufficientStorage {
                 detail: "the receiver cannot store episodes now (storage full or read-only); try again later".into(),
             })

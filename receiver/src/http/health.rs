@@ -38,7 +38,7 @@ async fn ready_problems(state: &SharedState) -> Vec<&'static str> {
         tracing::warn!(error = %e, "readyz: index not usable");
         problems.push("index database not usable");
     }
-    if let Err(e) = state.objects.check_writable().await {
+    if let Err(e) = state.objects.check().await {
         tracing::warn!(error = %e, "readyz: storage not writable");
         problems.push("object storage not writable");
     }

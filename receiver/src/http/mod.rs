@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteLabels};
 use crate::store::commit::Committer;
-use crate::store::objects::ObjectStore;
+use crate::store::objects::Objects;
 use crate::store::{unix_now, Index};
 use crate::tokens;
 pub use error::{reply, AppError};
@@ -44,7 +44,7 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 pub struct AppState {
     pub config: Arc<Config>,
     pub index: Arc<dyn Index>,
-    pub objects: ObjectStore,
+    pub objects: Arc<dyn Objects>,
     pub metrics: Arc<Metrics>,
     /// One permit per upload that reads a body.
     pub upload_slots: Arc<Semaphore>,
@@ -67,18 +67,35 @@ pub struct AppState {
 
 pub type SharedState = Arc<AppState>;
 
+/// Test hook, read from the environment only here and never set in
+/// production: `FERRY_RECEIVER_TEST_HOLD_BEFORE_INSERT=<duration>` pauses
+/// every commit batch between persisting its objects and inserting its
+/// rows, with the write gate held, so that the scale-out tests can widen
+/// the window the gate protects (see `store::collect`).
+fn hold_before_insert() -> Option<Duration> {
+    let v = std::env::var("FERRY_RECEIVER_TEST_HOLD_BEFORE_INSERT").ok()?;
+    let d = humantime::parse_duration(&v).ok()?;
+    tracing::warn!(pause = ?d, "test hook: every commit batch pauses before its insert");
+    Some(d)
+}
+
 impl AppState {
     pub fn new(
         config: Arc<Config>,
         index: Arc<dyn Index>,
-        objects: ObjectStore,
+        objects: Arc<dyn Objects>,
         admin_token: Option<String>,
     ) -> Self {
         let metrics = Arc::new(Metrics::new());
         Self {
             upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
             device_slots: slots::DeviceSlots::default(),
-            committer: Committer::spawn(index.clone(), objects.clone(), metrics.commit.clone()),
+            committer: Committer::spawn(
+                index.clone(),
+                objects.clone(),
+                metrics.commit.clone(),
+                hold_before_insert(),
+            ),
             config,
             index,
             objects,

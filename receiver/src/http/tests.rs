@@ -19,7 +19,6 @@ use tower::ServiceExt;
 use super::{router, AppState, SharedState};
 use crate::config::RawConfig;
 use crate::ops;
-use crate::store::objects::ObjectStore;
 use crate::store::{unix_now, NewEpisode};
 
 const ALLOWED: &str = "1111111111111111111111111111111111111111";
@@ -34,7 +33,7 @@ const LIMIT: u64 = 1024;
 /// commits (`HEAD` the head) and three devices: `dev-a`, `dev-b` and the
 /// revoked `dev-gone`.
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     state: SharedState,
     token_a: String,
     token_b: String,
@@ -48,9 +47,9 @@ impl Fixture {
         raw.set_flag("data_dir", dir.path().to_str().unwrap());
         raw.set_flag("max_episode_size", LIMIT.to_string());
         let config = raw.resolve().unwrap();
-        let objects = ObjectStore::new(config.objects_dir.clone(), config.tmp_dir());
+        let objects = crate::store::objects::open(&config).unwrap();
         objects.prepare().await.unwrap();
-        let index = crate::store::open(&config.database).await.unwrap();
+        let index = crate::store::open(&config).await.unwrap();
         let state = Arc::new(AppState::new(Arc::new(config), index, objects, None));
         let index = &state.index;
         for (commit, head) in [(ALLOWED, false), (HEAD, true)] {
@@ -66,7 +65,7 @@ impl Fixture {
         let token_gone = ops::add_device(index, "dev-gone").await.unwrap().token;
         ops::revoke_device(index, "dev-gone").await.unwrap();
         Self {
-            _dir: dir,
+            dir,
             state,
             token_a,
             token_b,
@@ -78,7 +77,9 @@ impl Fixture {
     /// object, as a finished upload leaves them.
     async fn store_episode_of_a(&self, id: &str) {
         let sha = Sha256::parse(DIGEST).unwrap();
-        std::fs::write(self.state.objects.path_of(&sha), b"stored bytes").unwrap();
+        let objects = self.dir.path().join("objects");
+        let store = crate::store::objects::LocalObjects::new(objects, self.dir.path().join("tmp"));
+        std::fs::write(store.path_of(&sha), b"stored bytes").unwrap();
         let row = NewEpisode {
             episode_id: id.into(),
             sha256: DIGEST.into(),

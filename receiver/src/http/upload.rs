@@ -24,7 +24,7 @@ use http_body_util::BodyExt;
 
 use super::{admit, authenticate, reply, token_hash, unknown_token, AppError, SharedState};
 use crate::config::render_remediation;
-use crate::store::objects::Chunk;
+use crate::store::objects::{Chunk, Staged, Staging};
 use crate::store::{unix_now, CommitStatus, Inserted, NewEpisode, Preflight, Standing};
 
 /// Seconds a client is asked to wait when every upload slot is taken.
@@ -261,7 +261,7 @@ async fn put(state: &SharedState, req: Request) -> Result<Response, AppError> {
     }
 
     let free = state.objects.free_bytes().await?;
-    if free < up.length {
+    if let Some(free) = free.filter(|free| *free < up.length) {
         tracing::warn!(free, needed = up.length, episode_id = %up.id, device = up.device, "not enough free space for an upload");
         return Err(AppError(Reply::InsufficientStorage {
             detail: "the receiver does not have space for this episode now; try again later".into(),
@@ -312,7 +312,7 @@ fn too_slow(config: &crate::config::Config, elapsed: std::time::Duration, receiv
 
 /// Streams the body to a temporary file, verifies it, stores it.
 async fn receive(state: &SharedState, up: &Upload, body: Body) -> Result<Response, AppError> {
-    let (tx, writer) = state.objects.begin_upload();
+    let Staging { tx, done: writer } = state.objects.begin(&up.sha256, up.length);
     let mut body = body;
     let mut received = 0u64;
     let mut head = Vec::with_capacity(4);
@@ -370,7 +370,7 @@ async fn receive(state: &SharedState, up: &Upload, body: Body) -> Result<Respons
         let _ = tx.send(Chunk::Finish).await;
     }
     drop(tx);
-    let written = match writer.await {
+    let staged = match writer.await {
         Ok(Ok(Some(w))) => w,
         Ok(Err(e)) => return Err(e.into()),
         Ok(Ok(None)) if !complete => {
@@ -387,13 +387,13 @@ async fn receive(state: &SharedState, up: &Upload, body: Body) -> Result<Respons
             return Err(AppError::internal());
         }
     };
-    if written.sha256 != up.sha256 {
-        // `written` is dropped here, which deletes the temporary file.
+    if staged.sha256 != up.sha256 {
+        // `staged` is dropped here, which discards what was staged.
         return Err(AppError::bad_request(
             BadRequest::DigestMismatch,
             format!(
                 "the body's sha256 is {}, X-Ferry-Sha256 says {}",
-                written.sha256, up.sha256
+                staged.sha256, up.sha256
             ),
         ));
     }
@@ -403,17 +403,13 @@ async fn receive(state: &SharedState, up: &Upload, body: Body) -> Result<Respons
             "the body is not a zstd stream (expected a tar.zst)",
         ));
     }
-    store(state, up, written).await
+    store(state, up, staged).await
 }
 
 /// Hands the verified upload to the commit stage (durable, renamed into
 /// place, indexed; see `store::commit`); the unique key decides races.
-async fn store(
-    state: &SharedState,
-    up: &Upload,
-    written: crate::store::objects::Written,
-) -> Result<Response, AppError> {
-    let size = written.size;
+async fn store(state: &SharedState, up: &Upload, staged: Staged) -> Result<Response, AppError> {
+    let size = staged.size;
     let row = NewEpisode {
         episode_id: up.id.to_string(),
         sha256: up.sha256.to_string(),
@@ -422,7 +418,7 @@ async fn store(
         device: up.device.clone(),
         stored_at: unix_now(),
     };
-    match state.committer.commit(written, row).await? {
+    match state.committer.commit(staged, row).await? {
         Inserted::Created => {
             state.metrics.episodes_stored.inc();
             state.upload_rate.record(size, unix_now());
@@ -440,7 +436,7 @@ async fn store(
         Inserted::Exists(info) if info.sha256 == up.sha256.as_str() => {
             Ok(already_present(&up.id, info.sha256, info.size))
         }
-        // Lost the race to other bytes: the commit stage discarded ours.
+        // Lost the race to other bytes: ours are left to the collector.
         Inserted::Exists(info) => Ok(conflict(&up.id, info.sha256, &up.sha256)),
         // Revoked while the body streamed: nothing was stored.
         Inserted::Refused(why) => {

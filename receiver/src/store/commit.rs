@@ -1,45 +1,44 @@
-//! The commit stage: verified uploads become durable, placed and indexed,
-//! a batch at a time.
+//! The commit stage: verified uploads become durable, visible and indexed,
+//! a batch at a time, on any object store and any index.
 //!
-//! "201 means durable" used to cost, per upload, an fsync of its file, an
-//! fsync of its directory and a synced commit of the index. With many
-//! devices uploading small episodes at once, those flushes were the
-//! receiver's limit. Now one task takes every verified upload waiting (up
-//! to [`MAX_BATCH`]) and, for the whole batch:
+//! "201 means durable" costs, per upload, making its object durable under
+//! its final key and a synced commit of its row. With many devices
+//! uploading small episodes at once, those flushes are the receiver's
+//! limit, so one task takes every verified upload waiting (up to
+//! [`MAX_BATCH`]) and, for the whole batch:
 //!
-//! 1. makes every temporary file durable (uploads of at least
-//!    [`SYNC_ALONE`](super::objects::SYNC_ALONE) were already fsynced by
-//!    their writer): under load, with one `syncfs` for the whole batch and
-//!    then a read of each file's own writeback error, so a failed page
-//!    fails its own upload only (a failed `syncfs` falls back to an fsync
-//!    of each file); a batch of fewer than
-//!    [`SYNCFS_MIN`](super::objects::SYNCFS_MIN) files is fsynced file by
-//!    file, so a quiet receiver never waits for other programs' writes;
-//! 2. renames each file to its content-addressed name;
-//! 3. makes those renames durable: an fsync of each changed directory, or
-//!    one more `syncfs` when there are many; a directory whose new entry
-//!    could not be synced is synced again with every batch until it is;
-//! 4. inserts every row in one index transaction (one synced commit; see
-//!    `Index::insert_episodes`); a
-//!    batch that fails because of its rows is retried row by row, so each
-//!    upload gets its own answer and one bad row cannot fail its
-//!    neighbours, while a batch that fails because the index cannot be
-//!    reached answers every upload with that at once;
-//! 5. deletes an object that no row references (a lost race for its id
-//!    with other bytes, a failed insert), and answers each upload.
+//! 1. takes the index's write gate (shared; see `store::collect`);
+//! 2. persists every staged upload: durable and visible under its final
+//!    key ([`Objects::persist`]: for the local store, one `syncfs` or an
+//!    fsync each, renames, directory syncs; for S3, completed multipart
+//!    uploads or single PUTs);
+//! 3. inserts every row whose object persisted in one index transaction
+//!    (one synced commit; see `Index::insert_episodes`); a batch that fails
+//!    because of its rows is retried row by row, so each upload gets its
+//!    own answer and one bad row cannot fail its neighbours, while a batch
+//!    that fails because the index cannot be reached answers every upload
+//!    with that at once;
+//! 4. lets go of the gate, and answers each upload.
 //!
-//! Each upload is still answered only after its object and its row are
-//! durable; only the flushes are shared. Because one task does every
-//! rename, insert and delete, an object is never deleted while another
-//! upload of the same bytes is between its rename and its insert.
+//! Nothing is deleted here. An object that lost the race for its id, whose
+//! row was refused or failed, or whose name could not be made durable stays
+//! unreferenced until the collector, holding the gate exclusively, finds it
+//! older than the grace period. Deleting it inline would be a race with
+//! another replica: replica A places X, replica B (which lost a race with
+//! the same bytes) sees no row for X and deletes it, then A inserts its row
+//! and answers 201 for an object that is gone. The gate closes that window:
+//! from step 2 to step 4, no collector can look.
+//!
+//! Each upload is answered only after its object and its row are durable;
+//! only the flushes are shared.
 
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::{mpsc, oneshot};
 
-use super::objects::{blocking, ObjectStore, StoreError, Written};
+use super::objects::{Objects, Staged, StoreError};
 use super::{Index, IndexError, Inserted, NewEpisode};
 
 /// Uploads in one batch at most.
@@ -51,9 +50,9 @@ pub const MAX_BATCH: usize = 256;
 pub struct CommitStats {
     /// Uploads per batch.
     pub batch_size: Histogram,
-    /// Steps 1–3 of a batch: its files and their names made durable.
+    /// Step 2 of a batch: its objects made durable and visible.
     pub durable_seconds: Histogram,
-    /// Step 4 of a batch: the index transaction.
+    /// Step 3 of a batch: the index transaction.
     pub index_seconds: Histogram,
 }
 
@@ -80,7 +79,7 @@ pub enum CommitError {
 type Answer = Result<Inserted, CommitError>;
 
 struct Job {
-    written: Written,
+    staged: Staged,
     row: NewEpisode,
     reply: oneshot::Sender<Answer>,
 }
@@ -99,7 +98,15 @@ impl std::fmt::Debug for Job {
 
 impl Committer {
     /// Starts the commit task. It ends when every handle is dropped.
-    pub fn spawn(index: Arc<dyn Index>, objects: ObjectStore, stats: CommitStats) -> Committer {
+    /// `hold_before_insert` is a test hook: a pause between persisting a
+    /// batch's objects and inserting its rows, with the gate held, so that
+    /// a test can show the collector waiting for it.
+    pub fn spawn(
+        index: Arc<dyn Index>,
+        objects: Arc<dyn Objects>,
+        stats: CommitStats,
+        hold_before_insert: Option<Duration>,
+    ) -> Committer {
         let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -113,8 +120,13 @@ impl Committer {
                 // A panic costs its batch (those uploads get an error), not
                 // the task and every later upload.
                 stats.batch_size.observe(jobs.len() as f64);
-                let batch =
-                    std::panic::AssertUnwindSafe(commit_batch(&*index, &objects, &stats, jobs));
+                let batch = std::panic::AssertUnwindSafe(commit_batch(
+                    &*index,
+                    &*objects,
+                    &stats,
+                    hold_before_insert,
+                    jobs,
+                ));
                 if futures_util::FutureExt::catch_unwind(batch).await.is_err() {
                     tracing::error!(
                         "a commit batch panicked; its uploads were answered with an error"
@@ -129,154 +141,108 @@ impl Committer {
     /// batch is durable and indexed (or failed). `Inserted::Exists` with
     /// other bytes means a lost race for the id, and `Inserted::Refused` a
     /// device or commit revoked during the upload: in both cases the object
-    /// was discarded unless another row references it.
-    pub async fn commit(&self, written: Written, row: NewEpisode) -> Answer {
+    /// is left to the collector.
+    pub async fn commit(&self, staged: Staged, row: NewEpisode) -> Answer {
         let (reply, answer) = oneshot::channel();
         let stopped =
             || CommitError::Index(IndexError::Setup("the commit task has stopped".to_owned()));
         self.tx
-            .send(Job {
-                written,
-                row,
-                reply,
-            })
+            .send(Job { staged, row, reply })
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
 
-/// What steps 1–3 did with one upload.
-enum Durable {
-    /// In place under its final name, and that name is durable.
-    Placed,
-    /// Not in place (its temporary file is deleted).
-    Failed(StoreError),
-    /// Renamed into place, but its name could not be made durable: not
-    /// acknowledged, and removed when no row references it.
-    Unsynced(StoreError),
-}
-
 async fn commit_batch(
     index: &dyn Index,
-    objects: &ObjectStore,
+    objects: &dyn Objects,
     stats: &CommitStats,
+    hold_before_insert: Option<Duration>,
     jobs: Vec<Job>,
 ) {
-    let (written, rest): (Vec<Written>, Vec<(NewEpisode, oneshot::Sender<Answer>)>) = jobs
+    let (staged, rest): (Vec<Staged>, Vec<(NewEpisode, oneshot::Sender<Answer>)>) = jobs
         .into_iter()
-        .map(|j| (j.written, (j.row, j.reply)))
+        .map(|j| (j.staged, (j.row, j.reply)))
         .unzip();
 
-    // 1–3 on the blocking pool: sync, place, sync. A failed upload's
-    // temporary file is deleted when its `Written` is dropped.
-    let store = objects.clone();
+    // 1. Dropping `staged` on the way out discards what was staged.
+    let gate = match index.write_gate().await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(uploads = rest.len(), error = %e, "cannot take the write gate");
+            for (_, reply) in rest {
+                let _ = reply.send(Err(CommitError::Index(e.clone())));
+            }
+            return;
+        }
+    };
+
+    // 2.
     let started = std::time::Instant::now();
-    let placed = blocking(move || Ok(make_durable(&store, written))).await;
+    let persisted = objects.persist(staged).await;
     stats
         .durable_seconds
         .observe(started.elapsed().as_secs_f64());
-    let placed: Vec<Durable> = match placed {
-        Ok(p) => p,
-        Err(e) => rest.iter().map(|_| Durable::Failed(e.again())).collect(),
-    };
+    if let Some(pause) = hold_before_insert {
+        tokio::time::sleep(pause).await;
+    }
 
-    // 4: one transaction for every row whose object is in place.
+    // 3. One transaction for every row whose object persisted.
     let rows: Vec<NewEpisode> = rest
         .iter()
-        .zip(&placed)
-        .filter(|(_, p)| matches!(p, Durable::Placed))
+        .zip(&persisted)
+        .filter(|(_, p)| p.is_ok())
         .map(|((row, _), _)| row.clone())
         .collect();
     let started = std::time::Instant::now();
-    let (inserted, index_down) = insert(index, &rows).await;
+    let inserted = insert(index, &rows).await;
     stats.index_seconds.observe(started.elapsed().as_secs_f64());
     let mut inserted = inserted.into_iter();
 
-    // 5: answers, and objects nobody references (not while the index is
-    // unreachable: an unreferenced object costs only space, and a retry of
-    // the same upload reuses its name).
-    for ((row, reply), placed) in rest.into_iter().zip(placed) {
-        let (answer, discard) = match placed {
-            Durable::Failed(e) => (Err(CommitError::Store(e)), false),
-            Durable::Unsynced(e) => (Err(CommitError::Store(e)), true),
-            Durable::Placed => match inserted.next() {
-                Some(Ok(Inserted::Created)) => (Ok(Inserted::Created), false),
-                Some(Ok(Inserted::Exists(info))) => {
-                    let ours = info.sha256 == row.sha256;
-                    (Ok(Inserted::Exists(info)), !ours)
-                }
-                // Stored nothing: its object goes unless another row has it.
-                Some(Ok(Inserted::Refused(why))) => (Ok(Inserted::Refused(why)), true),
-                Some(Err(e)) => (Err(CommitError::Index(e)), true),
-                None => (
-                    Err(CommitError::Index(IndexError::Setup(
-                        "the index returned fewer results than rows".to_owned(),
-                    ))),
-                    false,
-                ),
+    // 4. A gate lost on the way (its connection dropped) may have let the
+    // collector delete an object whose row is now committed: nothing of
+    // the batch is acknowledged; a retry is answered from the index and
+    // repairs a missing object.
+    let lost = gate.release().await.err();
+    if let Some(e) = &lost {
+        tracing::warn!(error = %e, "the write gate was lost during a batch; answering it 503");
+    }
+    for ((_, reply), persisted) in rest.into_iter().zip(persisted) {
+        let answer = match persisted {
+            Err(e) => Err(CommitError::Store(e)),
+            Ok(()) => match inserted.next() {
+                Some(_) if lost.is_some() => Err(CommitError::Index(lost.clone().expect("lost"))),
+                Some(Ok(r)) => Ok(r),
+                Some(Err(e)) => Err(CommitError::Index(e)),
+                None => Err(CommitError::Index(IndexError::Setup(
+                    "the index returned fewer results than rows".to_owned(),
+                ))),
             },
         };
-        if discard && !index_down {
-            discard_if_unreferenced(index, objects, &row.sha256).await;
-        }
         let _ = reply.send(answer);
     }
-}
-
-/// Steps 1–3 (blocking): one result per upload, in order.
-fn make_durable(store: &ObjectStore, written: Vec<Written>) -> Vec<Durable> {
-    let synced = store.sync_batch(&written.iter().collect::<Vec<_>>());
-    let placed: Vec<Result<PathBuf, StoreError>> = written
-        .into_iter()
-        .zip(synced)
-        .map(|(w, synced)| synced.and_then(|()| store.place(w)))
-        .collect();
-    let dirs = store.dirs_to_sync(placed.iter().flatten().cloned());
-    let failed = store.sync_dirs(&dirs);
-    placed
-        .into_iter()
-        .map(|p| match p {
-            Err(e) => Durable::Failed(e),
-            // An object whose name may not survive a power cut (its shard
-            // directory or one above it was not synced) is not
-            // acknowledged.
-            Ok(shard) => match failed.iter().find(|(d, _)| shard.starts_with(d)) {
-                Some((_, e)) => Durable::Unsynced(e.again()),
-                None => Durable::Placed,
-            },
-        })
-        .collect()
 }
 
 /// Whether an index error is about the rows (worth retrying them one by
 /// one, for each its own answer) rather than about reaching the database.
 fn about_the_rows(e: &IndexError) -> bool {
-    matches!(
-        e,
-        IndexError::Db(sqlx::Error::Database(_)) | IndexError::DeviceRenamed(_)
-    )
+    matches!(e, IndexError::Refused(_) | IndexError::DeviceRenamed(_))
 }
 
 /// All rows in one transaction; when that fails because of the rows, each
 /// row on its own, for its own answer. When the database cannot be reached
 /// (or is full), every row gets that answer at once: retrying them one by
 /// one would wait for each in turn while every upload waits behind them.
-/// The flag says so.
-async fn insert(
-    index: &dyn Index,
-    rows: &[NewEpisode],
-) -> (Vec<Result<Inserted, IndexError>>, bool) {
+async fn insert(index: &dyn Index, rows: &[NewEpisode]) -> Vec<Result<Inserted, IndexError>> {
     if rows.is_empty() {
-        return (Vec::new(), false);
+        return Vec::new();
     }
     match index.insert_episodes(rows).await {
-        Ok(results) if results.len() == rows.len() => {
-            (results.into_iter().map(Ok).collect(), false)
-        }
+        Ok(results) if results.len() == rows.len() => results.into_iter().map(Ok).collect(),
         Err(e) if !about_the_rows(&e) => {
             tracing::warn!(rows = rows.len(), error = %e, "a batch of index rows failed");
-            (rows.iter().map(|_| Err(e.again())).collect(), true)
+            rows.iter().map(|_| Err(e.clone())).collect()
         }
         outcome => {
             if let Err(e) = &outcome {
@@ -293,27 +259,7 @@ async fn insert(
                     });
                 out.push(r);
             }
-            (out, false)
-        }
-    }
-}
-
-/// Deletes an object when no index row references it. Only the commit task
-/// renames objects into place, so no other upload of the same bytes is
-/// between its rename and its insert.
-async fn discard_if_unreferenced(index: &dyn Index, objects: &ObjectStore, sha256: &str) {
-    let Ok(sha) = ferry_proto::Sha256::parse(sha256) else {
-        return;
-    };
-    match index.sha_referenced(sha256).await {
-        Ok(false) => {
-            if let Err(e) = objects.remove(&sha).await {
-                tracing::warn!(error = %e, "cannot remove an unreferenced object");
-            }
-        }
-        Ok(true) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, %sha256, "cannot tell whether an object is referenced; keeping it")
+            out
         }
     }
 }
@@ -321,21 +267,35 @@ async fn discard_if_unreferenced(index: &dyn Index, objects: &ObjectStore, sha25
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::objects::Chunk;
+    use crate::store::collect::Collector;
+    use crate::store::objects::{Chunk, LocalObjects, Staging};
     use crate::store::sqlite::SqliteIndex;
     use bytes::Bytes;
 
-    async fn written(store: &ObjectStore, body: &[u8]) -> Written {
-        let (tx, handle) = store.begin_upload();
+    type Store = Arc<LocalObjects>;
+
+    async fn written(store: &Store, body: &[u8]) -> Staged {
+        let claimed = ferry_proto::Sha256::from_bytes(&[0; 32]);
+        let Staging { tx, done } = store.begin(&claimed, body.len() as u64);
         tx.send(Chunk::Data(Bytes::copy_from_slice(body)))
             .await
             .unwrap();
         tx.send(Chunk::Finish).await.unwrap();
         drop(tx);
-        handle.await.unwrap().unwrap().unwrap()
+        done.await.unwrap().unwrap().unwrap()
     }
 
-    fn row(id: &str, w: &Written) -> NewEpisode {
+    fn spawn(index: &Arc<dyn Index>, store: &Store) -> Committer {
+        Committer::spawn(index.clone(), store.clone(), CommitStats::default(), None)
+    }
+
+    /// One collection round with no grace period.
+    async fn collect(index: &Arc<dyn Index>, store: &Store) -> usize {
+        let mut c = Collector::new(index.clone(), store.clone(), Duration::ZERO);
+        c.round().await.unwrap().deleted
+    }
+
+    fn row(id: &str, w: &Staged) -> NewEpisode {
         NewEpisode {
             episode_id: id.into(),
             sha256: w.sha256.to_string(),
@@ -346,7 +306,7 @@ mod tests {
         }
     }
 
-    async fn setup(dir: &std::path::Path) -> (Arc<dyn Index>, ObjectStore) {
+    async fn setup(dir: &std::path::Path) -> (Arc<dyn Index>, Store) {
         let index: Arc<dyn Index> =
             Arc::new(SqliteIndex::open(&dir.join("i.sqlite")).await.unwrap());
         index.add_device("d1", &[1; 32], 0).await.unwrap();
@@ -354,12 +314,12 @@ mod tests {
             .allow_commit(&"c".repeat(40), true, None, 0)
             .await
             .unwrap();
-        let store = ObjectStore::new(dir.join("objects"), dir.join("tmp"));
+        let store = Arc::new(LocalObjects::new(dir.join("objects"), dir.join("tmp")));
         store.prepare().await.unwrap();
         (index, store)
     }
 
-    fn temp_files(store: &ObjectStore) -> usize {
+    fn temp_files(store: &Store) -> usize {
         std::fs::read_dir(store.tmp_dir()).unwrap().count()
     }
 
@@ -367,7 +327,7 @@ mod tests {
     async fn concurrent_uploads_are_placed_indexed_and_answered() {
         let dir = tempfile::tempdir().unwrap();
         let (index, store) = setup(dir.path()).await;
-        let committer = Committer::spawn(index.clone(), store.clone(), CommitStats::default());
+        let committer = spawn(&index, &store);
         let mut tasks = Vec::new();
         for i in 0..100 {
             let w = written(&store, format!("body {i}").as_bytes()).await;
@@ -387,10 +347,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn same_id_other_bytes_in_one_batch_keeps_one_and_discards_the_other() {
+    async fn same_id_other_bytes_in_one_batch_keeps_one_and_the_collector_takes_the_other() {
         let dir = tempfile::tempdir().unwrap();
         let (index, store) = setup(dir.path()).await;
-        let committer = Committer::spawn(index.clone(), store.clone(), CommitStats::default());
+        let committer = spawn(&index, &store);
         let (a, b) = (
             written(&store, b"aaaa").await,
             written(&store, b"bbbb").await,
@@ -412,8 +372,14 @@ mod tests {
         };
         assert!(store.stat(&winner).await.unwrap().is_some());
         assert!(
+            store.stat(&loser).await.unwrap().is_some(),
+            "nothing is deleted inline"
+        );
+        assert_eq!(collect(&index, &store).await, 1);
+        assert!(store.stat(&winner).await.unwrap().is_some());
+        assert!(
             store.stat(&loser).await.unwrap().is_none(),
-            "the loser's object is discarded"
+            "the loser's object is collected"
         );
     }
 
@@ -422,9 +388,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (index, store) = setup(dir.path()).await;
         index.add_device("d2", &[2; 32], 0).await.unwrap();
-        let committer = Committer::spawn(index.clone(), store.clone(), CommitStats::default());
+        let committer = spawn(&index, &store);
         let w = |b: &'static [u8]| written(&store, b);
-        let on = |device: &str, id: &str, w: &Written| NewEpisode {
+        let on = |device: &str, id: &str, w: &Staged| NewEpisode {
             device: device.into(),
             ..row(id, w)
         };
@@ -446,11 +412,12 @@ mod tests {
             committer.commit(x3, r3).await.unwrap(),
             Inserted::Exists(_)
         ));
+        assert_eq!(collect(&index, &store).await, 0);
         assert!(
             store.stat(&sha_x).await.unwrap().is_some(),
             "d2's object is kept"
         );
-        // Bytes nobody references are collected as before.
+        // Bytes nobody references are collected.
         let y = w(b"nobody's").await;
         let (ry, sha_y) = (on("d2", "mine", &y), y.sha256.clone());
         let d2_mine = w(b"d2 first").await;
@@ -463,7 +430,9 @@ mod tests {
             committer.commit(y, ry).await.unwrap(),
             Inserted::Exists(_)
         ));
+        assert_eq!(collect(&index, &store).await, 1);
         assert!(store.stat(&sha_y).await.unwrap().is_none());
+        assert!(store.stat(&sha_x).await.unwrap().is_some());
         assert_eq!(index.totals().await.unwrap().episodes, 4);
     }
 
@@ -473,18 +442,25 @@ mod tests {
         let sqlite = SqliteIndex::open(&dir.path().join("i.sqlite"))
             .await
             .unwrap();
-        let store = ObjectStore::new(dir.path().join("objects"), dir.path().join("tmp"));
+        let store = Arc::new(LocalObjects::new(
+            dir.path().join("objects"),
+            dir.path().join("tmp"),
+        ));
         store.prepare().await.unwrap();
         sqlite.pool().close().await;
-        let committer = Committer::spawn(Arc::new(sqlite), store.clone(), CommitStats::default());
+        let index: Arc<dyn Index> = Arc::new(sqlite);
+        let committer = spawn(&index, &store);
         let w = written(&store, b"orphan").await;
         let (r, sha) = (row("e", &w), w.sha256.clone());
         assert!(matches!(
             committer.commit(w, r).await,
             Err(CommitError::Index(_))
         ));
-        // With the index gone, "is it referenced?" cannot be answered, so
-        // the object is kept (never delete what might be referenced).
+        // Nothing is deleted inline; with the index gone the collector
+        // cannot take the gate's round either, so the object stays.
+        assert!(store.stat(&sha).await.unwrap().is_some());
+        let mut c = Collector::new(index.clone(), store.clone(), Duration::ZERO);
+        assert!(c.round().await.is_err(), "no index, no collection");
         assert!(store.stat(&sha).await.unwrap().is_some());
     }
 }

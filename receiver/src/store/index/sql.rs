@@ -20,35 +20,55 @@ const PG_DISK_FULL: &str = "53100";
 const SQLITE_CONSTRAINT_FOREIGNKEY: &str = "787";
 const PG_FOREIGN_KEY_VIOLATION: &str = "23503";
 
+/// PostgreSQL SQLSTATEs that say the server cannot serve now rather than
+/// that a statement was wrong: class 08 (connection exception), 57P01–03
+/// (admin or crash shutdown, cannot connect now) and 53300 (too many
+/// connections).
+fn pg_unreachable(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+}
+
 /// Classifies a database error by its code, never by its message.
 pub(crate) fn classify(err: sqlx::Error) -> IndexError {
-    if let sqlx::Error::Database(db) = &err {
-        if db
-            .code()
-            .is_some_and(|c| c == SQLITE_CONSTRAINT_FOREIGNKEY || c == PG_FOREIGN_KEY_VIOLATION)
-        {
-            return IndexError::DeviceRenamed(err);
-        }
-    }
-    let full = match &err {
+    let text = err.to_string();
+    match &err {
         sqlx::Error::Database(db) => {
-            if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            if code == SQLITE_CONSTRAINT_FOREIGNKEY || code == PG_FOREIGN_KEY_VIOLATION {
+                return IndexError::DeviceRenamed(text);
+            }
+            let full = if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
                 e.code()
                     .and_then(|c| c.parse::<i64>().ok())
                     .is_some_and(|c| c & 0xff == SQLITE_FULL)
             } else {
-                db.code().is_some_and(|c| c == PG_DISK_FULL)
+                code == PG_DISK_FULL
+            };
+            if full {
+                IndexError::Full(text)
+            } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_none()
+                && pg_unreachable(code)
+            {
+                IndexError::Unreachable(text)
+            } else {
+                IndexError::Refused(text)
             }
         }
-        sqlx::Error::Io(io) => io
-            .raw_os_error()
-            .is_some_and(crate::store::objects::is_out_of_space),
-        _ => false,
-    };
-    if full {
-        IndexError::Full(err)
-    } else {
-        IndexError::Db(err)
+        sqlx::Error::Io(io)
+            if io
+                .raw_os_error()
+                .is_some_and(crate::store::objects::is_out_of_space) =>
+        {
+            IndexError::Full(text)
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => IndexError::Unreachable(text),
+        _ => IndexError::Refused(text),
     }
 }
 
@@ -84,7 +104,7 @@ macro_rules! recover_connection {
     ($pool:ty, $conn:expr) => {{
         let mut conn = $conn;
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        let begin = <$pool as $crate::store::sql::HasDb>::BEGIN_WRITE;
+        let begin = <$pool as $crate::store::index::sql::HasDb>::BEGIN_WRITE;
         let clean = sqlx::query(begin).execute(&mut *conn).await.is_ok()
             && sqlx::query("ROLLBACK").execute(&mut *conn).await.is_ok();
         if !clean {
@@ -106,7 +126,7 @@ pub(crate) use recover_connection;
 /// calls `recover_connection!` itself).
 macro_rules! write_on_conn {
     ($pool:ty, $src:expr, |$conn:ident| $body:expr) => {{
-        let classify = $crate::store::sql::classify;
+        let classify = $crate::store::index::sql::classify;
         let mut held = $src.acquire().await.map_err(classify)?;
         let result = {
             let $conn = &mut held;
@@ -115,7 +135,7 @@ macro_rules! write_on_conn {
         match result {
             Ok(v) => Ok(v),
             Err(e) => {
-                $crate::store::sql::recover_connection!($pool, held);
+                $crate::store::index::sql::recover_connection!($pool, held);
                 Err(classify(e))
             }
         }
@@ -241,11 +261,11 @@ macro_rules! impl_sql_index {
                     // A multi-row INSERT needs at least one row.
                     return Ok(Vec::new());
                 }
-                let classify = $crate::store::sql::classify;
+                let classify = $crate::store::index::sql::classify;
                 let mut conn = pool.acquire().await.map_err(classify)?;
                 let result = Self::insert_batch_on(&mut conn, rows).await;
                 if result.is_err() {
-                    $crate::store::sql::recover_connection!($pool, conn);
+                    $crate::store::index::sql::recover_connection!($pool, conn);
                 }
                 result
             }
@@ -262,11 +282,11 @@ macro_rules! impl_sql_index {
             /// statements would make a batch of 200 rows cost 400 round
             /// trips.
             async fn insert_batch_on(
-                conn: &mut sqlx::pool::PoolConnection<<$pool as $crate::store::sql::HasDb>::Db>,
+                conn: &mut sqlx::pool::PoolConnection<<$pool as $crate::store::index::sql::HasDb>::Db>,
                 rows: &[$crate::store::NewEpisode],
             ) -> Result<Vec<$crate::store::Inserted>, $crate::store::IndexError> {
-                type Db = <$pool as $crate::store::sql::HasDb>::Db;
-                let classify = $crate::store::sql::classify;
+                type Db = <$pool as $crate::store::index::sql::HasDb>::Db;
+                let classify = $crate::store::index::sql::classify;
                 let key = |e: &$crate::store::NewEpisode| (e.device.clone(), e.episode_id.clone());
                 let mut seen = std::collections::HashSet::new();
                 let first: Vec<bool> = rows.iter().map(|e| seen.insert(key(e))).collect();
@@ -321,7 +341,7 @@ macro_rules! impl_sql_index {
                     // whole index).
                     let mut q = sqlx::QueryBuilder::<Db>::new(format!(
                         "SELECT {} FROM episodes WHERE ",
-                        $crate::store::sql::EPISODE_COLUMNS
+                        $crate::store::index::sql::EPISODE_COLUMNS
                     ));
                     for (n, e) in existing_keys.iter().enumerate() {
                         q.push(if n == 0 { "(device = " } else { " OR (device = " });
@@ -330,13 +350,13 @@ macro_rules! impl_sql_index {
                             .push_bind(&e.episode_id)
                             .push(")");
                     }
-                    let found: Vec<$crate::store::sql::EpisodeRow> = q
+                    let found: Vec<$crate::store::index::sql::EpisodeRow> = q
                         .build_query_as()
                         .fetch_all(&mut *tx)
                         .await
                         .map_err(classify)?;
                     for r in found {
-                        existing.insert((r.4.clone(), r.0.clone()), $crate::store::sql::episode_info(r));
+                        existing.insert((r.4.clone(), r.0.clone()), $crate::store::index::sql::episode_info(r));
                     }
                 }
 
@@ -368,14 +388,14 @@ macro_rules! impl_sql_index {
             /// Why each of `rows` was refused by the insert's standing
             /// check, read in the same transaction (`None`: it was not).
             async fn standing_on(
-                tx: &mut sqlx::Transaction<'_, <$pool as $crate::store::sql::HasDb>::Db>,
+                tx: &mut sqlx::Transaction<'_, <$pool as $crate::store::index::sql::HasDb>::Db>,
                 rows: &[&$crate::store::NewEpisode],
             ) -> Result<
                 impl Fn(&$crate::store::NewEpisode) -> Option<$crate::store::Standing>,
                 $crate::store::IndexError,
             > {
-                type Db = <$pool as $crate::store::sql::HasDb>::Db;
-                let classify = $crate::store::sql::classify;
+                type Db = <$pool as $crate::store::index::sql::HasDb>::Db;
+                let classify = $crate::store::index::sql::classify;
                 let mut devices = std::collections::HashMap::<String, bool>::new();
                 let mut allowed = std::collections::HashSet::<String>::new();
                 if !rows.is_empty() {
@@ -424,7 +444,7 @@ macro_rules! impl_sql_index {
                     sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM commits")
                         .fetch_one(&self.pool)
                         .await
-                        .map_err($crate::store::sql::classify)?;
+                        .map_err($crate::store::index::sql::classify)?;
                     Ok(())
                 })
             }
@@ -439,7 +459,7 @@ macro_rules! impl_sql_index {
                             .bind(hash)
                             .fetch_optional(&self.pool)
                             .await
-                            .map_err($crate::store::sql::classify)?;
+                            .map_err($crate::store::index::sql::classify)?;
                     Ok(row.map(|(name, token_hash, revoked)| $crate::store::DeviceAuth {
                         name,
                         token_hash,
@@ -450,7 +470,7 @@ macro_rules! impl_sql_index {
 
             fn touch_device<'a>(&'a self, name: &'a str, now: i64) -> $crate::store::BoxFut<'a, ()> {
                 Box::pin(async move {
-                    $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                    $crate::store::index::sql::write_on_conn!($pool, self.pool, |conn| {
                         sqlx::query("UPDATE devices SET last_seen_at = $1 WHERE name = $2")
                             .bind(now)
                             .bind(name)
@@ -468,7 +488,7 @@ macro_rules! impl_sql_index {
                 now: i64,
             ) -> $crate::store::BoxFut<'a, $crate::store::AddDevice> {
                 Box::pin(async move {
-                    let done = $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                    let done = $crate::store::index::sql::write_on_conn!($pool, self.pool, |conn| {
                         sqlx::query(
                             "INSERT INTO devices (name, token_hash, revoked, created_at) VALUES ($1, $2, $3, $4) \
                              ON CONFLICT DO NOTHING",
@@ -490,7 +510,7 @@ macro_rules! impl_sql_index {
 
             fn revoke_device<'a>(&'a self, name: &'a str) -> $crate::store::BoxFut<'a, bool> {
                 Box::pin(async move {
-                    let done = $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                    let done = $crate::store::index::sql::write_on_conn!($pool, self.pool, |conn| {
                         sqlx::query("UPDATE devices SET revoked = $1 WHERE name = $2")
                             .bind(true)
                             .bind(name)
@@ -507,8 +527,8 @@ macro_rules! impl_sql_index {
                 new: &'a str,
             ) -> $crate::store::BoxFut<'a, $crate::store::RenameDevice> {
                 Box::pin(async move {
-                    let done = $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
-                        sqlx::query($crate::store::sql::RENAME_DEVICE)
+                    let done = $crate::store::index::sql::write_on_conn!($pool, self.pool, |conn| {
+                        sqlx::query($crate::store::index::sql::RENAME_DEVICE)
                             .bind(old)
                             .bind(new)
                             .execute(&mut **conn)
@@ -518,8 +538,8 @@ macro_rules! impl_sql_index {
                         // Its rejected commits follow (shown to operators
                         // only; a pair the new name somehow has already
                         // stays under the old one until the window ends).
-                        $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
-                            sqlx::query($crate::store::rejections_sql::RENAME_REJECTIONS)
+                        $crate::store::index::sql::write_on_conn!($pool, self.pool, |conn| {
+                            sqlx::query($crate::store::index::rejections_sql::RENAME_REJECTIONS)
                                 .bind(old)
                                 .bind(new)
                                 .execute(&mut **conn)
@@ -539,22 +559,22 @@ macro_rules! impl_sql_index {
                 name: &'a str,
             ) -> $crate::store::BoxFut<'a, Option<ferry_proto::admin::DeviceInfo>> {
                 Box::pin(async move {
-                    let row: Option<$crate::store::sql::DeviceRow> = sqlx::query_as($crate::store::sql::ONE_DEVICE)
+                    let row: Option<$crate::store::index::sql::DeviceRow> = sqlx::query_as($crate::store::index::sql::ONE_DEVICE)
                         .bind(name)
                         .fetch_optional(&self.pool)
                         .await
-                        .map_err($crate::store::sql::classify)?;
-                    Ok(row.map($crate::store::sql::device_info))
+                        .map_err($crate::store::index::sql::classify)?;
+                    Ok(row.map($crate::store::index::sql::device_info))
                 })
             }
 
             fn list_devices(&self) -> $crate::store::BoxFut<'_, Vec<ferry_proto::admin::DeviceInfo>> {
                 Box::pin(async move {
-                    let rows: Vec<$crate::store::sql::DeviceRow> = sqlx::query_as($crate::store::sql::LIST_DEVICES)
+                    let rows: Vec<$crate::store::index::sql::DeviceRow> = sqlx::query_as($crate::store::index::sql::LIST_DEVICES)
                         .fetch_all(&self.pool)
                         .await
-                        .map_err($crate::store::sql::classify)?;
-                    Ok(rows.into_iter().map($crate::store::sql::device_info).collect())
+                        .map_err($crate::store::index::sql::classify)?;
+                    Ok(rows.into_iter().map($crate::store::index::sql::device_info).collect())
                 })
             }
 
@@ -566,7 +586,7 @@ macro_rules! impl_sql_index {
                 now: i64,
             ) -> $crate::store::BoxFut<'a, ()> {
                 Box::pin(async move {
-                    $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                    $crate::store::index::sql::write_on_conn!($pool, self.pool, |conn| {
                         async {
                             use sqlx::Connection as _;
                             let mut tx = (&mut **conn).begin().await?;
@@ -598,7 +618,7 @@ macro_rules! impl_sql_index {
 
             fn revoke_commit<'a>(&'a self, commit: &'a str) -> $crate::store::BoxFut<'a, bool> {
                 Box::pin(async move {
-                    let done = $crate::store::sql::write_on_conn!($pool, self.pool, |conn| {
+                    let done = $crate::store::index::sql::write_on_conn!($pool, self.pool, |conn| {
                         sqlx::query("DELETE FROM commits WHERE commit_id = $1")
                             .bind(commit)
                             .execute(&mut **conn)
@@ -610,13 +630,13 @@ macro_rules! impl_sql_index {
 
             fn list_commits(&self) -> $crate::store::BoxFut<'_, Vec<ferry_proto::admin::CommitInfo>> {
                 Box::pin(async move {
-                    let rows: Vec<$crate::store::sql::CommitRow> = sqlx::query_as(
+                    let rows: Vec<$crate::store::index::sql::CommitRow> = sqlx::query_as(
                         "SELECT commit_id, head, note, allowed_at FROM commits ORDER BY head DESC, allowed_at DESC, commit_id",
                     )
                     .fetch_all(&self.pool)
                     .await
-                    .map_err($crate::store::sql::classify)?;
-                    Ok(rows.into_iter().map($crate::store::sql::commit_info).collect())
+                    .map_err($crate::store::index::sql::classify)?;
+                    Ok(rows.into_iter().map($crate::store::index::sql::commit_info).collect())
                 })
             }
 
@@ -629,7 +649,7 @@ macro_rules! impl_sql_index {
                             .bind(true)
                             .fetch_all(&self.pool)
                             .await
-                            .map_err($crate::store::sql::classify)?;
+                            .map_err($crate::store::index::sql::classify)?;
                     Ok($crate::store::CommitStatus {
                         allowed: rows.iter().any(|(c, _)| c == commit),
                         head_commit: rows.into_iter().find(|(_, h)| *h).map(|(c, _)| c),
@@ -645,15 +665,15 @@ macro_rules! impl_sql_index {
                 Box::pin(async move {
                     let sql = format!(
                         "SELECT {} FROM episodes WHERE device = $1 AND episode_id = $2",
-                        $crate::store::sql::EPISODE_COLUMNS
+                        $crate::store::index::sql::EPISODE_COLUMNS
                     );
-                    let row: Option<$crate::store::sql::EpisodeRow> = sqlx::query_as(&sql)
+                    let row: Option<$crate::store::index::sql::EpisodeRow> = sqlx::query_as(&sql)
                         .bind(device)
                         .bind(id)
                         .fetch_optional(&self.pool)
                         .await
-                        .map_err($crate::store::sql::classify)?;
-                    Ok(row.map($crate::store::sql::episode_info))
+                        .map_err($crate::store::index::sql::classify)?;
+                    Ok(row.map($crate::store::index::sql::episode_info))
                 })
             }
 
@@ -665,15 +685,15 @@ macro_rules! impl_sql_index {
                 Box::pin(async move {
                     let sql = format!(
                         "SELECT {} FROM episodes WHERE episode_id = $1 ORDER BY device LIMIT $2",
-                        $crate::store::sql::EPISODE_COLUMNS
+                        $crate::store::index::sql::EPISODE_COLUMNS
                     );
-                    let rows: Vec<$crate::store::sql::EpisodeRow> = sqlx::query_as(&sql)
+                    let rows: Vec<$crate::store::index::sql::EpisodeRow> = sqlx::query_as(&sql)
                         .bind(id)
                         .bind(limit.min(i64::MAX as u64) as i64)
                         .fetch_all(&self.pool)
                         .await
-                        .map_err($crate::store::sql::classify)?;
-                    Ok(rows.into_iter().map($crate::store::sql::episode_info).collect())
+                        .map_err($crate::store::index::sql::classify)?;
+                    Ok(rows.into_iter().map($crate::store::index::sql::episode_info).collect())
                 })
             }
 
@@ -684,16 +704,16 @@ macro_rules! impl_sql_index {
                 episode_id: &'a str,
             ) -> $crate::store::BoxFut<'a, Option<$crate::store::Preflight>> {
                 Box::pin(async move {
-                    let row: Option<$crate::store::sql::PreflightRow> =
-                        sqlx::query_as($crate::store::sql::PREFLIGHT)
+                    let row: Option<$crate::store::index::sql::PreflightRow> =
+                        sqlx::query_as($crate::store::index::sql::PREFLIGHT)
                             .bind(token_hash)
                             .bind(commit)
                             .bind(true)
                             .bind(episode_id)
                             .fetch_optional(&self.pool)
                             .await
-                            .map_err($crate::store::sql::classify)?;
-                    Ok(row.map($crate::store::sql::preflight))
+                            .map_err($crate::store::index::sql::classify)?;
+                    Ok(row.map($crate::store::index::sql::preflight))
                 })
             }
 
@@ -715,18 +735,18 @@ macro_rules! impl_sql_index {
                     let filter = if device.is_some() { "WHERE device = $2" } else { "" };
                     let sql = format!(
                         "SELECT {} FROM episodes {filter} ORDER BY stored_at DESC, device, episode_id LIMIT $1",
-                        $crate::store::sql::EPISODE_COLUMNS
+                        $crate::store::index::sql::EPISODE_COLUMNS
                     );
                     let limit = limit.map(|l| l.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX);
                     let mut query = sqlx::query_as(&sql).bind(limit);
                     if let Some(d) = device {
                         query = query.bind(d);
                     }
-                    let rows: Vec<$crate::store::sql::EpisodeRow> = query
+                    let rows: Vec<$crate::store::index::sql::EpisodeRow> = query
                         .fetch_all(&self.pool)
                         .await
-                        .map_err($crate::store::sql::classify)?;
-                    Ok(rows.into_iter().map($crate::store::sql::episode_info).collect())
+                        .map_err($crate::store::index::sql::classify)?;
+                    Ok(rows.into_iter().map($crate::store::index::sql::episode_info).collect())
                 })
             }
 
@@ -737,11 +757,11 @@ macro_rules! impl_sql_index {
                 keep_per_device: u64,
             ) -> $crate::store::BoxFut<'a, ()> {
                 Box::pin(async move {
-                    type Db = <$pool as $crate::store::sql::HasDb>::Db;
-                    $crate::store::sql::write_on_conn!($pool, self.pool, |conn| async {
+                    type Db = <$pool as $crate::store::index::sql::HasDb>::Db;
+                    $crate::store::index::sql::write_on_conn!($pool, self.pool, |conn| async {
                         use sqlx::Connection as _;
                         let mut tx = (&mut **conn).begin().await?;
-                        for chunk in rows.chunks($crate::store::rejections_sql::REJECTIONS_PER_STATEMENT) {
+                        for chunk in rows.chunks($crate::store::index::rejections_sql::REJECTIONS_PER_STATEMENT) {
                             let mut q = sqlx::QueryBuilder::<Db>::new(
                                 "INSERT INTO rejected_commits (commit_id, device, attempts, first_seen, last_seen) ",
                             );
@@ -752,13 +772,13 @@ macro_rules! impl_sql_index {
                                     .push_bind(r.first_seen)
                                     .push_bind(r.last_seen);
                             });
-                            q.push($crate::store::rejections_sql::UPSERT_REJECTION);
+                            q.push($crate::store::index::rejections_sql::UPSERT_REJECTION);
                             q.build().execute(&mut *tx).await?;
                         }
                         let mut devices: Vec<&str> = rows.iter().map(|r| r.device.as_str()).collect();
                         devices.sort_unstable();
                         devices.dedup();
-                        for chunk in devices.chunks($crate::store::rejections_sql::REJECTIONS_PER_STATEMENT) {
+                        for chunk in devices.chunks($crate::store::index::rejections_sql::REJECTIONS_PER_STATEMENT) {
                             let mut q = sqlx::QueryBuilder::<Db>::new(
                                 "DELETE FROM rejected_commits WHERE device IN (",
                             );
@@ -766,7 +786,7 @@ macro_rules! impl_sql_index {
                             for d in chunk {
                                 list.push_bind(*d);
                             }
-                            q.push($crate::store::rejections_sql::KEEP_NEWEST_OF_DEVICES);
+                            q.push($crate::store::index::rejections_sql::KEEP_NEWEST_OF_DEVICES);
                             let mut list = q.separated(", ");
                             for d in chunk {
                                 list.push_bind(*d);
@@ -793,12 +813,12 @@ macro_rules! impl_sql_index {
             ) -> $crate::store::BoxFut<'_, Vec<$crate::store::Rejection>> {
                 Box::pin(async move {
                     let rows: Vec<(String, String, i64, i64, i64)> =
-                        sqlx::query_as($crate::store::rejections_sql::LIST_REJECTIONS)
+                        sqlx::query_as($crate::store::index::rejections_sql::LIST_REJECTIONS)
                             .bind(since)
                             .bind(limit.min(i64::MAX as u64) as i64)
                             .fetch_all(&self.pool)
                             .await
-                            .map_err($crate::store::sql::classify)?;
+                            .map_err($crate::store::index::sql::classify)?;
                     Ok(rows
                         .into_iter()
                         .map(|r| $crate::store::Rejection {
@@ -812,15 +832,41 @@ macro_rules! impl_sql_index {
                 })
             }
 
-            fn sha_referenced<'a>(&'a self, sha256: &'a str) -> $crate::store::BoxFut<'a, bool> {
+            fn referenced<'a>(
+                &'a self,
+                shas: &'a [String],
+            ) -> $crate::store::BoxFut<'a, std::collections::HashSet<String>> {
                 Box::pin(async move {
-                    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM episodes WHERE sha256 = $1")
-                        .bind(sha256)
-                        .fetch_one(&self.pool)
-                        .await
-                        .map_err($crate::store::sql::classify)?;
-                    Ok(n > 0)
+                    let mut found = std::collections::HashSet::new();
+                    // A bounded number of parameters per statement, well
+                    // under SQLite's limit.
+                    for chunk in shas.chunks(500) {
+                        let params: Vec<String> =
+                            (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                        let sql = format!(
+                            "SELECT DISTINCT sha256 FROM episodes WHERE sha256 IN ({})",
+                            params.join(", ")
+                        );
+                        let mut q = sqlx::query_scalar::<_, String>(&sql);
+                        for sha in chunk {
+                            q = q.bind(sha);
+                        }
+                        let rows = q
+                            .fetch_all(&self.pool)
+                            .await
+                            .map_err($crate::store::index::sql::classify)?;
+                        found.extend(rows);
+                    }
+                    Ok(found)
                 })
+            }
+
+            fn write_gate(&self) -> $crate::store::BoxFut<'_, $crate::store::Gate> {
+                Box::pin(self.gate_shared())
+            }
+
+            fn collect_gate(&self) -> $crate::store::BoxFut<'_, Option<$crate::store::Gate>> {
+                Box::pin(self.gate_exclusive())
             }
 
             fn totals(&self) -> $crate::store::BoxFut<'_, $crate::store::Totals> {
@@ -832,7 +878,7 @@ macro_rules! impl_sql_index {
                     )
                     .fetch_one(&self.pool)
                     .await
-                    .map_err($crate::store::sql::classify)?;
+                    .map_err($crate::store::index::sql::classify)?;
                     Ok($crate::store::Totals {
                         episodes: episodes.max(0) as u64,
                         bytes: bytes.max(0) as u64,

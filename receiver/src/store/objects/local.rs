@@ -1,4 +1,4 @@
-//! The local content-addressed object store.
+//! The local content-addressed object store: the embedded default.
 //!
 //! An object lives at `<root>/<aa>/<sha256>` (`aa`: the first byte of its
 //! digest, in hex). The 256 shard directories are made when the store is
@@ -8,8 +8,8 @@
 //! temporary name, then renamed into place, and the rename made durable: so
 //! an object under its final name is always complete. Uploads of at least
 //! [`SYNC_ALONE`] bytes are fsynced by their writer; smaller ones are made
-//! durable a batch at a time by [`ObjectStore::sync_batch`] (see
-//! `store::commit`). The file-system calls are `ferry_durable::fsio`'s.
+//! durable a batch at a time by [`LocalObjects::sync_batch`] (see
+//! `store::commit`, which calls [`Objects::persist`]). The file-system calls are `ferry_durable::fsio`'s.
 //! Every blocking call runs off the async worker threads. Errors carry the
 //! path and the errno.
 
@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use ferry_durable::{fsio, WritebackFile};
+
+use super::{blocking, Chunk, Fut, Listed, ObjFut, Objects, Staged, Staging, StoreError, Swept};
 use ferry_proto::Sha256;
 use rand::RngCore;
 use sha2::Digest;
@@ -40,49 +42,10 @@ pub const SYNC_ALONE: u64 = 1 << 20;
 pub const SYNCFS_MIN: usize = 8;
 
 /// Marks a store in the current layout (one level of 256 shards). A store
-/// without it is migrated by [`ObjectStore::migrate`] from the first
+/// without it is migrated by [`LocalObjects::migrate`] from the first
 /// layout, `<root>/<aa>/<bb>/<sha256>`, which made a directory for nearly
 /// every new object until the store held millions.
 pub const LAYOUT_MARK: &str = ".layout-v2";
-
-/// Errno classes that answer 507 rather than 500: "no space" (ENOSPC,
-/// EDQUOT) and "cannot take writes now" (that, or a read-only file system).
-pub use ferry_durable::fsio::{is_out_of_space, is_storage_unavailable};
-
-/// A failed filesystem operation, with what was done and to which path.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} {}: {source}", path.display())]
-pub struct StoreError {
-    pub op: &'static str,
-    pub path: PathBuf,
-    #[source]
-    pub source: io::Error,
-}
-
-impl StoreError {
-    fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
-        Self {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    }
-
-    /// The same failure again, for another upload of the batch it failed.
-    pub fn again(&self) -> Self {
-        Self::new(self.op, &self.path, ferry_durable::copy_error(&self.source))
-    }
-
-    /// The errno, if the OS gave one.
-    pub fn errno(&self) -> Option<i32> {
-        self.source.raw_os_error()
-    }
-
-    /// Whether the storage cannot take writes now (507), by errno.
-    pub fn is_unavailable(&self) -> bool {
-        self.errno().is_some_and(is_storage_unavailable)
-    }
-}
 
 /// Makes the shard directories a store lacks (blocking): all 256 in a new
 /// store, none once the store is marked (see [`LAYOUT_MARK`]).
@@ -144,23 +107,9 @@ fn migrate_shard(shard: &Path) -> Result<u64, StoreError> {
     Ok(moved)
 }
 
-/// Runs blocking filesystem work on the blocking pool.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => Err(StoreError::new(
-            "blocking task failed for",
-            Path::new("?"),
-            io::Error::other(e.to_string()),
-        )),
-    }
-}
-
 /// The object store: where objects and temporary files live.
 #[derive(Debug, Clone)]
-pub struct ObjectStore {
+pub struct LocalObjects {
     root: PathBuf,
     tmp: PathBuf,
     /// Directories whose new entries (a shard directory created in them)
@@ -172,7 +121,7 @@ pub struct ObjectStore {
 /// What the writer thread hands back once an upload body is complete under
 /// its temporary name: fsynced when `synced`, otherwise written to the
 /// kernel with its writeback started, to be made durable by
-/// [`ObjectStore::sync_batch`]. The file stays open so that its own
+/// [`LocalObjects::sync_batch`]. The file stays open so that its own
 /// writeback errors can be read.
 #[derive(Debug)]
 pub struct Written {
@@ -183,7 +132,7 @@ pub struct Written {
     pub size: u64,
 }
 
-impl ObjectStore {
+impl LocalObjects {
     pub fn new(root: PathBuf, tmp: PathBuf) -> Self {
         Self {
             root,
@@ -231,7 +180,7 @@ impl ObjectStore {
 
     /// Creates the root and temp directories, and the 256 shard
     /// directories where missing (an older store is migrated later, by
-    /// [`ObjectStore::migrate`]). Temporary files are renamed into the
+    /// [`LocalObjects::migrate`]). Temporary files are renamed into the
     /// root, so both must be on one file system: checked here.
     pub async fn prepare(&self) -> Result<(), StoreError> {
         let (root, tmp) = (self.root.clone(), self.tmp.clone());
@@ -271,7 +220,7 @@ impl ObjectStore {
     /// shard per blocking call, stopping early on `shutdown`, and marks the
     /// store (see [`LAYOUT_MARK`]) once every shard is done. Until then,
     /// objects not yet moved are found where they are
-    /// ([`ObjectStore::locate`]). A failure is logged and the next start
+    /// ([`LocalObjects::locate`]). A failure is logged and the next start
     /// goes on.
     pub async fn migrate(&self, shutdown: tokio_util::sync::CancellationToken) {
         let mark = self.root.join(LAYOUT_MARK);
@@ -310,22 +259,6 @@ impl ObjectStore {
             Ok(()) => {}
             Err(e) => tracing::error!(error = %e, "cannot mark the object store as migrated"),
         }
-    }
-
-    /// Starts writing one upload: returns the sender for body chunks and the
-    /// writer thread's result. Send [`Chunk::Finish`] to complete and keep
-    /// the file (fsynced from [`SYNC_ALONE`] bytes up, else left to the
-    /// batch); dropping the sender without it aborts and deletes the file.
-    pub fn begin_upload(
-        &self,
-    ) -> (
-        mpsc::Sender<Chunk>,
-        tokio::task::JoinHandle<Result<Option<Written>, StoreError>>,
-    ) {
-        let (tx, rx) = mpsc::channel(16);
-        let path = self.tmp.join(format!("{}{TEMP_SUFFIX}", random_name()));
-        let handle = tokio::task::spawn_blocking(move || write_upload(path, rx));
-        (tx, handle)
     }
 
     /// Makes a batch of written uploads durable under their temporary
@@ -373,8 +306,8 @@ impl ObjectStore {
 
     /// Moves a durable temporary file to its content-addressed name
     /// (blocking): create the shard directories, rename. Returns the shard
-    /// directory, whose new entry [`ObjectStore::dirs_to_sync`] and
-    /// [`ObjectStore::sync_dirs`] make durable once for the whole batch,
+    /// directory, whose new entry [`LocalObjects::dirs_to_sync`] and
+    /// [`LocalObjects::sync_dirs`] make durable once for the whole batch,
     /// with the parents of any directory created.
     pub fn place(&self, written: Written) -> Result<PathBuf, StoreError> {
         let Written {
@@ -415,7 +348,7 @@ impl ObjectStore {
 
     /// The directories a batch must sync: the shards it renamed into and
     /// every directory still recorded as unsynced (taken; put back by
-    /// [`ObjectStore::sync_dirs`] when their sync fails).
+    /// [`LocalObjects::sync_dirs`] when their sync fails).
     pub fn dirs_to_sync(&self, shards: impl IntoIterator<Item = PathBuf>) -> BTreeSet<PathBuf> {
         let mut dirs = std::mem::take(&mut *self.unsynced_dirs());
         dirs.extend(shards);
@@ -527,14 +460,200 @@ impl ObjectStore {
     }
 }
 
-/// One message to the writer thread.
-#[derive(Debug)]
-pub enum Chunk {
-    Data(Bytes),
-    /// The body is complete: write it out, fsync it if it is at least
-    /// [`SYNC_ALONE`] bytes (else start its writeback and leave the sync to
-    /// the batch), and hand back the file.
-    Finish,
+impl Written {
+    /// As the commit stage carries it.
+    pub fn staged(self) -> Staged {
+        Staged {
+            sha256: self.sha256.clone(),
+            size: self.size,
+            held: Box::new(self),
+        }
+    }
+}
+
+impl LocalObjects {
+    /// [`Objects::persist`] on the blocking pool: make every file durable
+    /// under its temporary name (one `syncfs` for many, see
+    /// [`LocalObjects::sync_batch`]), rename each into place, make the
+    /// renames durable. An object renamed into place whose name could not
+    /// be made durable is not acknowledged; it stays for the collector.
+    fn persist_blocking(&self, written: Vec<Written>) -> Vec<Result<(), StoreError>> {
+        let synced = self.sync_batch(&written.iter().collect::<Vec<_>>());
+        let placed: Vec<Result<PathBuf, StoreError>> = written
+            .into_iter()
+            .zip(synced)
+            .map(|(w, synced)| synced.and_then(|()| self.place(w)))
+            .collect();
+        let dirs = self.dirs_to_sync(placed.iter().flatten().cloned());
+        let failed = self.sync_dirs(&dirs);
+        placed
+            .into_iter()
+            .map(|p| {
+                let shard = p?;
+                // A name that may not survive a power cut (its shard
+                // directory or one above it was not synced) is not durable.
+                match failed.iter().find(|(d, _)| shard.starts_with(d)) {
+                    Some((_, e)) => Err(e.again()),
+                    None => Ok(()),
+                }
+            })
+            .collect()
+    }
+
+    /// One page of the listing (blocking): shards in order, names in order
+    /// within a shard, from just after `after`.
+    fn list_blocking(
+        &self,
+        after: Option<Sha256>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, StoreError> {
+        let first = after
+            .as_ref()
+            .map_or(0, |a| u8::from_str_radix(&a.as_str()[..2], 16).unwrap_or(0));
+        let mut out = Vec::new();
+        for byte in first..=255u8 {
+            let shard = self.root.join(format!("{byte:02x}"));
+            let entries = match fs::read_dir(&shard) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::new("read directory", &shard, e)),
+            };
+            let mut page = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| StoreError::new("read directory", &shard, e))?;
+                let Some(sha) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| Sha256::parse(n).ok())
+                else {
+                    continue; // a first-layout directory, or not ours
+                };
+                if after.as_ref().is_some_and(|a| sha.as_str() <= a.as_str()) {
+                    continue;
+                }
+                // No follow: a name in the store is a file we renamed there.
+                let meta = match entry.metadata() {
+                    Ok(m) if m.is_file() => m,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::new("stat", &entry.path(), e)),
+                };
+                let modified = meta
+                    .modified()
+                    .map_err(|e| StoreError::new("stat", &entry.path(), e))?;
+                page.push(Listed {
+                    sha256: sha,
+                    modified,
+                });
+            }
+            page.sort_by(|a, b| a.sha256.as_str().cmp(b.sha256.as_str()));
+            out.extend(page);
+            if out.len() >= limit {
+                out.truncate(limit);
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Objects for LocalObjects {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn locator(&self, sha256: &Sha256) -> String {
+        self.locate(sha256).display().to_string()
+    }
+
+    fn prepare(&self) -> ObjFut<'_, ()> {
+        Box::pin(LocalObjects::prepare(self))
+    }
+
+    fn upkeep(&self, shutdown: tokio_util::sync::CancellationToken) -> Fut<'_, ()> {
+        Box::pin(self.migrate(shutdown))
+    }
+
+    fn begin(&self, _claimed: &Sha256, _length: u64) -> Staging {
+        let (tx, rx) = mpsc::channel(16);
+        let path = self.tmp.join(format!("{}{TEMP_SUFFIX}", random_name()));
+        let done = tokio::task::spawn_blocking(move || {
+            write_upload(path, rx).map(|w| w.map(Written::staged))
+        });
+        Staging { tx, done }
+    }
+
+    fn persist(&self, batch: Vec<Staged>) -> Fut<'_, Vec<Result<(), StoreError>>> {
+        Box::pin(async move {
+            let n = batch.len();
+            let mut written = Vec::with_capacity(n);
+            let mut foreign = Vec::new();
+            for (i, staged) in batch.into_iter().enumerate() {
+                match staged.held.downcast::<Written>() {
+                    Ok(w) => written.push(*w),
+                    Err(_) => foreign.push(i),
+                }
+            }
+            if !foreign.is_empty() {
+                // A broken invariant, not a storage failure: fail them all.
+                let e = || {
+                    StoreError::new(
+                        "persist",
+                        &self.root,
+                        io::Error::other("an upload staged by another store"),
+                    )
+                };
+                return (0..n).map(|_| Err(e())).collect();
+            }
+            let store = self.clone();
+            match blocking(move || Ok(store.persist_blocking(written))).await {
+                Ok(r) => r,
+                Err(e) => (0..n).map(|_| Err(e.again())).collect(),
+            }
+        })
+    }
+
+    fn stat<'a>(&'a self, sha256: &'a Sha256) -> ObjFut<'a, Option<u64>> {
+        Box::pin(LocalObjects::stat(self, sha256))
+    }
+
+    fn read<'a>(&'a self, sha256: &'a Sha256) -> ObjFut<'a, super::ByteStream> {
+        Box::pin(async move {
+            let file = self.open(sha256).await?;
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
+            Ok(Box::pin(stream) as super::ByteStream)
+        })
+    }
+
+    fn free_bytes(&self) -> ObjFut<'_, Option<u64>> {
+        Box::pin(async move { LocalObjects::free_bytes(self).await.map(Some) })
+    }
+
+    fn check(&self) -> ObjFut<'_, ()> {
+        Box::pin(self.check_writable())
+    }
+
+    fn list<'a>(&'a self, after: Option<&'a Sha256>, limit: usize) -> ObjFut<'a, Vec<Listed>> {
+        let (store, after) = (self.clone(), after.cloned());
+        Box::pin(blocking(move || store.list_blocking(after, limit)))
+    }
+
+    fn delete<'a>(&'a self, shas: &'a [Sha256]) -> ObjFut<'a, ()> {
+        Box::pin(async move {
+            for sha in shas {
+                self.remove(sha).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn sweep_staging(
+        &self,
+        before: std::time::SystemTime,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Fut<'_, Swept> {
+        Box::pin(crate::sweep::sweep_temp(self.tmp.clone(), before, shutdown))
+    }
 }
 
 fn random_name() -> String {
@@ -794,13 +913,13 @@ impl Drop for TempFile {
 mod tests {
     use super::*;
 
-    fn store(dir: &Path) -> ObjectStore {
-        ObjectStore::new(dir.join("objects"), dir.join("tmp"))
+    fn store(dir: &Path) -> LocalObjects {
+        LocalObjects::new(dir.join("objects"), dir.join("tmp"))
     }
 
     #[test]
     fn objects_are_sharded_by_digest_inside_the_root() {
-        let s = ObjectStore::new("/d/objects".into(), "/d/tmp".into());
+        let s = LocalObjects::new("/d/objects".into(), "/d/tmp".into());
         let sha = Sha256::parse(&format!("abcd{}", "0".repeat(60))).unwrap();
         assert_eq!(
             s.path_of(&sha),
@@ -840,8 +959,8 @@ mod tests {
         assert!(dir.path().join("objects/ab/ef").exists());
     }
 
-    async fn write(s: &ObjectStore, parts: &[&[u8]], finish: bool) -> Option<Written> {
-        let (tx, handle) = s.begin_upload();
+    async fn write(s: &LocalObjects, parts: &[&[u8]], finish: bool) -> Option<Written> {
+        let Staging { tx, done: handle } = s.begin(&Sha256::from_bytes(&[0; 32]), 0);
         for p in parts {
             tx.send(Chunk::Data(Bytes::copy_from_slice(p)))
                 .await
@@ -851,10 +970,11 @@ mod tests {
             tx.send(Chunk::Finish).await.unwrap();
         }
         drop(tx);
-        handle.await.unwrap().unwrap()
+        let staged = handle.await.unwrap().unwrap()?;
+        Some(*staged.held.downcast::<Written>().unwrap())
     }
 
-    fn temp_files(s: &ObjectStore) -> usize {
+    fn temp_files(s: &LocalObjects) -> usize {
         fs::read_dir(s.tmp_dir()).unwrap().count()
     }
 

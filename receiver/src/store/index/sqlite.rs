@@ -26,6 +26,20 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct SqliteIndex {
     pool: SqlitePool,
+    /// The write gate (see `Index::write_gate`). One process serves a
+    /// SQLite index, so a lock in memory is the gate, and that process
+    /// holds the collection lease.
+    gate: std::sync::Arc<tokio::sync::RwLock<()>>,
+}
+
+/// A held guard of [`SqliteIndex`]'s gate.
+struct HeldLocal<G: Send>(G);
+
+impl<G: Send> crate::store::Held for HeldLocal<G> {
+    fn release(self: Box<Self>) -> crate::store::BoxFut<'static, ()> {
+        drop(self);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl_sql_index!(SqliteIndex, SqlitePool);
@@ -174,7 +188,20 @@ impl SqliteIndex {
             .connect_with(opts)
             .await
             .map_err(classify)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            gate: Default::default(),
+        })
+    }
+
+    async fn gate_shared(&self) -> Result<crate::store::Gate, IndexError> {
+        let guard = self.gate.clone().read_owned().await;
+        Ok(crate::store::Gate::new(HeldLocal(guard)))
+    }
+
+    async fn gate_exclusive(&self) -> Result<Option<crate::store::Gate>, IndexError> {
+        let guard = self.gate.clone().write_owned().await;
+        Ok(Some(crate::store::Gate::new(HeldLocal(guard))))
     }
 
     /// The pool, for tests.
@@ -330,8 +357,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(idx.insert_episodes(&[]).await.unwrap().is_empty());
-        assert!(idx.sha_referenced(&e.sha256).await.unwrap());
-        assert!(!idx.sha_referenced(&again.sha256).await.unwrap());
+        let asked = [e.sha256.clone(), again.sha256.clone(), "f".repeat(64)];
+        let found = idx.referenced(&asked).await.unwrap();
+        assert_eq!(found, [e.sha256.clone()].into_iter().collect());
         let devices = idx.list_devices().await.unwrap();
         assert_eq!((devices[0].episodes, devices[0].bytes), (2, 10));
         // Recorded by the INSERT's trigger.
