@@ -43,7 +43,7 @@ impl Replicas {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().expect("a replica failed to start"))
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                 .collect()
         });
         Replicas { list, _dirs: dirs }
