@@ -124,9 +124,12 @@ fn config(dir: &std::path::Path, port: u16, upstreams: &[SocketAddr]) -> String 
     let user = if crate::is_root() { "user root;" } else { "" };
     let servers: String = upstreams
         .iter()
-        // fail_timeout 1s: a replica that refused a connection (killed) is
-        // tried again a second later, not after the default 10s.
-        .map(|a| format!("        server {a} max_fails=1 fail_timeout=1s;\n"))
+        // max_fails=0: a replica that refused a connection is not marked
+        // down, so every request tries the replicas in turn until one
+        // connects (a refused connect on loopback costs nothing). With the
+        // default marking, a rolling restart faster than fail_timeout marks
+        // every replica down at once and nginx answers 502 itself.
+        .map(|a| format!("        server {a} max_fails=0;\n"))
         .collect();
     format!(
         "{user}
