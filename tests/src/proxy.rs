@@ -9,6 +9,12 @@
 //! accepting into the backlog, so clients hang until their own timeouts
 //! instead of failing fast; an iptables REJECT needs root and iptables; a
 //! kill loses moto's in-memory data.
+//!
+//! [`TcpProxy::hold_answers`] delays the answer to chosen requests (by
+//! their request line): the server has done the work, the client has not
+//! heard of it yet. For S3, a write that is complete in the bucket while
+//! the receiver still waits for its answer: a slow network, seen from the
+//! receiver, and a window the test holds open from outside.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -34,7 +40,14 @@ struct Shared {
     conns: Mutex<Vec<TcpStream>>,
     /// Connections accepted so far (to show traffic went through).
     accepted: AtomicU64,
+    /// Which requests get their answer late, and how late.
+    hold: Mutex<Option<(Matcher, Duration)>>,
+    /// The request lines whose answers were held.
+    held: Mutex<Vec<String>>,
 }
+
+/// Chooses requests by their request line (`PUT /bucket/key?query HTTP/1.1`).
+type Matcher = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// A proxy from `addr` to `upstream`, stopped when dropped.
 pub struct TcpProxy {
@@ -55,6 +68,8 @@ impl TcpProxy {
             generation: AtomicU64::new(0),
             conns: Mutex::new(Vec::new()),
             accepted: AtomicU64::new(0),
+            hold: Mutex::new(None),
+            held: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         let thread = std::thread::spawn(move || accept_loop(listener, addr, upstream, &s));
@@ -102,6 +117,23 @@ impl TcpProxy {
         let seen = self.shared.generation.load(Ordering::SeqCst);
         self.shared.up.store(true, Ordering::SeqCst);
         self.wait_generation(seen, "the proxy to listen again");
+    }
+
+    /// From now on, the answer to every request whose request line
+    /// `matches` reaches the client `delay` late (the request itself goes
+    /// to the server at once). One request per connection is looked at:
+    /// the first (moto answers `Connection: close`).
+    pub fn hold_answers(
+        &self,
+        matches: impl Fn(&str) -> bool + Send + Sync + 'static,
+        delay: Duration,
+    ) {
+        *self.shared.hold.lock().unwrap() = Some((Arc::new(matches), delay));
+    }
+
+    /// The request lines whose answers were held so far.
+    pub fn held(&self) -> Vec<String> {
+        self.shared.held.lock().unwrap().clone()
     }
 
     /// Connections accepted so far.
@@ -168,7 +200,8 @@ fn accept_loop(listener: TcpListener, addr: SocketAddr, upstream: SocketAddr, s:
     }
 }
 
-/// Connect to `upstream` and copy both ways on two threads; a failed
+/// Connect to `upstream` and copy both ways on two threads, holding the
+/// answer if its request is chosen ([`TcpProxy::hold_answers`]); a failed
 /// connect closes the client (as the upstream itself would refuse it).
 fn forward(client: TcpStream, upstream: SocketAddr, s: &Arc<Shared>) {
     let _ = client.set_nonblocking(false);
@@ -182,26 +215,53 @@ fn forward(client: TcpStream, upstream: SocketAddr, s: &Arc<Shared>) {
         conns.push(client.try_clone().expect("clone client"));
         conns.push(server.try_clone().expect("clone server"));
     }
-    let pipe = |mut from: TcpStream, mut to: TcpStream| {
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match from.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
+    // Set by the request side when the answer is to be held, before the
+    // request reaches the server (so before its answer can come back).
+    let delay: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let (d, shared) = (delay.clone(), s.clone());
+    let (from, to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    std::thread::spawn(move || {
+        pipe(from, to, |first: &[u8]| {
+            let line = String::from_utf8_lossy(first);
+            let line = line.lines().next().unwrap_or_default();
+            if let Some((matches, late)) = &*shared.hold.lock().unwrap() {
+                if matches(line) {
+                    *d.lock().unwrap() = Some(*late);
+                    shared.held.lock().unwrap().push(line.to_string());
                 }
             }
-            // Pass the end on: a half-close becomes a half-close, an error
-            // closes both directions.
-            let _ = to.shutdown(Shutdown::Write);
-        });
-    };
-    pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-    pipe(server, client);
+        })
+    });
+    std::thread::spawn(move || {
+        pipe(server, client, |_| {
+            if let Some(late) = *delay.lock().unwrap() {
+                std::thread::sleep(late);
+            }
+        })
+    });
+}
+
+/// Copy `from` to `to` until either ends, calling `first` with the first
+/// bytes read before they are passed on.
+fn pipe(mut from: TcpStream, mut to: TcpStream, first: impl FnOnce(&[u8])) {
+    let mut first = Some(first);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if let Some(f) = first.take() {
+                    f(&buf[..n]);
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // Pass the end on: a half-close becomes a half-close, an error closes
+    // both directions.
+    let _ = to.shutdown(Shutdown::Write);
 }
 
 #[cfg(test)]
@@ -246,5 +306,51 @@ mod tests {
             .unwrap();
         assert_eq!(echo(&mut again).unwrap(), b'x');
         assert_eq!(proxy.accepted(), 2);
+    }
+
+    /// A chosen request reaches the server at once and its answer comes
+    /// late; another request on another connection is not held.
+    #[test]
+    fn a_held_answer_comes_late_and_only_for_the_chosen_request() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let upstream = server.local_addr().unwrap();
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for mut c in server.incoming().flatten() {
+                let seen_tx = seen_tx.clone();
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 64];
+                    let n = c.read(&mut b).unwrap();
+                    let _ = seen_tx.send(Instant::now());
+                    let _ = c.write_all(&b[..n]);
+                });
+            }
+        });
+        let proxy = TcpProxy::start(upstream);
+        proxy.hold_answers(|line| line.starts_with("PUT "), Duration::from_millis(500));
+        let ask = |line: &str| {
+            let mut c = TcpStream::connect(proxy.addr).unwrap();
+            let start = Instant::now();
+            c.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+            let mut b = [0u8; 64];
+            let n = c.read(&mut b).unwrap();
+            assert_eq!(&b[..n], format!("{line}\r\n").as_bytes());
+            (start, seen_rx.recv().unwrap(), start.elapsed())
+        };
+        let (start, seen, took) = ask("PUT /b/k HTTP/1.1");
+        assert!(
+            seen - start < Duration::from_millis(300),
+            "the request was held"
+        );
+        assert!(
+            took >= Duration::from_millis(500),
+            "the answer came in {took:?}"
+        );
+        let (_, _, took) = ask("GET /b/k HTTP/1.1");
+        assert!(
+            took < Duration::from_millis(300),
+            "an unchosen answer took {took:?}"
+        );
+        assert_eq!(proxy.held(), ["PUT /b/k HTTP/1.1"]);
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::nginx::Balancer;
 use crate::postgres::{PgCluster, TestDb};
+use crate::proxy::TcpProxy;
 use crate::s3::{S3Object, S3Server};
 use crate::Receiver;
 
@@ -141,6 +142,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Environment for replica `i` only.
     pub replica_env: Vec<Vec<(String, String)>>,
+    /// Replicas that reach moto through a proxy of their own
+    /// ([`Stack::s3_proxy`]), to slow or cut that replica alone.
+    pub s3_proxied: Vec<usize>,
 }
 
 impl Options {
@@ -151,7 +155,14 @@ impl Options {
             private_db: false,
             env: Vec::new(),
             replica_env: Vec::new(),
+            s3_proxied: Vec::new(),
         }
+    }
+
+    /// Replica `i` reaches moto through a proxy of its own.
+    pub fn s3_proxy_for(mut self, i: usize) -> Options {
+        self.s3_proxied.push(i);
+        self
     }
 
     pub fn env(mut self, k: &str, v: &str) -> Options {
@@ -186,6 +197,8 @@ pub const PREFIX: &str = "episodes";
 pub struct Stack {
     pub lb: Balancer,
     pub replicas: Replicas,
+    /// The proxies of [`Options::s3_proxy_for`], by replica.
+    s3_proxies: Vec<(usize, TcpProxy)>,
     pub s3: S3Server,
     pub db: Database,
 }
@@ -214,14 +227,35 @@ impl Stack {
         // gets an upload slot (4 per device by default).
         env.push(("FERRY_RECEIVER_MAX_UPLOADS_PER_DEVICE".into(), "16".into()));
         env.extend(opts.env);
-        let replicas = Replicas::start(opts.replicas, &env, &opts.replica_env);
+        let mut replica_env = opts.replica_env;
+        let mut s3_proxies = Vec::new();
+        for i in opts.s3_proxied {
+            let proxy = TcpProxy::start(s3.addr);
+            if replica_env.len() <= i {
+                replica_env.resize(i + 1, Vec::new());
+            }
+            // Later than the shared endpoint, so it wins.
+            replica_env[i].push(("FERRY_RECEIVER_S3_ENDPOINT".into(), proxy.url()));
+            s3_proxies.push((i, proxy));
+        }
+        let replicas = Replicas::start(opts.replicas, &env, &replica_env);
         let lb = Balancer::start(test, &replicas.addrs())?;
         Some(Stack {
             lb,
             replicas,
+            s3_proxies,
             s3,
             db,
         })
+    }
+
+    /// The proxy between replica `i` and moto ([`Options::s3_proxy_for`]).
+    pub fn s3_proxy(&self, i: usize) -> &TcpProxy {
+        self.s3_proxies
+            .iter()
+            .find(|(r, _)| *r == i)
+            .map(|(_, p)| p)
+            .unwrap_or_else(|| panic!("replica {i} has no S3 proxy of its own"))
     }
 
     /// `COMMIT_A` allowed as head and a device added; its token.

@@ -5,14 +5,15 @@
 //! second) sees no row for it and deletes it, then A inserts its row and
 //! answers 201, and the acknowledged episode is gone.
 //!
-//! The window is held open from outside the code under test by the
-//! receiver's test hook `FERRY_RECEIVER_TEST_HOLD_BEFORE_INSERT=<duration>`
-//! (the commit stage sleeps that long between making the objects visible
-//! and inserting their rows), on replica 0 only. The test sees the window
-//! itself (the object in the bucket while the episode has no row) and that
-//! the collector is live before and after it (planted orphans go), so
-//! without the write gate the held object would be deleted and the test
-//! fail.
+//! The window is held open from outside, with no hook in the receiver:
+//! replica 0 reaches moto through a proxy of its own that holds moto's
+//! answer to the write that makes the object visible (a PUT or a multipart
+//! completion of its final key) for [`HOLD`]. The object is then complete
+//! in the bucket while replica 0 waits to insert its row, as over a slow
+//! network. The test sees the window itself (the object in the bucket
+//! while the episode has no row) and that the collector is live before
+//! and after it (planted orphans go), so without the write gate the held
+//! object would be deleted and the test fail.
 
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,17 @@ use ferry_tests::{noise, put_episode, sample_archive, sha256_hex, wait_for, COMM
 
 use super::{assert_rows_have_their_objects, object_key, EAGER_COLLECTOR};
 
-/// How long replica 0 holds each commit between object and row.
-const HOLD: &str = "3s";
+/// How long moto's answer to the held write is kept from replica 0.
+const HOLD: Duration = Duration::from_secs(3);
+
+/// Whether a request line (`PUT /bucket/key?query HTTP/1.1`) makes an
+/// object named `sha` visible: a PUT that is not a part upload, or the
+/// completion of a multipart upload, outside `staging/`.
+fn makes_visible(line: &str, sha: &str) -> bool {
+    let visible_write = (line.starts_with("PUT ") && !line.contains("partNumber="))
+        || (line.starts_with("POST ") && line.contains("uploadId="));
+    visible_write && line.contains(sha) && !line.contains("/staging/")
+}
 
 /// A key for `sha` in the layout the receiver uses, learned from one of
 /// its own keys (`template` naming `template_sha`): flat `PREFIX/<sha>` or
@@ -58,8 +68,7 @@ fn orphan_is_collected(stack: &Stack, template: &str, template_sha: &str, seed: 
 #[test]
 fn collection_never_deletes_an_object_whose_row_commits_later() {
     let test = "collection_never_deletes_an_object_whose_row_commits_later";
-    let mut opts =
-        Options::replicas(2).replica_env(0, "FERRY_RECEIVER_TEST_HOLD_BEFORE_INSERT", HOLD);
+    let mut opts = Options::replicas(2).s3_proxy_for(0);
     for (k, v) in EAGER_COLLECTOR {
         opts = opts.env(k, v);
     }
@@ -69,7 +78,7 @@ fn collection_never_deletes_an_object_whose_row_commits_later() {
     let token = stack.ready_device("slow-commit");
     let (held_replica, other) = (stack.replicas.get(0), stack.replicas.get(1));
 
-    // An episode stored on the unhooked replica shows the key layout, and
+    // An episode stored on the other replica shows the key layout, and
     // an orphan planted beside it is collected: the collector is live.
     let first = sample_archive("first", 1);
     let r = other.put(&token, "first", COMMIT_A, &first);
@@ -78,10 +87,14 @@ fn collection_never_deletes_an_object_whose_row_commits_later() {
     let template = object_key(&stack, &first_sha).expect("the first episode's object");
     orphan_is_collected(&stack, &template, &first_sha, 1);
 
-    // The held commit: the upload goes to replica 0, which makes the
-    // object visible and then waits before inserting the row.
+    // The held commit: the upload goes to replica 0; its write of the
+    // object completes in moto and the answer is held.
     let body = sample_archive("held", 2);
     let sha = sha256_hex(&body);
+    let s = sha.clone();
+    stack
+        .s3_proxy(0)
+        .hold_answers(move |line| makes_visible(line, &s), HOLD);
     let (addr, t) = (held_replica.addr, token.clone());
     let sent = Instant::now();
     let upload = {
@@ -112,11 +125,15 @@ fn collection_never_deletes_an_object_whose_row_commits_later() {
     let r = upload.join().unwrap();
     let answered = sent.elapsed();
     assert_eq!(r.status, 201, "{}", r.text());
+    let held = stack.s3_proxy(0).held();
+    assert!(
+        !held.is_empty(),
+        "no write of {sha} went through replica 0's proxy: nothing was held"
+    );
     let opened = window.unwrap_or_else(|| {
         panic!(
             "the window never opened: the object was never seen in the bucket while the \
-             episode had no row (answered after {answered:?}); does the receiver honour \
-             FERRY_RECEIVER_TEST_HOLD_BEFORE_INSERT={HOLD}?"
+             episode had no row (answered after {answered:?}, held: {held:?})"
         )
     });
     assert!(
