@@ -42,6 +42,9 @@ pub fn all(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Resu
     if opts.wants("console") {
         super::console::status_page(env, opts, report)?;
     }
+    if opts.wants("scaleout") {
+        super::scaleout::ingest(env, opts, corpus, report)?;
+    }
     Ok(())
 }
 
@@ -180,6 +183,8 @@ pub struct Bench {
     pub url: String,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// Given to `serve` and to every admin command (a shared database).
+    env: Vec<(String, String)>,
 }
 
 impl Bench {
@@ -192,6 +197,10 @@ impl Bench {
             url: String::new(),
             port: 0,
             data_dir,
+            env: extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         b.cli(env, &["commits", "allow", COMMIT, "--head"])?;
         b.spawn(env, extra_env)?;
@@ -244,11 +253,12 @@ impl Bench {
         stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(20));
     }
 
-    fn cli(&self, env: &Env, args: &[&str]) -> Result<String> {
+    pub(super) fn cli(&self, env: &Env, args: &[&str]) -> Result<String> {
         let out = Command::new(&env.receiver)
             .args(args)
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()?;
         if !out.status.success() {
             bail!(
@@ -259,7 +269,7 @@ impl Bench {
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }
 
-    fn device(&self, env: &Env, name: &str) -> Result<String> {
+    pub(super) fn device(&self, env: &Env, name: &str) -> Result<String> {
         self.cli(env, &["devices", "add", name])
     }
 
@@ -502,7 +512,7 @@ fn ingest(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Resul
 
 /// A tiny, valid episode archive (`<id>/data.bin`, 10 KiB of noise) made
 /// in-process: the client must not be the bottleneck.
-fn tiny_archive(id: &str, seed: u64) -> Vec<u8> {
+pub(super) fn tiny_archive(id: &str, seed: u64) -> Vec<u8> {
     let mut data = vec![0u8; 10 * 1024];
     Rng::new(seed).fill(&mut data);
     let mut tar = tar::Builder::new(Vec::new());
@@ -577,7 +587,7 @@ type Target = dyn Fn(usize, usize, &str, &[u8]) -> (String, String) + Send + Syn
 /// `clients` threads, each with its own connection, PUT `per_client`
 /// bodies. `target(client, i)` gives the path and headers. Returns the
 /// wall time and every latency.
-fn hammer(
+pub(super) fn hammer(
     port: u16,
     clients: usize,
     per_client: usize,
@@ -618,7 +628,7 @@ fn hammer(
 }
 
 /// A ferry PUT of each body, client `c` with `tokens[c]`.
-fn ferry_put(tokens: Arc<Vec<String>>) -> Arc<Target> {
+pub(super) fn ferry_put(tokens: Arc<Vec<String>>) -> Arc<Target> {
     Arc::new(move |c, _i, id, body| {
         let mut h = Sha256::new();
         h.update(body);

@@ -9,6 +9,7 @@ mod cases;
 mod console;
 mod corpus;
 mod nginx;
+mod scaleout;
 mod vm;
 
 pub use vm::{touch_memory, TOUCH_MEMORY};

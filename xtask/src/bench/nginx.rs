@@ -67,29 +67,7 @@ http {{
                 ""
             },
         );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf)?;
-        let nginx = if Path::new("/usr/sbin/nginx").exists() {
-            "/usr/sbin/nginx"
-        } else {
-            "nginx"
-        };
-        let child = Command::new(nginx)
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("start nginx")?;
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("nginx did not listen on {port}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = run(&dir, &conf, port)?;
         Ok(Nginx { child, port })
     }
 
@@ -104,4 +82,34 @@ impl Drop for Nginx {
         // leave the workers behind.
         super::stop_child(&mut self.child, libc::SIGQUIT, Duration::from_secs(10));
     }
+}
+
+/// Writes `conf` to `dir/nginx.conf`, starts nginx in the foreground on it
+/// and waits until `port` accepts connections.
+pub fn run(dir: &Path, conf: &str, port: u16) -> Result<Child> {
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let nginx = if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    };
+    let mut child = Command::new(nginx)
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start nginx")?;
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(10) {
+            super::stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(5));
+            bail!("nginx did not listen on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
 }

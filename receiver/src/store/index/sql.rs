@@ -304,8 +304,15 @@ macro_rules! impl_sql_index {
                     "INSERT INTO episodes (episode_id, sha256, size, commit_id, device, stored_at) \
                      SELECT column1, column2, column3, column4, column5, column6 FROM (",
                 );
+                // In key order: two replicas' batches that share devices
+                // then lock their device rows (the trigger) and keys in the
+                // same order, instead of deadlocking and retrying row by
+                // row. The answers are read back by key, not by position.
+                let mut sorted: Vec<&$crate::store::NewEpisode> =
+                    rows.iter().zip(&first).filter(|(_, f)| **f).map(|(e, _)| e).collect();
+                sorted.sort_by(|a, b| (&a.device, &a.episode_id).cmp(&(&b.device, &b.episode_id)));
                 q.push_values(
-                    rows.iter().zip(&first).filter(|(_, f)| **f).map(|(e, _)| e),
+                    sorted,
                     |mut b, e| {
                         b.push_bind(&e.episode_id)
                             .push_bind(&e.sha256)
