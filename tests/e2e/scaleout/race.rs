@@ -4,7 +4,7 @@
 //! the bucket is the winner's. The collector runs eagerly throughout
 //! ([`super::EAGER_COLLECTOR`]), so a loser's object that a replica placed
 //! and another one deleted too early would show as a row without its
-//! object.
+//! object. The admin download reads the winners back through nginx.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Barrier};
@@ -33,6 +33,7 @@ fn one_device_racing_one_id_across_replicas_gets_exactly_one_201_per_round() {
     let token = Arc::new(stack.ready_device("racer"));
     let addrs = stack.replicas.addrs();
     let mut winners = BTreeMap::new();
+    let mut bodies_won = BTreeMap::new();
     for round in 0..ROUNDS {
         let id = format!("race-{round}");
         let bodies = Arc::new([
@@ -86,7 +87,23 @@ fn one_device_racing_one_id_across_replicas_gets_exactly_one_201_per_round() {
             &bodies[1]
         };
         assert_eq!(&stack.s3.get(&key).unwrap(), winner_body, "round {round}");
+        bodies_won.insert(id.clone(), winner_body.clone());
         winners.insert(("racer".to_string(), id), winner);
+    }
+    // The admin download, through the balancer (any replica), streams
+    // the winner's bytes from the bucket.
+    let auth = format!("Bearer {}", stack.replicas.get(0).admin_token);
+    for (id, body) in &bodies_won {
+        let path = format!("/v1/admin/devices/racer/episodes/{id}/download");
+        let r = ferry_tests::request(
+            stack.lb.addr,
+            "GET",
+            &path,
+            &[("Authorization", &auth)],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert!(&r.body == body, "{path}: not the winner's bytes");
     }
 
     let rows = assert_rows_have_their_objects(&stack);
