@@ -15,12 +15,13 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY proto/Cargo.toml proto/
 COPY durable/Cargo.toml durable/
+COPY settings/Cargo.toml settings/
 COPY agent/Cargo.toml agent/
 COPY receiver/Cargo.toml receiver/
 COPY tests/Cargo.toml tests/
 COPY xtask/Cargo.toml xtask/
 COPY fuzz/check/Cargo.toml fuzz/check/
-RUN for c in proto durable agent receiver tests fuzz/check; do mkdir -p $c/src && touch $c/src/lib.rs; done \
+RUN for c in proto durable settings agent receiver tests fuzz/check; do mkdir -p $c/src && touch $c/src/lib.rs; done \
  && for m in agent/src/main.rs receiver/src/main.rs xtask/src/main.rs tests/e2e/main.rs; do \
       mkdir -p "$(dirname $m)" && echo 'fn main() {}' > $m; done \
  && cargo build --release --locked -p ferry-receiver
@@ -29,8 +30,9 @@ RUN for c in proto durable agent receiver tests fuzz/check; do mkdir -p $c/src &
 # than the stand-ins' build: touch them so that cargo rebuilds our crates.
 COPY proto proto
 COPY durable durable
+COPY settings settings
 COPY receiver receiver
-RUN find proto durable receiver -name '*.rs' -exec touch {} + \
+RUN find proto durable settings receiver -name '*.rs' -exec touch {} + \
  && cargo build --release --locked -p ferry-receiver \
  && install -m 0755 target/release/ferry-receiver /usr/local/bin/ferry-receiver
 

@@ -1,78 +1,66 @@
-//! Configuration: the raw layers (TOML file, `FERRY_AGENT_*` environment,
-//! command-line flags; flags > env > file) merged into one [`RawConfig`],
-//! then resolved with defaults and validated into the [`Config`] the
-//! program passes around. Nothing else reads the environment for settings.
+//! Configuration: every key declared once ([`KEYS`], with its type,
+//! default and meaning), layered by `ferry-settings` (file <
+//! `FERRY_AGENT_<KEY>` environment < flags) and resolved into the
+//! [`Config`] the program passes around. Nothing else reads the
+//! environment for settings.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use ferry_settings::{keys, parse, Layers};
 
-/// A configuration problem, naming the key (exit code 2).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config key `{key}` (from {origin}): {message}")]
-    Invalid {
-        key: &'static str,
-        origin: String,
-        message: String,
-    },
-    #[error("config key `{key}` is required (set it in the config file, as FERRY_AGENT_{env}, or by flag)")]
-    Missing { key: &'static str, env: String },
+pub use ferry_settings::{ConfigError, LogFormat};
+
+/// Prefix of the environment variables: `FERRY_AGENT_<KEY>` (upper case).
+pub const ENV_PREFIX: &str = "FERRY_AGENT_";
+
+/// Where the configuration file is looked for when neither `--config` nor
+/// `FERRY_AGENT_CONFIG` names one.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/ferry/agent.toml";
+
+keys! {
+    /// The spool directory (SPEC §1). Flag `--spool`.
+    pub SPOOL: PathBuf = "spool" default "/var/lib/ferry/spool" => parse::path;
+    /// Base URL of the receiver, http:// or https://; kept without a
+    /// trailing slash. Flag `--receiver`.
+    pub RECEIVER: String = "receiver" default "http://127.0.0.1:8420" => receiver_url;
+    /// File holding the device token, re-read before every upload. Flag
+    /// `--token-file`.
+    pub TOKEN_FILE: PathBuf = "token_file" default "/etc/ferry/agent.token" => parse::path;
+    /// PEM file of a private CA for https:// receivers; empty or unset:
+    /// the system roots only.
+    pub CA_FILE: Option<PathBuf> = "ca_file" => parse::optional_path;
+    /// zstd level, 1..=22; part of the archive's bytes.
+    pub ZSTD_LEVEL: i32 = "zstd_level" default "3" => |s| parse::int_in(s, 1, 22).map(|n| n as i32);
+    /// How often to look for newly finished episodes when idle.
+    pub SCAN_INTERVAL: Duration = "scan_interval" default "5s" => parse::nonzero_duration;
+    /// Uploads in flight at once, 1..=64.
+    pub SHIP_CONCURRENCY: usize = "ship_concurrency" default "2" => |s| parse::int_in(s, 1, 64).map(|n| n as usize);
+    /// Stall timeout of an upload: no byte moved and no answer for this
+    /// long. Not a limit on the total time.
+    pub REQUEST_TIMEOUT: Duration = "request_timeout" default "60s" => parse::nonzero_duration;
+    /// Cap of the exponential backoff after transient failures.
+    pub BACKOFF_MAX: Duration = "backoff_max" default "5m" => parse::duration;
+    /// How often episodes quarantined for a rejected commit are re-checked.
+    pub RECHECK_INTERVAL: Duration = "recheck_interval" default "10m" => parse::duration;
+    /// How long retired episodes stay in `shipped/`.
+    pub SHIPPED_KEEP: Duration = "shipped_keep" default "7d" => parse::duration;
+    /// How long quarantined episodes stay in `quarantine/`.
+    pub QUARANTINE_KEEP: Duration = "quarantine_keep" default "30d" => parse::duration;
+    /// Entries handled per batch by the background sweeps.
+    pub SWEEP_BATCH: usize = "sweep_batch" default "500" => |s| parse::int_in(s, 1, 1_000_000).map(|n| n as usize);
+    /// Upload bytes per second, shared by all uploads; `None` (unset,
+    /// empty, `0` or `unlimited`) is unlimited.
+    pub BANDWIDTH_LIMIT: Option<u64> = "bandwidth_limit" default "unlimited" => bandwidth_limit;
+    /// Log format on stderr.
+    pub LOG_FORMAT: LogFormat = "log_format" default "human" => parse::log_format;
+    /// On SIGTERM, how long in-flight uploads get before they are aborted.
+    pub SHUTDOWN_GRACE: Duration = "shutdown_grace" default "10s" => parse::duration;
+    /// The `*.prom` file for node_exporter's textfile collector; unset or
+    /// empty: not written.
+    pub METRICS_TEXTFILE: Option<PathBuf> = "metrics_textfile" => metrics_textfile;
 }
-
-/// Every key, as written in the TOML file. All optional: defaults are
-/// applied by [`RawConfig::resolve`].
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub spool: Option<String>,
-    pub receiver: Option<String>,
-    pub token_file: Option<String>,
-    pub ca_file: Option<String>,
-    pub zstd_level: Option<toml::Value>,
-    pub scan_interval: Option<String>,
-    pub ship_concurrency: Option<toml::Value>,
-    pub request_timeout: Option<String>,
-    pub backoff_max: Option<String>,
-    pub recheck_interval: Option<String>,
-    pub shipped_keep: Option<String>,
-    pub quarantine_keep: Option<String>,
-    pub sweep_batch: Option<toml::Value>,
-    pub bandwidth_limit: Option<toml::Value>,
-    pub log_format: Option<String>,
-    pub shutdown_grace: Option<String>,
-    pub metrics_textfile: Option<String>,
-}
-
-/// The keys, for the environment layer and for messages.
-pub const KEYS: &[&str] = &[
-    "spool",
-    "receiver",
-    "token_file",
-    "ca_file",
-    "zstd_level",
-    "scan_interval",
-    "ship_concurrency",
-    "request_timeout",
-    "backoff_max",
-    "recheck_interval",
-    "shipped_keep",
-    "quarantine_keep",
-    "sweep_batch",
-    "bandwidth_limit",
-    "log_format",
-    "shutdown_grace",
-    "metrics_textfile",
-];
 
 /// Values given on the command line (the flags of SPEC §5).
 #[derive(Debug, Default, Clone)]
@@ -83,14 +71,7 @@ pub struct Flags {
     pub token_file: Option<String>,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
-
-/// The resolved configuration.
+/// The resolved configuration (see [`KEYS`] for what each field means).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub spool: PathBuf,
@@ -116,258 +97,94 @@ pub struct Config {
     pub metrics_textfile: Option<PathBuf>,
 }
 
-/// Where the configuration file is looked for when `--config` is not given.
-pub const DEFAULT_CONFIG_FILE: &str = "/etc/ferry/agent.toml";
+/// The configuration file to read: `--config`, else `FERRY_AGENT_CONFIG`,
+/// else [`DEFAULT_CONFIG_FILE`] if it exists, else none.
+pub fn config_file(flags: &Flags, env: &BTreeMap<String, String>) -> Option<PathBuf> {
+    match (&flags.config, env.get("FERRY_AGENT_CONFIG")) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(p)) => Some(PathBuf::from(p)),
+        (None, None) => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+    }
+}
 
 impl Config {
     /// Load file + environment + flags and resolve. `env` is passed in (the
     /// process environment in `main`, a map in tests).
     pub fn load(flags: &Flags, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
-        let (file, origin_file) = match &flags.config {
-            Some(p) => (Some(read_file(p)?), p.display().to_string()),
-            None => match env.get("FERRY_AGENT_CONFIG") {
-                Some(p) => (Some(read_file(Path::new(p))?), p.clone()),
-                None if Path::new(DEFAULT_CONFIG_FILE).exists() => (
-                    Some(read_file(Path::new(DEFAULT_CONFIG_FILE))?),
-                    DEFAULT_CONFIG_FILE.to_string(),
-                ),
-                None => (None, String::new()),
-            },
-        };
-        let mut raw = file.unwrap_or_default();
-        let mut origins: BTreeMap<&'static str, String> = BTreeMap::new();
-        for k in KEYS {
-            if raw.get(k).is_some() {
-                origins.insert(k, format!("file {origin_file}"));
-            }
+        let mut layers = Layers::new(ENV_PREFIX, KEYS);
+        if let Some(path) = config_file(flags, env) {
+            layers.merge_file(&path)?;
         }
-        for k in KEYS {
-            let var = format!("FERRY_AGENT_{}", k.to_ascii_uppercase());
-            if let Some(v) = env.get(&var) {
-                raw.set(k, v.clone());
-                origins.insert(k, format!("environment {var}"));
-            }
-        }
-        for (k, v) in [
-            ("spool", &flags.spool),
-            ("receiver", &flags.receiver),
-            ("token_file", &flags.token_file),
+        layers.merge_env(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (key, value) in [
+            (SPOOL.name, &flags.spool),
+            (RECEIVER.name, &flags.receiver),
+            (TOKEN_FILE.name, &flags.token_file),
         ] {
-            if let Some(v) = v {
-                raw.set(k, v.clone());
-                origins.insert(k, format!("flag --{}", k.replace('_', "-")));
+            if let Some(v) = value {
+                layers.set_flag(key, v.clone());
             }
         }
-        raw.resolve(&origins)
+        Config::resolve(&layers)
+    }
+
+    /// Every key's value from `layers`.
+    pub fn resolve(layers: &Layers) -> Result<Config, ConfigError> {
+        Ok(Config {
+            spool: layers.get(&SPOOL)?,
+            receiver: layers.get(&RECEIVER)?,
+            token_file: layers.get(&TOKEN_FILE)?,
+            ca_file: layers.opt(&CA_FILE)?.flatten(),
+            zstd_level: layers.get(&ZSTD_LEVEL)?,
+            scan_interval: layers.get(&SCAN_INTERVAL)?,
+            ship_concurrency: layers.get(&SHIP_CONCURRENCY)?,
+            request_timeout: layers.get(&REQUEST_TIMEOUT)?,
+            backoff_max: layers.get(&BACKOFF_MAX)?,
+            recheck_interval: layers.get(&RECHECK_INTERVAL)?,
+            shipped_keep: layers.get(&SHIPPED_KEEP)?,
+            quarantine_keep: layers.get(&QUARANTINE_KEEP)?,
+            sweep_batch: layers.get(&SWEEP_BATCH)?,
+            bandwidth_limit: layers.get(&BANDWIDTH_LIMIT)?,
+            log_format: layers.get(&LOG_FORMAT)?,
+            shutdown_grace: layers.get(&SHUTDOWN_GRACE)?,
+            metrics_textfile: layers.opt(&METRICS_TEXTFILE)?.flatten(),
+        })
     }
 }
 
-fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })
-}
-
-impl RawConfig {
-    /// The value of a key as text, whatever its TOML type.
-    fn get(&self, key: &str) -> Option<String> {
-        fn v(x: &toml::Value) -> String {
-            match x {
-                toml::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }
-        }
-        match key {
-            "spool" => self.spool.clone(),
-            "receiver" => self.receiver.clone(),
-            "token_file" => self.token_file.clone(),
-            "ca_file" => self.ca_file.clone(),
-            "zstd_level" => self.zstd_level.as_ref().map(v),
-            "scan_interval" => self.scan_interval.clone(),
-            "ship_concurrency" => self.ship_concurrency.as_ref().map(v),
-            "request_timeout" => self.request_timeout.clone(),
-            "backoff_max" => self.backoff_max.clone(),
-            "recheck_interval" => self.recheck_interval.clone(),
-            "shipped_keep" => self.shipped_keep.clone(),
-            "quarantine_keep" => self.quarantine_keep.clone(),
-            "sweep_batch" => self.sweep_batch.as_ref().map(v),
-            "bandwidth_limit" => self.bandwidth_limit.as_ref().map(v),
-            "log_format" => self.log_format.clone(),
-            "shutdown_grace" => self.shutdown_grace.clone(),
-            "metrics_textfile" => self.metrics_textfile.clone(),
-            _ => None,
-        }
+fn receiver_url(s: &str) -> Result<String, String> {
+    let url = s.trim_end_matches('/');
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{s:?}: expected an http:// or https:// URL"));
     }
-
-    fn set(&mut self, key: &str, value: String) {
-        let s = Some(value.clone());
-        let t = Some(toml::Value::String(value));
-        match key {
-            "spool" => self.spool = s,
-            "receiver" => self.receiver = s,
-            "token_file" => self.token_file = s,
-            "ca_file" => self.ca_file = s,
-            "zstd_level" => self.zstd_level = t,
-            "scan_interval" => self.scan_interval = s,
-            "ship_concurrency" => self.ship_concurrency = t,
-            "request_timeout" => self.request_timeout = s,
-            "backoff_max" => self.backoff_max = s,
-            "recheck_interval" => self.recheck_interval = s,
-            "shipped_keep" => self.shipped_keep = s,
-            "quarantine_keep" => self.quarantine_keep = s,
-            "sweep_batch" => self.sweep_batch = t,
-            "bandwidth_limit" => self.bandwidth_limit = t,
-            "log_format" => self.log_format = s,
-            "shutdown_grace" => self.shutdown_grace = s,
-            "metrics_textfile" => self.metrics_textfile = s,
-            _ => {}
-        }
-    }
-
-    /// Apply defaults and validate every key.
-    pub fn resolve(&self, origins: &BTreeMap<&'static str, String>) -> Result<Config, ConfigError> {
-        let r = Resolver { raw: self, origins };
-        let receiver = r
-            .text("receiver")
-            .unwrap_or_else(|| "http://127.0.0.1:8420".into());
-        let receiver = receiver.trim().trim_end_matches('/').to_string();
-        if !(receiver.starts_with("http://") || receiver.starts_with("https://")) {
-            return Err(r.invalid("receiver", "expected an http:// or https:// URL"));
-        }
-        if reqwest::Url::parse(&receiver).is_err() {
-            return Err(r.invalid("receiver", "not a valid URL"));
-        }
-        let zstd_level = r.int("zstd_level", 3, 1, 22)? as i32;
-        let ship_concurrency = r.int("ship_concurrency", 2, 1, 64)? as usize;
-        let sweep_batch = r.int("sweep_batch", 500, 1, 1_000_000)? as usize;
-        let bandwidth_limit = match r.text("bandwidth_limit") {
-            None => None,
-            Some(s) if matches!(s.trim(), "" | "0" | "unlimited") => None,
-            Some(s) => Some(parse_rate(&s).map_err(|m| r.invalid("bandwidth_limit", &m))?),
-        };
-        let log_format = match r.text("log_format").as_deref().map(str::trim) {
-            None | Some("human") => LogFormat::Human,
-            Some("json") => LogFormat::Json,
-            Some(_) => return Err(r.invalid("log_format", "expected `human` or `json`")),
-        };
-        let cfg = Config {
-            spool: PathBuf::from(
-                r.text("spool")
-                    .unwrap_or_else(|| "/var/lib/ferry/spool".into()),
-            ),
-            receiver,
-            token_file: PathBuf::from(
-                r.text("token_file")
-                    .unwrap_or_else(|| "/etc/ferry/agent.token".into()),
-            ),
-            ca_file: r
-                .text("ca_file")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from),
-            zstd_level,
-            scan_interval: r.duration("scan_interval", "5s")?,
-            ship_concurrency,
-            request_timeout: r.duration("request_timeout", "60s")?,
-            backoff_max: r.duration("backoff_max", "5m")?,
-            recheck_interval: r.duration("recheck_interval", "10m")?,
-            shipped_keep: r.duration("shipped_keep", "7d")?,
-            quarantine_keep: r.duration("quarantine_keep", "30d")?,
-            sweep_batch,
-            bandwidth_limit,
-            log_format,
-            shutdown_grace: r.duration("shutdown_grace", "10s")?,
-            metrics_textfile: r.metrics_textfile()?,
-        };
-        if cfg.scan_interval.is_zero() {
-            return Err(r.invalid("scan_interval", "must be greater than zero"));
-        }
-        if cfg.request_timeout.is_zero() {
-            return Err(r.invalid("request_timeout", "must be greater than zero"));
-        }
-        Ok(cfg)
+    match reqwest::Url::parse(url) {
+        Ok(_) => Ok(url.to_owned()),
+        Err(e) => Err(format!("{s:?} is not a valid URL: {e}")),
     }
 }
 
-struct Resolver<'a> {
-    raw: &'a RawConfig,
-    origins: &'a BTreeMap<&'static str, String>,
-}
-
-impl Resolver<'_> {
-    fn text(&self, key: &str) -> Option<String> {
-        self.raw.get(key)
-    }
-
-    /// node_exporter's textfile collector reads only `*.prom` files: any
-    /// other name would be written and never collected.
-    fn metrics_textfile(&self) -> Result<Option<PathBuf>, ConfigError> {
-        match self
-            .text("metrics_textfile")
-            .filter(|s| !s.trim().is_empty())
-        {
-            Some(s) if !s.ends_with(".prom") => Err(self.invalid(
-                "metrics_textfile",
-                "must end in .prom (node_exporter's textfile collector reads only *.prom files)",
-            )),
-            s => Ok(s.map(PathBuf::from)),
-        }
-    }
-
-    fn invalid(&self, key: &'static str, message: &str) -> ConfigError {
-        ConfigError::Invalid {
-            key,
-            origin: self
-                .origins
-                .get(key)
-                .cloned()
-                .unwrap_or_else(|| "default".into()),
-            message: format!("{message} (got {:?})", self.text(key).unwrap_or_default()),
-        }
-    }
-
-    fn int(&self, key: &'static str, default: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
-        let Some(s) = self.text(key) else {
-            return Ok(default);
-        };
-        let n: i64 = s
-            .trim()
-            .parse()
-            .map_err(|_| self.invalid(key, "expected an integer"))?;
-        if n < min || n > max {
-            return Err(self.invalid(key, &format!("expected {min}..={max}")));
-        }
-        Ok(n)
-    }
-
-    fn duration(&self, key: &'static str, default: &str) -> Result<Duration, ConfigError> {
-        let s = self.text(key).unwrap_or_else(|| default.to_string());
-        humantime::parse_duration(s.trim())
-            .map_err(|e| self.invalid(key, &format!("expected a duration like 5s, 10m, 7d: {e}")))
+fn bandwidth_limit(s: &str) -> Result<Option<u64>, String> {
+    match s {
+        "" | "0" | "unlimited" => Ok(None),
+        _ => parse::rate(s).map(Some),
     }
 }
 
-/// `1MiB`, `512KiB/s`, `1000000`: bytes per second.
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let t = t.strip_suffix("/s").unwrap_or(t).trim();
-    let n = t
-        .parse::<bytesize::ByteSize>()
-        .map_err(|e| format!("expected a size per second like 1MiB: {e}"))?
-        .as_u64();
-    if n == 0 {
-        return Err("must be greater than zero".into());
+/// node_exporter's textfile collector reads only `*.prom` files: any other
+/// name would be written and never collected.
+fn metrics_textfile(s: &str) -> Result<Option<PathBuf>, String> {
+    match parse::optional_path(s)? {
+        Some(p) if !s.ends_with(".prom") => Err(format!(
+            "{p:?}: must end in .prom (node_exporter's textfile collector reads only *.prom files)"
+        )),
+        p => Ok(p),
     }
-    Ok(n)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -456,23 +273,56 @@ mod tests {
     }
 
     #[test]
-    fn the_example_file_parses_and_sets_every_key_commented() {
+    fn the_example_file_shows_every_key_commented_with_a_valid_value() {
         let text = include_str!("../../config/agent.toml");
-        let raw: RawConfig = toml::from_str(text).unwrap();
-        assert!(raw.spool.is_none(), "the example keeps every key commented");
+        let problems = ferry_settings::check_example(text, KEYS);
+        assert!(problems.is_empty(), "config/agent.toml: {problems:#?}");
+        let missing = ferry_settings::keys_not_shown(text, KEYS);
+        assert!(missing.is_empty(), "config/agent.toml lacks {missing:?}");
+        // And every declared default is a valid value of its key.
+        for k in KEYS {
+            if let Some(d) = k.default() {
+                k.check(d)
+                    .unwrap_or_else(|e| panic!("default of {}: {e}", k.name()));
+            }
+        }
+        let mut layers = Layers::new(ENV_PREFIX, KEYS);
+        layers
+            .merge_toml(text, Path::new("config/agent.toml"))
+            .unwrap();
         for k in KEYS {
             assert!(
-                text.contains(&format!("# {k} =")),
-                "{k} missing from config/agent.toml"
+                layers.raw(k.name()).is_none(),
+                "{}: the example keeps every key commented",
+                k.name()
             );
         }
     }
 
     #[test]
-    fn rates_parse() {
-        assert_eq!(parse_rate("1MiB").unwrap(), 1 << 20);
-        assert_eq!(parse_rate("512KiB/s").unwrap(), 512 << 10);
-        assert_eq!(parse_rate("1000").unwrap(), 1000);
-        assert!(parse_rate("fast").is_err());
+    fn rates_and_their_absence_parse() {
+        assert_eq!(bandwidth_limit("1MiB").unwrap(), Some(1 << 20));
+        assert_eq!(bandwidth_limit("512KiB/s").unwrap(), Some(512 << 10));
+        assert_eq!(bandwidth_limit("1000").unwrap(), Some(1000));
+        assert_eq!(bandwidth_limit("unlimited").unwrap(), None);
+        assert_eq!(bandwidth_limit("0").unwrap(), None);
+        assert!(bandwidth_limit("fast").is_err());
+    }
+
+    #[test]
+    fn receiver_urls_lose_the_trailing_slash_and_need_a_scheme() {
+        assert_eq!(receiver_url("https://rx:8420/").unwrap(), "https://rx:8420");
+        assert!(receiver_url("rx:8420").is_err());
+        assert!(receiver_url("http://").is_err());
+    }
+
+    #[test]
+    fn the_metrics_file_must_be_a_prom_file() {
+        assert_eq!(metrics_textfile("").unwrap(), None);
+        assert!(metrics_textfile("/var/x.txt").is_err());
+        assert_eq!(
+            metrics_textfile("/var/x.prom").unwrap(),
+            Some(PathBuf::from("/var/x.prom"))
+        );
     }
 }

@@ -50,8 +50,36 @@ pub async fn checks(
 ) -> (Vec<Check>, Option<status::Counts>, AgentState) {
     let mut out = vec![row("config", Level::Ok, config_origin.to_string(), None)];
     let spool = Spool::new(cfg.spool.clone());
+    check_spool_writable(&spool, &mut out).await;
+    check_free_space(cfg, &spool, &mut out);
+    let shipper = check_tls(cfg, &mut out);
+    if let Some(sh) = &shipper {
+        check_receiver(cfg, sh, &mut out).await;
+        check_token(cfg, sh, &mut out).await;
+    }
+    let mut counts_out = None;
+    match gather(&spool).await {
+        Ok((counts, commits, no_commit)) => {
+            if let Some(sh) = &shipper {
+                check_commits(sh, &commits, &mut out).await;
+            }
+            check_pending(&spool, &counts, &no_commit, &mut out);
+            counts_out = Some(counts);
+        }
+        Err(e) => out.push(row(
+            "spool readable",
+            Level::Fail,
+            e.to_string(),
+            Some("check the spool disk (dmesg, fsck)".into()),
+        )),
+    }
+    let state = AgentState::load(&spool.state_file());
+    check_last(&state, &mut out);
+    (out, counts_out, state)
+}
 
-    // Spool writable and free space.
+/// The spool can be written: a probe file created and removed.
+async fn check_spool_writable(spool: &Spool, out: &mut Vec<Check>) {
     let sp = spool.clone();
     let prepared = tokio::task::spawn_blocking(move || sp.probe_writable())
         .await
@@ -73,6 +101,10 @@ pub async fn checks(
             )),
         )),
     }
+}
+
+/// Free space on the spool's filesystem, failing below `MIN_FREE`.
+fn check_free_space(cfg: &Config, spool: &Spool, out: &mut Vec<Check>) {
     match fsio::disk_space(spool.root()) {
         Ok((free, total)) => {
             let detail = format!(
@@ -102,9 +134,12 @@ pub async fn checks(
             None,
         )),
     }
+}
 
-    // Receiver, token, commits.
-    let shipper = match Shipper::new(cfg, Progress::new()) {
+/// The HTTP client can be built (the CA file loads); `None` if it cannot,
+/// and the checks that talk to the receiver are left out.
+fn check_tls(cfg: &Config, out: &mut Vec<Check>) -> Option<Shipper> {
+    match Shipper::new(cfg, Progress::new()) {
         Ok(s) => Some(s),
         Err(e) => {
             out.push(row(
@@ -115,74 +150,83 @@ pub async fn checks(
             ));
             None
         }
-    };
-    if let Some(sh) = &shipper {
-        match sh.get("/healthz", false).await {
-            Ok(a) if a.status == 200 => out.push(row("receiver reachable", Level::Ok, cfg.receiver.clone(), None)),
-            other => out.push(row(
-                "receiver reachable",
-                Level::Fail,
-                match other {
-                    Ok(a) => format!("{}/healthz answered {}", cfg.receiver, a.status),
-                    Err(e) => format!("{}: {e}", cfg.receiver),
-                },
-                Some(format!(
-                    "check `receiver` (now {}) and that `ferry-receiver serve` runs there: curl {}/healthz",
-                    cfg.receiver, cfg.receiver
-                )),
+    }
+}
+
+/// The receiver answers 200 on /healthz.
+async fn check_receiver(cfg: &Config, sh: &Shipper, out: &mut Vec<Check>) {
+    match sh.get("/healthz", false).await {
+        Ok(a) if a.status == 200 => out.push(row("receiver reachable", Level::Ok, cfg.receiver.clone(), None)),
+        other => out.push(row(
+            "receiver reachable",
+            Level::Fail,
+            match other {
+                Ok(a) => format!("{}/healthz answered {}", cfg.receiver, a.status),
+                Err(e) => format!("{}: {e}", cfg.receiver),
+            },
+            Some(format!(
+                "check `receiver` (now {}) and that `ferry-receiver serve` runs there: curl {}/healthz",
+                cfg.receiver, cfg.receiver
             )),
-        }
-        let token_fix = format!(
-            "put the token printed by `ferry-receiver devices add NAME` into {} (token_file)",
-            cfg.token_file.display()
-        );
-        match sh.token().await {
-            Err(e) => out.push(row(
+        )),
+    }
+}
+
+/// The token can be read and the receiver knows it (GET /v1/whoami).
+async fn check_token(cfg: &Config, sh: &Shipper, out: &mut Vec<Check>) {
+    let token_fix = format!(
+        "put the token printed by `ferry-receiver devices add NAME` into {} (token_file)",
+        cfg.token_file.display()
+    );
+    match sh.token().await {
+        Err(e) => out.push(row(
+            "token accepted",
+            Level::Fail,
+            e,
+            Some(token_fix.clone()),
+        )),
+        Ok(_) => match sh.get("/v1/whoami", true).await {
+            Ok(a) if a.status == 200 => {
+                let who = serde_json::from_str::<WhoAmI>(&a.body)
+                    .map(|w| format!("device {}", w.device))
+                    .unwrap_or_else(|_| "accepted".into());
+                out.push(row("token accepted", Level::Ok, who, None));
+            }
+            Ok(a) if a.status == 401 || a.status == 403 => out.push(row(
                 "token accepted",
                 Level::Fail,
-                e,
+                format!(
+                    "the receiver answered {} ({})",
+                    a.status,
+                    if a.status == 401 {
+                        "unknown token"
+                    } else {
+                        "device revoked"
+                    }
+                ),
                 Some(token_fix.clone()),
             )),
-            Ok(_) => match sh.get("/v1/whoami", true).await {
-                Ok(a) if a.status == 200 => {
-                    let who = serde_json::from_str::<WhoAmI>(&a.body)
-                        .map(|w| format!("device {}", w.device))
-                        .unwrap_or_else(|_| "accepted".into());
-                    out.push(row("token accepted", Level::Ok, who, None));
-                }
-                Ok(a) if a.status == 401 || a.status == 403 => out.push(row(
-                    "token accepted",
-                    Level::Fail,
-                    format!(
-                        "the receiver answered {} ({})",
-                        a.status,
-                        if a.status == 401 {
-                            "unknown token"
-                        } else {
-                            "device revoked"
-                        }
-                    ),
-                    Some(token_fix.clone()),
-                )),
-                Ok(a) => out.push(row(
-                    "token accepted",
-                    Level::Warn,
-                    format!("/v1/whoami answered {}", a.status),
-                    None,
-                )),
-                Err(e) => out.push(row(
-                    "token accepted",
-                    Level::Warn,
-                    format!("not checked: {e}"),
-                    None,
-                )),
-            },
-        }
+            Ok(a) => out.push(row(
+                "token accepted",
+                Level::Warn,
+                format!("/v1/whoami answered {}", a.status),
+                None,
+            )),
+            Err(e) => out.push(row(
+                "token accepted",
+                Level::Warn,
+                format!("not checked: {e}"),
+                None,
+            )),
+        },
     }
+}
 
-    // Counts and commits of pending episodes.
+/// The spool's counts, and the commits of the pending episodes of the first
+/// scan batch (ids whose meta.json names no valid commit apart).
+async fn gather(spool: &Spool) -> std::io::Result<(status::Counts, BTreeSet<Commit>, Vec<String>)> {
     let sp = spool.clone();
-    let gathered = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let counts = status::counts(&sp)?;
         let r = scan::scan(&sp, scan::SCAN_BATCH, None)?;
         let mut commits = BTreeSet::new();
@@ -198,77 +242,82 @@ pub async fn checks(
         Ok::<_, std::io::Error>((counts, commits, no_commit))
     })
     .await
-    .expect("no panic");
-    let mut counts_out = None;
-    match gathered {
-        Ok((counts, commits, no_commit)) => {
-            if let Some(sh) = &shipper {
-                check_commits(sh, &commits, &mut out).await;
-            }
-            if !no_commit.is_empty() {
-                out.push(row(
-                    "pending without commit",
-                    Level::Warn,
-                    format!("{} episode(s) without a valid commit in meta.json: {}", no_commit.len(), no_commit.join(", ")),
-                    Some("they will be quarantined; fix meta.json and `ferry-agent quarantine retry ID`".into()),
-                ));
-            }
-            out.push(row(
-                "pending",
-                Level::Ok,
-                format!(
-                    "{} pending, {} being written, {} in outbox ({} partial)",
-                    counts.pending, counts.writing, counts.outbox, counts.partial
-                ),
-                None,
-            ));
-            if counts.invalid > 0 || counts.unreadable > 0 {
-                out.push(row(
-                    "skipped entries",
-                    Level::Warn,
-                    format!("{} invalid names, {} unreadable entries in episodes/", counts.invalid, counts.unreadable),
-                    Some("rename invalid directories to [A-Za-z0-9][A-Za-z0-9._-]{0,127}; check the disk for unreadable ones (dmesg, fsck)".into()),
-                ));
-            }
-            if counts.quarantined > 0 {
-                let by: Vec<String> = counts
-                    .quarantine_by_reason
-                    .iter()
-                    .map(|(k, n)| format!("{k}: {n}"))
-                    .collect();
-                out.push(row(
-                    "quarantine",
-                    Level::Warn,
-                    format!("{} quarantined ({})", counts.quarantined, by.join(", ")),
-                    Some("`ferry-agent quarantine list`, then `ferry-agent quarantine retry ID` or `purge ID`".into()),
-                ));
-            } else {
-                out.push(row("quarantine", Level::Ok, "empty".into(), None));
-            }
-            if counts.conflicts > 0 {
-                out.push(row(
-                    "conflicts",
-                    Level::Warn,
-                    format!(
-                        "{} episode(s) whose id the receiver holds with other bytes, see {}/*/conflict.json",
-                        counts.conflicts,
-                        spool.dir(spool::CONFLICT).display()
-                    ),
-                    Some("compare with `ferry-receiver episodes list`; keep one copy and remove the directory from conflict/".into()),
-                ));
-            } else {
-                out.push(row("conflicts", Level::Ok, "none".into(), None));
-            }
-            counts_out = Some(counts);
-        }
-        Err(e) => out.push(row(
-            "spool readable",
-            Level::Fail,
-            e.to_string(),
-            Some("check the spool disk (dmesg, fsck)".into()),
-        )),
+    .expect("no panic")
+}
+
+/// Pending episodes without a commit, the pending counts, skipped entries,
+/// quarantine and conflicts.
+fn check_pending(
+    spool: &Spool,
+    counts: &status::Counts,
+    no_commit: &[String],
+    out: &mut Vec<Check>,
+) {
+    if !no_commit.is_empty() {
+        out.push(row(
+            "pending without commit",
+            Level::Warn,
+            format!(
+                "{} episode(s) without a valid commit in meta.json: {}",
+                no_commit.len(),
+                no_commit.join(", ")
+            ),
+            Some(
+                "they will be quarantined; fix meta.json and `ferry-agent quarantine retry ID`"
+                    .into(),
+            ),
+        ));
     }
-    let state = AgentState::load(&spool.state_file());
+    out.push(row(
+        "pending",
+        Level::Ok,
+        format!(
+            "{} pending, {} being written, {} in outbox ({} partial)",
+            counts.pending, counts.writing, counts.outbox, counts.partial
+        ),
+        None,
+    ));
+    if counts.invalid > 0 || counts.unreadable > 0 {
+        out.push(row(
+            "skipped entries",
+            Level::Warn,
+            format!("{} invalid names, {} unreadable entries in episodes/", counts.invalid, counts.unreadable),
+            Some("rename invalid directories to [A-Za-z0-9][A-Za-z0-9._-]{0,127}; check the disk for unreadable ones (dmesg, fsck)".into()),
+        ));
+    }
+    if counts.quarantined > 0 {
+        let by: Vec<String> = counts
+            .quarantine_by_reason
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        out.push(row(
+            "quarantine",
+            Level::Warn,
+            format!("{} quarantined ({})", counts.quarantined, by.join(", ")),
+            Some("`ferry-agent quarantine list`, then `ferry-agent quarantine retry ID` or `purge ID`".into()),
+        ));
+    } else {
+        out.push(row("quarantine", Level::Ok, "empty".into(), None));
+    }
+    if counts.conflicts > 0 {
+        out.push(row(
+            "conflicts",
+            Level::Warn,
+            format!(
+                "{} episode(s) whose id the receiver holds with other bytes, see {}/*/conflict.json",
+                counts.conflicts,
+                spool.dir(spool::CONFLICT).display()
+            ),
+            Some("compare with `ferry-receiver episodes list`; keep one copy and remove the directory from conflict/".into()),
+        ));
+    } else {
+        out.push(row("conflicts", Level::Ok, "none".into(), None));
+    }
+}
+
+/// The last success and the last error from the agent's state file.
+fn check_last(state: &AgentState, out: &mut Vec<Check>) {
     out.push(row(
         "last success",
         Level::Ok,
@@ -288,7 +337,6 @@ pub async fn checks(
         },
         None,
     ));
-    (out, counts_out, state)
 }
 
 async fn check_commits(sh: &Shipper, commits: &BTreeSet<Commit>, out: &mut Vec<Check>) {

@@ -52,13 +52,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cfg.log_format);
-    let origin = match (&flags.config, env.get("FERRY_AGENT_CONFIG")) {
-        (Some(p), _) => format!("file {}", p.display()),
-        (None, Some(p)) => format!("file {p}"),
-        (None, None) if std::path::Path::new(ferry_agent::config::DEFAULT_CONFIG_FILE).exists() => {
-            format!("file {}", ferry_agent::config::DEFAULT_CONFIG_FILE)
-        }
-        _ => "defaults, environment and flags (no file)".to_string(),
+    let origin = match ferry_agent::config::config_file(&flags, &env) {
+        Some(p) => format!("file {}", p.display()),
+        None => "defaults, environment and flags (no file)".to_string(),
     };
     if !matches!(cli.cmd, Cmd::Run | Cmd::Drain { .. }) {
         // One-shot commands stop on a signal the ordinary way.

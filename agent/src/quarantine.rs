@@ -33,8 +33,13 @@ pub struct Reason {
     pub commit: Option<String>,
     pub attempts: Option<u32>,
     pub remediation: Option<String>,
-    /// The quarantine kind (`commit-rejected`, …); inferred for old files.
-    pub kind: Option<String>,
+    /// The recorded quarantine kind; `None` when the file names none or
+    /// one this version does not know (see [`Reason::kind`] for the
+    /// inferred one).
+    pub kind: Option<QuarantineKind>,
+    /// Every other field, written back unchanged. A `kind` this version
+    /// does not know (written by a newer or older agent) stays here, raw,
+    /// so that it survives a round trip as it was.
     pub extra: Map<String, Value>,
 }
 
@@ -43,7 +48,7 @@ impl Reason {
     /// before the field existed (a 412 is a rejected commit, another
     /// answer a refusal) or naming no kind; `None` when nothing says.
     pub fn kind(&self) -> Option<QuarantineKind> {
-        if let Some(k) = self.kind.as_deref().and_then(QuarantineKind::parse) {
+        if let Some(k) = self.kind {
             return Some(k);
         }
         match self.status_code {
@@ -84,6 +89,15 @@ impl Reason {
             Some(Value::String(s)) => s.trim().parse().ok(),
             _ => None,
         };
+        // Only a kind this version knows leaves `extra`; anything else is
+        // kept there as written.
+        let kind = match m.get("kind") {
+            Some(Value::String(s)) => QuarantineKind::parse(s),
+            _ => None,
+        };
+        if kind.is_some() {
+            m.remove("kind");
+        }
         let attempts = match m.remove("attempts") {
             Some(Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
             Some(Value::String(s)) => s.trim().parse().ok(),
@@ -97,7 +111,7 @@ impl Reason {
             commit: str_of(m.remove("commit")),
             attempts,
             remediation: str_of(m.remove("remediation")),
-            kind: str_of(m.remove("kind")),
+            kind,
             extra: m,
         }
     }
@@ -121,8 +135,8 @@ impl Reason {
         if self.remediation.is_some() {
             m.insert("remediation".into(), opt(&self.remediation));
         }
-        if self.kind.is_some() {
-            m.insert("kind".into(), opt(&self.kind));
+        if let Some(k) = self.kind {
+            m.insert("kind".into(), Value::String(k.as_str().to_string()));
         }
         Value::Object(m)
     }
@@ -270,7 +284,7 @@ pub(crate) fn reason_for(
         commit: commit.map(|c| c.to_string()),
         attempts: Some(attempts),
         remediation: detail.remediation.clone(),
-        kind: Some(kind.as_str().to_string()),
+        kind: Some(kind),
         extra: Default::default(),
     };
     match kind {
@@ -416,7 +430,7 @@ mod tests {
             commit: Some("c".into()),
             attempts: Some(5),
             remediation: Some("fix".into()),
-            kind: Some("unreadable".into()),
+            kind: Some(QuarantineKind::Unreadable),
             quarantined_at_wall: Some("2026-01-01T00:00:00Z".into()),
             ..Reason::default()
         };
@@ -433,6 +447,36 @@ mod tests {
             assert!(v.get(k).is_some(), "{k}");
         }
         assert_eq!(Reason::from_json(v.to_string().as_bytes()), r);
+    }
+
+    #[test]
+    fn every_kind_round_trips_byte_for_byte() {
+        for k in QuarantineKind::ALL {
+            let text = format!(
+                r#"{{"attempts":3,"body":null,"commit":"{c}","error":"e","kind":"{k}","quarantined_at_wall":"2026-01-01T00:00:00Z","remediation":"r","status_code":null}}"#,
+                c = "a".repeat(40),
+                k = k.as_str()
+            );
+            let r = Reason::from_json(text.as_bytes());
+            assert_eq!(r.kind, Some(k));
+            assert!(r.extra.is_empty(), "{:?}", r.extra);
+            assert_eq!(serde_json::to_string(&r.to_json()).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn an_unknown_kind_loads_and_is_written_back_as_it_was() {
+        // As a newer agent might write it, and an odd non-string one.
+        for raw in [r#""frobbed""#, "7", r#"{"sub":"x"}"#] {
+            let text = format!(
+                r#"{{"body":null,"error":"","kind":{raw},"quarantined_at_wall":null,"status_code":null}}"#
+            );
+            let r = Reason::from_json(text.as_bytes());
+            assert_eq!(r.kind, None, "{raw}");
+            assert_eq!(r.kind(), None, "no status code to infer from");
+            assert_eq!(r.kind_str(), "unknown");
+            assert_eq!(serde_json::to_string(&r.to_json()).unwrap(), text);
+        }
     }
 
     #[test]

@@ -106,49 +106,8 @@ async fn execute(config: &Config, index: &Arc<dyn Index>, cmd: Admin) -> Result<
             ops::revoke_commit(index, &commit).await?;
             eprintln!("revoked {}", commit.trim().to_ascii_lowercase());
         }
-        Admin::CommitsList { json } => {
-            let list = index.list_commits().await?;
-            if json {
-                return Ok(print_json(&list));
-            }
-            for c in list {
-                println!(
-                    "{}  {:4}  {}  {}",
-                    c.commit,
-                    if c.head { "head" } else { "" },
-                    c.allowed_at,
-                    c.note.unwrap_or_default()
-                );
-            }
-        }
-        Admin::CommitsRejected { json } => {
-            // This process tallies nothing: the list is what the running
-            // receiver has flushed (every few seconds).
-            let pending = crate::rejected::Rejections::default();
-            let list = crate::rejected::list(&**index, &pending, config.rejected_window).await?;
-            if json {
-                return Ok(print_json(&list));
-            }
-            if list.is_empty() {
-                eprintln!(
-                    "no commit was rejected in the last {}",
-                    humantime::format_duration(config.rejected_window)
-                );
-            }
-            for c in list {
-                println!(
-                    "{}  attempts={}  first_seen={}  last_seen={}",
-                    c.commit, c.attempts, c.first_seen, c.last_seen
-                );
-                for d in &c.devices {
-                    println!(
-                        "    {}  attempts={}  first_seen={}  last_seen={}",
-                        d.device, d.attempts, d.first_seen, d.last_seen
-                    );
-                }
-                println!("    allow: {}", c.allow_command);
-            }
-        }
+        Admin::CommitsList { json } => return commits_list(index, json).await,
+        Admin::CommitsRejected { json } => return commits_rejected(config, index, json).await,
         Admin::DevicesAdd { name } => {
             let d = ops::add_device(index, &name).await?;
             // The token alone on stdout, so that scripts can capture it.
@@ -158,23 +117,7 @@ async fn execute(config: &Config, index: &Arc<dyn Index>, cmd: Admin) -> Result<
                 d.name
             );
         }
-        Admin::DevicesList { json } => {
-            let list = index.list_devices().await?;
-            if json {
-                return Ok(print_json(&list));
-            }
-            for d in list {
-                println!(
-                    "{}  {}  last_seen={}  last_upload={}  episodes={}  bytes={}",
-                    d.name,
-                    if d.revoked { "revoked" } else { "active" },
-                    d.last_seen_at.as_deref().unwrap_or("never"),
-                    d.last_upload_at.as_deref().unwrap_or("never"),
-                    d.episodes,
-                    d.bytes
-                );
-            }
-        }
+        Admin::DevicesList { json } => return devices_list(index, json).await,
         Admin::DevicesRevoke { name } => {
             ops::revoke_device(index, &name).await?;
             eprintln!("revoked device {name}");
@@ -184,22 +127,107 @@ async fn execute(config: &Config, index: &Arc<dyn Index>, cmd: Admin) -> Result<
             eprintln!("renamed device {old} to {new}; it keeps its token and its episodes");
         }
         Admin::EpisodesList { device, json } => {
-            let list = ops::list_episodes(index, device.as_deref(), None).await?;
-            if json {
-                return Ok(print_json(&list));
-            }
-            for e in list {
-                println!(
-                    "{}/{}  {}  {}  {}  {}",
-                    e.device, e.episode_id, e.sha256, e.size, e.commit, e.stored_at
-                );
-            }
+            return episodes_list(index, device.as_deref(), json).await
         }
         Admin::EpisodesVerify { refs } => {
             let objects = crate::store::objects::open(config)?;
             let findings = ops::verify(index, &*objects, &refs).await?;
             return Ok(report(&findings));
         }
+    }
+    Ok(EXIT_OK)
+}
+
+/// `commits list`: the allow-list, the head marked.
+async fn commits_list(index: &Arc<dyn Index>, json: bool) -> Result<i32, OpError> {
+    let list = index.list_commits().await?;
+    if json {
+        return Ok(print_json(&list));
+    }
+    for c in list {
+        println!(
+            "{}  {:4}  {}  {}",
+            c.commit,
+            if c.head { "head" } else { "" },
+            c.allowed_at,
+            c.note.unwrap_or_default()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// `commits rejected`: the commits devices were refused for, by device,
+/// each with the command that allows it.
+async fn commits_rejected(
+    config: &Config,
+    index: &Arc<dyn Index>,
+    json: bool,
+) -> Result<i32, OpError> {
+    // This process tallies nothing: the list is what the running
+    // receiver has flushed (every few seconds).
+    let pending = crate::rejected::Rejections::default();
+    let list = crate::rejected::list(&**index, &pending, config.rejected_window).await?;
+    if json {
+        return Ok(print_json(&list));
+    }
+    if list.is_empty() {
+        eprintln!(
+            "no commit was rejected in the last {}",
+            humantime::format_duration(config.rejected_window)
+        );
+    }
+    for c in list {
+        println!(
+            "{}  attempts={}  first_seen={}  last_seen={}",
+            c.commit, c.attempts, c.first_seen, c.last_seen
+        );
+        for d in &c.devices {
+            println!(
+                "    {}  attempts={}  first_seen={}  last_seen={}",
+                d.device, d.attempts, d.first_seen, d.last_seen
+            );
+        }
+        println!("    allow: {}", c.allow_command);
+    }
+    Ok(EXIT_OK)
+}
+
+/// `devices list`: every device, active or revoked, with its last contact
+/// and what it stored.
+async fn devices_list(index: &Arc<dyn Index>, json: bool) -> Result<i32, OpError> {
+    let list = index.list_devices().await?;
+    if json {
+        return Ok(print_json(&list));
+    }
+    for d in list {
+        println!(
+            "{}  {}  last_seen={}  last_upload={}  episodes={}  bytes={}",
+            d.name,
+            if d.revoked { "revoked" } else { "active" },
+            d.last_seen_at.as_deref().unwrap_or("never"),
+            d.last_upload_at.as_deref().unwrap_or("never"),
+            d.episodes,
+            d.bytes
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// `episodes list`: the stored episodes, of one device or of all.
+async fn episodes_list(
+    index: &Arc<dyn Index>,
+    device: Option<&str>,
+    json: bool,
+) -> Result<i32, OpError> {
+    let list = ops::list_episodes(index, device, None).await?;
+    if json {
+        return Ok(print_json(&list));
+    }
+    for e in list {
+        println!(
+            "{}/{}  {}  {}  {}  {}",
+            e.device, e.episode_id, e.sha256, e.size, e.commit, e.stored_at
+        );
     }
     Ok(EXIT_OK)
 }

@@ -1,45 +1,18 @@
-//! Configuration: the raw layer (TOML file, `FERRY_RECEIVER_*` environment,
-//! flags; later layers win) resolved into the one [`Config`] the program uses.
-//!
-//! Every raw value is kept as text with where it came from, so an error can
-//! name the key and the source. Nothing below `main` reads the environment:
-//! the caller passes it in.
+//! Configuration: every key declared once ([`KEYS`], with its type,
+//! default and meaning), layered by `ferry-settings` (file <
+//! `FERRY_RECEIVER_<KEY>` environment < flags) in a [`RawConfig`], and
+//! resolved into the one [`Config`] the program uses, with the checks that
+//! span keys (a TLS key needs its certificate, the S3 keys need an s3://
+//! `storage_url`). Nothing below `main` reads the environment: the caller
+//! passes it in.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Every key the receiver understands, in the order of `config/receiver.toml`.
-pub const KEYS: &[&str] = &[
-    "listen",
-    "data_dir",
-    "database_url",
-    "storage_url",
-    "s3_endpoint",
-    "s3_region",
-    "s3_part_size",
-    "s3_buffer_limit",
-    "database_max_connections",
-    "database_timeout",
-    "collect_grace",
-    "collect_interval",
-    "max_episode_size",
-    "max_concurrent_uploads",
-    "max_uploads_per_device",
-    "max_connections",
-    "admin_token_file",
-    "remediation",
-    "rejected_window",
-    "behind_after",
-    "status_page",
-    "tls_cert",
-    "tls_key",
-    "body_read_timeout",
-    "min_upload_rate",
-    "shutdown_grace",
-    "log_format",
-];
+use ferry_settings::{keys, parse, Key, Layers, Source};
+
+pub use ferry_settings::{ConfigError, LogFormat};
 
 /// Prefix of the environment variables: `FERRY_RECEIVER_<KEY>` (upper case).
 pub const ENV_PREFIX: &str = "FERRY_RECEIVER_";
@@ -50,354 +23,236 @@ pub const DEFAULT_REMEDIATION: &str = "commit {your_commit} is not on this recei
 update the device to {head_commit}, or ask the operator to run \
 `ferry-receiver commits allow {your_commit}`";
 
-/// A configuration error. It always names the key (or the file) at fault;
-/// `main` exits 2 with it.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config key `{key}` (from {source_name}): {message}")]
-    Invalid {
-        key: &'static str,
-        source_name: String,
-        message: String,
-    },
+/// The smallest `max_connections`: room for the connections kept for
+/// health, readiness, metrics and the admin API while shedding.
+pub const MIN_CONNECTIONS: usize = 64;
+
+/// The smallest `s3_part_size`: S3's smallest multipart part.
+const MIN_PART_SIZE: u64 = 5 << 20;
+
+keys! {
+    /// Address to listen on; port 0 picks a free one. Flag `--listen`.
+    pub LISTEN: SocketAddr = "listen" default "127.0.0.1:8420" => |s| {
+        s.parse()
+            .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:8420: {e}"))
+    };
+    /// The embedded index, the local objects and the temporary upload
+    /// files (`tmp/`). Flag `--data-dir`.
+    pub DATA_DIR: PathBuf = "data_dir" default "./ferry-data" => parse::path;
+    /// Index database: PostgreSQL URL or SQLite file; unset: SQLite at
+    /// `<data_dir>/index.sqlite`.
+    pub DATABASE_URL: Database = "database_url" => parse_database_url;
+    /// Where objects live: a local directory or `s3://BUCKET/PREFIX`;
+    /// unset: `<data_dir>/objects`.
+    pub STORAGE_URL: StorageUrl = "storage_url" => parse_storage_url;
+    /// S3 endpoint URL (MinIO, Ceph…); unset: AWS or `AWS_ENDPOINT_URL`.
+    pub S3_ENDPOINT: String = "s3_endpoint" => parse::nonempty;
+    /// S3 region; unset: `AWS_REGION`, else `us-east-1`.
+    pub S3_REGION: String = "s3_region" => parse::nonempty;
+    /// Bytes per multipart part, at least 5MiB.
+    pub S3_PART_SIZE: u64 = "s3_part_size" default "8MiB" => |s| match parse::size(s)? {
+        n if n < MIN_PART_SIZE => Err(format!(
+            "{s:?}: must be at least 5MiB (the smallest S3 multipart part)"
+        )),
+        n => Ok(n),
+    };
+    /// Part buffers of all uploads together (at least one part).
+    pub S3_BUFFER_LIMIT: u64 = "s3_buffer_limit" default "256MiB" => parse::size;
+    /// PostgreSQL connections per replica.
+    pub DATABASE_MAX_CONNECTIONS: u32 = "database_max_connections" default "16" => |s| {
+        parse::positive(s).map(|n| n as u32)
+    };
+    /// How long a request waits for a database connection.
+    pub DATABASE_TIMEOUT: Duration = "database_timeout" default "5s" => parse::duration;
+    /// An object no row references is collected once it is this old.
+    pub COLLECT_GRACE: Duration = "collect_grace" default "1h" => parse::duration;
+    /// Time between two rounds of collection (at least 10 ms).
+    pub COLLECT_INTERVAL: Duration = "collect_interval" default "1m" => |s| {
+        parse::duration(s).map(|d| d.max(Duration::from_millis(10)))
+    };
+    /// Largest episode accepted; larger uploads get 413 unread.
+    pub MAX_EPISODE_SIZE: u64 = "max_episode_size" default "4GiB" => parse::size;
+    /// Uploads that may stream at once; more get 503.
+    pub MAX_CONCURRENT_UPLOADS: usize = "max_concurrent_uploads" default "64" => parse::positive;
+    /// Uploads one device may stream at once (at most
+    /// `max_concurrent_uploads`); more get 429.
+    pub MAX_UPLOADS_PER_DEVICE: usize = "max_uploads_per_device" default "4" => parse::positive;
+    /// Open connections accepted; `auto` (`None`): from the
+    /// file-descriptor limit. At least 64.
+    pub MAX_CONNECTIONS: Option<usize> = "max_connections" default "auto" => max_connections;
+    /// File of the admin API token; unset: the admin API is disabled.
+    pub ADMIN_TOKEN_FILE: PathBuf = "admin_token_file" => parse::path;
+    /// The 412 remediation template (`{your_commit}`, `{head_commit}`).
+    pub REMEDIATION: String = "remediation" default DEFAULT_REMEDIATION => parse::text;
+    /// How far back `commits rejected` and the status page look.
+    pub REJECTED_WINDOW: Duration = "rejected_window" default "7d" => parse::duration;
+    /// A device with no upload for this long is "falling behind".
+    pub BEHIND_AFTER: Duration = "behind_after" default "24h" => parse::duration;
+    /// Who may see the status page.
+    pub STATUS_PAGE: StatusPage = "status_page" default "admin" => |s| {
+        parse::one_of(
+            s,
+            &[
+                ("admin", StatusPage::Admin),
+                ("public", StatusPage::Public),
+                ("off", StatusPage::Off),
+            ],
+        )
+    };
+    /// PEM certificate chain; with `tls_key` or not at all.
+    pub TLS_CERT: PathBuf = "tls_cert" => parse::path;
+    /// PEM private key; with `tls_cert` or not at all.
+    pub TLS_KEY: PathBuf = "tls_key" => parse::path;
+    /// Longest pause between two pieces of an upload body.
+    pub BODY_READ_TIMEOUT: Duration = "body_read_timeout" default "30s" => parse::duration;
+    /// Slowest average upload rate accepted; `0` disables the check.
+    pub MIN_UPLOAD_RATE: u64 = "min_upload_rate" default "1KiB/s" => |s| match s {
+        "0" | "0/s" => Ok(0),
+        _ => parse::rate(s).map_err(|e| format!("{e}, or 0 to disable")),
+    };
+    /// How long in-flight uploads may run on after SIGTERM.
+    pub SHUTDOWN_GRACE: Duration = "shutdown_grace" default "10s" => parse::duration;
+    /// Log format on stderr.
+    pub LOG_FORMAT: LogFormat = "log_format" default "human" => parse::log_format;
 }
 
-/// Where a raw value came from, for error messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    File(PathBuf),
-    Env(String),
-    Flag,
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Source::File(p) => write!(f, "{}", p.display()),
-            Source::Env(name) => write!(f, "environment {name}"),
-            Source::Flag => f.write_str("command line"),
+fn max_connections(s: &str) -> Result<Option<usize>, String> {
+    if s == "auto" {
+        return Ok(None);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if n < MIN_CONNECTIONS => {
+            Err(format!("must be at least {MIN_CONNECTIONS} (or \"auto\")"))
         }
+        Ok(n) => Ok(Some(n)),
+        Err(e) => Err(format!(
+            "{s:?} is not a number of connections or \"auto\": {e}"
+        )),
     }
 }
 
-/// The raw layer: key → (text, source). Later `set`s override earlier ones.
-#[derive(Debug, Default, Clone)]
-pub struct RawConfig {
-    values: BTreeMap<&'static str, (String, Source)>,
-}
+/// The raw layer: the file, then the environment, then the flags, each
+/// value with where it came from. Later merges override earlier ones.
+#[derive(Debug, Clone)]
+pub struct RawConfig(Layers);
 
-fn known_key(key: &str) -> Option<&'static str> {
-    KEYS.iter().copied().find(|k| *k == key)
+impl Default for RawConfig {
+    fn default() -> RawConfig {
+        RawConfig(Layers::new(ENV_PREFIX, KEYS))
+    }
 }
 
 impl RawConfig {
     /// Reads a TOML file. Unknown keys and values of the wrong type are
     /// errors naming the key.
     pub fn merge_file(&mut self, path: &Path) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        self.merge_toml(&text, path)
+        self.0.merge_file(path)
     }
 
     /// Merges the text of a TOML file (`path` is only used in messages).
     pub fn merge_toml(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.message().to_owned(),
-            })?;
-        for (key, value) in table {
-            let Some(k) = known_key(&key) else {
-                return Err(ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: format!("unknown key `{key}` (known keys: {})", KEYS.join(", ")),
-                });
-            };
-            let text = match value {
-                toml::Value::String(s) => s,
-                toml::Value::Integer(i) => i.to_string(),
-                other => {
-                    return Err(ConfigError::Invalid {
-                        key: k,
-                        source_name: path.display().to_string(),
-                        message: format!(
-                            "expected a string or an integer, found {}",
-                            other.type_str()
-                        ),
-                    })
-                }
-            };
-            self.values.insert(k, (text, Source::File(path.to_owned())));
-        }
-        Ok(())
+        self.0.merge_toml(text, path)
     }
 
     /// Merges `FERRY_RECEIVER_<KEY>` variables from `vars` (normally
     /// `std::env::vars()`). Unknown `FERRY_RECEIVER_*` names are ignored
-    /// except `FERRY_RECEIVER_CONFIG`, which clap reads.
+    /// (`FERRY_RECEIVER_CONFIG` is clap's, `FERRY_RECEIVER_LOG` the log
+    /// filter).
     pub fn merge_env<I: IntoIterator<Item = (String, String)>>(&mut self, vars: I) {
-        for (name, value) in vars {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            if let Some(k) = known_key(&rest.to_ascii_lowercase()) {
-                self.values.insert(k, (value, Source::Env(name)));
-            }
-        }
+        self.0.merge_env(vars)
     }
 
     /// Sets one value from a command-line flag.
     pub fn set_flag(&mut self, key: &'static str, value: impl Into<String>) {
-        debug_assert!(known_key(key).is_some(), "{key}");
-        self.values.insert(key, (value.into(), Source::Flag));
-    }
-
-    fn get(&self, key: &'static str) -> Option<&(String, Source)> {
-        self.values.get(key)
-    }
-
-    /// Parses one key with `parse`, turning its error into one naming the key.
-    fn parse<T>(
-        &self,
-        key: &'static str,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<Option<T>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some((text, source)) => {
-                parse(text.trim())
-                    .map(Some)
-                    .map_err(|message| ConfigError::Invalid {
-                        key,
-                        source_name: source.to_string(),
-                        message,
-                    })
-            }
-        }
+        self.0.set_flag(key, value)
     }
 
     /// Resolves defaults and validates every value.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
-        let nonempty = |s: &str| {
-            if s.is_empty() {
-                Err("must not be empty".to_owned())
-            } else {
-                Ok(s.to_owned())
-            }
-        };
-        let listen = self
-            .parse("listen", |s| {
-                s.parse::<SocketAddr>()
-                    .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:8420: {e}"))
-            })?
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8420)));
-        let data_dir = PathBuf::from(
-            self.parse("data_dir", nonempty)?
-                .unwrap_or_else(|| "./ferry-data".to_owned()),
-        );
-        let database = match self.parse("database_url", parse_database_url)? {
-            Some(d) => d,
-            None => Database::Sqlite(data_dir.join("index.sqlite")),
-        };
-        let storage = self.storage(&data_dir)?;
-        let database_max_connections = self
-            .parse("database_max_connections", positive)?
-            .unwrap_or(16) as u32;
-        let database_timeout = self
-            .parse("database_timeout", parse_duration)?
-            .unwrap_or(Duration::from_secs(5));
-        let collect_grace = self
-            .parse("collect_grace", parse_duration)?
-            .unwrap_or(Duration::from_secs(3600));
-        let collect_interval = self
-            .parse("collect_interval", parse_duration)?
-            .unwrap_or(Duration::from_secs(60))
-            .max(Duration::from_millis(10));
-        let max_episode_size = self
-            .parse("max_episode_size", parse_size)?
-            .unwrap_or(4 * 1024 * 1024 * 1024);
-        let max_concurrent_uploads = self
-            .parse("max_concurrent_uploads", positive)?
-            .unwrap_or(64);
-        let max_uploads_per_device = self
-            .parse("max_uploads_per_device", positive)?
-            .unwrap_or(4)
-            .min(max_concurrent_uploads);
-        let max_connections = self
-            .parse("max_connections", |s| {
-                if s == "auto" {
-                    return Ok(None);
-                }
-                match s.parse::<usize>() {
-                    Ok(n) if n < MIN_CONNECTIONS => {
-                        Err(format!("must be at least {MIN_CONNECTIONS} (or \"auto\")"))
-                    }
-                    Ok(n) => Ok(Some(n)),
-                    Err(e) => Err(format!(
-                        "{s:?} is not a number of connections or \"auto\": {e}"
-                    )),
-                }
-            })?
-            .flatten();
-        let admin_token_file = self.parse("admin_token_file", nonempty)?.map(PathBuf::from);
-        let remediation = self
-            .parse("remediation", |s| Ok(s.to_owned()))?
-            .unwrap_or_else(|| DEFAULT_REMEDIATION.to_owned());
-        let rejected_window = self
-            .parse("rejected_window", parse_duration)?
-            .unwrap_or(Duration::from_secs(7 * 24 * 3600));
-        let behind_after = self
-            .parse("behind_after", parse_duration)?
-            .unwrap_or(Duration::from_secs(24 * 3600));
-        let status_page = self
-            .parse("status_page", |s| match s {
-                "admin" => Ok(StatusPage::Admin),
-                "public" => Ok(StatusPage::Public),
-                "off" => Ok(StatusPage::Off),
-                _ => Err(format!("{s:?} is none of \"admin\", \"public\", \"off\"")),
-            })?
-            .unwrap_or(StatusPage::Admin);
-        let tls_cert = self.parse("tls_cert", nonempty)?.map(PathBuf::from);
-        let tls_key = self.parse("tls_key", nonempty)?.map(PathBuf::from);
-        let tls = match (tls_cert, tls_key) {
+        let l = &self.0;
+        let data_dir = l.get(&DATA_DIR)?;
+        let max_concurrent_uploads = l.get(&MAX_CONCURRENT_UPLOADS)?;
+        let tls = match (l.opt(&TLS_CERT)?, l.opt(&TLS_KEY)?) {
             (None, None) => None,
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-            (Some(_), None) => return Err(missing_pair(self, "tls_key", "tls_cert")),
-            (None, Some(_)) => return Err(missing_pair(self, "tls_cert", "tls_key")),
+            (Some(_), None) => return Err(self.missing_pair(&TLS_KEY, &TLS_CERT)),
+            (None, Some(_)) => return Err(self.missing_pair(&TLS_CERT, &TLS_KEY)),
         };
-        let body_read_timeout = self
-            .parse("body_read_timeout", parse_duration)?
-            .unwrap_or(Duration::from_secs(30));
-        let min_upload_rate = self
-            .parse("min_upload_rate", |s| {
-                let s = s.strip_suffix("/s").unwrap_or(s);
-                if s == "0" {
-                    return Ok(0);
-                }
-                parse_size(s).map_err(|e| format!("{e} (a rate like 1KiB/s, or 0 to disable)"))
-            })?
-            .unwrap_or(1024);
-        let shutdown_grace = self
-            .parse("shutdown_grace", parse_duration)?
-            .unwrap_or(Duration::from_secs(10));
-        let log_format = self
-            .parse("log_format", |s| match s {
-                "human" => Ok(LogFormat::Human),
-                "json" => Ok(LogFormat::Json),
-                _ => Err(format!("{s:?} is neither \"human\" nor \"json\"")),
-            })?
-            .unwrap_or(LogFormat::Human);
         Ok(Config {
-            listen,
+            listen: l.get(&LISTEN)?,
+            database: l
+                .opt(&DATABASE_URL)?
+                .unwrap_or_else(|| Database::Sqlite(data_dir.join("index.sqlite"))),
+            storage: self.storage(&data_dir)?,
             data_dir,
-            database,
-            database_max_connections,
-            database_timeout,
-            storage,
-            collect_grace,
-            collect_interval,
-            max_episode_size,
+            database_max_connections: l.get(&DATABASE_MAX_CONNECTIONS)?,
+            database_timeout: l.get(&DATABASE_TIMEOUT)?,
+            collect_grace: l.get(&COLLECT_GRACE)?,
+            collect_interval: l.get(&COLLECT_INTERVAL)?,
+            max_episode_size: l.get(&MAX_EPISODE_SIZE)?,
             max_concurrent_uploads,
-            max_uploads_per_device,
-            max_connections,
-            admin_token_file,
-            remediation,
-            rejected_window,
-            behind_after,
-            status_page,
+            max_uploads_per_device: l.get(&MAX_UPLOADS_PER_DEVICE)?.min(max_concurrent_uploads),
+            max_connections: l.get(&MAX_CONNECTIONS)?,
+            admin_token_file: l.opt(&ADMIN_TOKEN_FILE)?,
+            remediation: l.get(&REMEDIATION)?,
+            rejected_window: l.get(&REJECTED_WINDOW)?,
+            behind_after: l.get(&BEHIND_AFTER)?,
+            status_page: l.get(&STATUS_PAGE)?,
             tls,
-            body_read_timeout,
-            min_upload_rate,
-            shutdown_grace,
-            log_format,
+            body_read_timeout: l.get(&BODY_READ_TIMEOUT)?,
+            min_upload_rate: l.get(&MIN_UPLOAD_RATE)?,
+            shutdown_grace: l.get(&SHUTDOWN_GRACE)?,
+            log_format: l.get(&LOG_FORMAT)?,
         })
     }
-}
 
-impl RawConfig {
     /// `storage_url` with the keys of its backend: a local directory
     /// (default `<data_dir>/objects`) or an S3 bucket (SPEC §7).
     fn storage(&self, data_dir: &Path) -> Result<Storage, ConfigError> {
-        let url = self.parse("storage_url", parse_storage_url)?;
+        let l = &self.0;
         let s3_keys = [
-            "s3_endpoint",
-            "s3_region",
-            "s3_part_size",
-            "s3_buffer_limit",
+            S3_ENDPOINT.name,
+            S3_REGION.name,
+            S3_PART_SIZE.name,
+            S3_BUFFER_LIMIT.name,
         ];
-        let Some(StorageUrl::S3 { bucket, prefix }) = url else {
-            if let Some(key) = s3_keys.into_iter().find(|k| self.get(k).is_some()) {
-                let (_, source) = self.get(key).expect("just found");
-                return Err(ConfigError::Invalid {
-                    key,
-                    source_name: source.to_string(),
-                    message: "only applies when storage_url is an s3:// URL".into(),
-                });
+        let (bucket, prefix) = match l.opt(&STORAGE_URL)? {
+            Some(StorageUrl::S3 { bucket, prefix }) => (bucket, prefix),
+            url => {
+                if let Some(key) = s3_keys.into_iter().find(|k| l.raw(k).is_some()) {
+                    return Err(l.invalid(key, "only applies when storage_url is an s3:// URL"));
+                }
+                return Ok(Storage::Local(match url {
+                    Some(StorageUrl::Local(p)) => p,
+                    _ => data_dir.join("objects"),
+                }));
             }
-            return Ok(Storage::Local(match url {
-                Some(StorageUrl::Local(p)) => p,
-                _ => data_dir.join("objects"),
-            }));
         };
-        let nonempty = |s: &str| match s.is_empty() {
-            true => Err("must not be empty".to_owned()),
-            false => Ok(s.to_owned()),
-        };
-        let part_size = self.parse("s3_part_size", parse_size)?.unwrap_or(8 << 20);
-        if part_size < 5 << 20 {
-            let (_, source) = self.get("s3_part_size").expect("set, as it is small");
-            return Err(ConfigError::Invalid {
-                key: "s3_part_size",
-                source_name: source.to_string(),
-                message: "must be at least 5MiB (the smallest S3 multipart part)".into(),
-            });
-        }
-        let buffer_limit = self
-            .parse("s3_buffer_limit", parse_size)?
-            .unwrap_or(256 << 20)
-            .max(part_size);
+        let part_size = l.get(&S3_PART_SIZE)?;
         Ok(Storage::S3(S3Storage {
             bucket,
             prefix,
-            endpoint: self.parse("s3_endpoint", nonempty)?,
-            region: self.parse("s3_region", nonempty)?,
+            endpoint: l.opt(&S3_ENDPOINT)?,
+            region: l.opt(&S3_REGION)?,
             part_size,
-            buffer_limit,
+            buffer_limit: l.get(&S3_BUFFER_LIMIT)?.max(part_size),
         }))
     }
-}
 
-fn missing_pair(raw: &RawConfig, missing: &'static str, present: &'static str) -> ConfigError {
-    let source_name = raw
-        .get(present)
-        .map(|(_, s)| s.to_string())
-        .unwrap_or_default();
-    ConfigError::Invalid {
-        key: missing,
-        source_name,
-        message: format!("`{present}` is set, so `{missing}` must be set too"),
-    }
-}
-
-/// The smallest `max_connections`: room for the connections kept for
-/// health, readiness, metrics and the admin API while shedding.
-pub const MIN_CONNECTIONS: usize = 64;
-
-fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("{s:?} is not a positive integer: {e}")),
+    /// `missing` is unset while `present`, which needs it, is set: an
+    /// error about `missing`, from where `present` was set.
+    fn missing_pair<T>(&self, missing: &Key<T>, present: &Key<T>) -> ConfigError {
+        ConfigError::Invalid {
+            key: missing.name,
+            origin: self
+                .0
+                .raw(present.name)
+                .map_or(Source::Default, |(_, s)| s.clone()),
+            message: format!(
+                "`{}` is set, so `{}` must be set too",
+                present.name, missing.name
+            ),
+        }
     }
 }
 
@@ -453,7 +308,9 @@ pub struct S3Storage {
     pub buffer_limit: u64,
 }
 
-enum StorageUrl {
+/// `storage_url` as written; [`Storage`] once the S3 keys are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
     Local(PathBuf),
     S3 { bucket: String, prefix: String },
 }
@@ -477,31 +334,6 @@ fn parse_storage_url(s: &str) -> Result<StorageUrl, String> {
         ));
     }
     Ok(StorageUrl::Local(PathBuf::from(path)))
-}
-
-/// Sizes: a plain number of bytes or `512MiB`, `4 GiB`, `1GB`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let n = s
-        .parse::<bytesize::ByteSize>()
-        .map_err(|e| format!("{s:?} is not a size like 512MiB: {e}"))?
-        .as_u64();
-    if n == 0 {
-        return Err("must be more than 0 bytes".to_owned());
-    }
-    Ok(n)
-}
-
-/// Durations: `5s`, `10m`, `7d`, `1h 30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 30s or 10m: {e}"))
-}
-
-/// Log output on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Human,
-    Json,
 }
 
 /// Who may see the status page (`GET /`).
@@ -736,6 +568,37 @@ mod tests {
         );
         let c = resolve("database_url = \"sqlite:///var/x.db\"", &[]).unwrap();
         assert_eq!(c.database, Database::Sqlite(PathBuf::from("/var/x.db")));
+    }
+
+    #[test]
+    fn the_example_files_use_declared_keys_with_valid_values() {
+        let examples = [
+            (
+                "config/receiver.toml",
+                include_str!("../../config/receiver.toml"),
+            ),
+            (
+                "config/receiver-scaleout.toml",
+                include_str!("../../config/receiver-scaleout.toml"),
+            ),
+        ];
+        for (name, text) in examples {
+            let problems = ferry_settings::check_example(text, KEYS);
+            assert!(problems.is_empty(), "{name}: {problems:#?}");
+            // And what it sets is a whole valid configuration.
+            resolve(text, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        // The main example documents every key; the scale-out one only
+        // what that mode sets.
+        let missing = ferry_settings::keys_not_shown(examples[0].1, KEYS);
+        assert!(missing.is_empty(), "config/receiver.toml lacks {missing:?}");
+        // And every declared default is a valid value of its key.
+        for k in KEYS {
+            if let Some(d) = k.default() {
+                k.check(d)
+                    .unwrap_or_else(|e| panic!("default of {}: {e}", k.name()));
+            }
+        }
     }
 
     #[test]

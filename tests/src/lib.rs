@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub mod inspect;
 pub mod nginx;
 pub mod oracle;
 pub mod postgres;
@@ -24,10 +25,13 @@ pub mod s3;
 pub mod scaleout;
 pub mod skip;
 pub mod strace;
+pub mod wait;
 
+pub use inspect::{metric, pack_sha, stored, stored_by_device, temp_files};
 pub use oracle::assert_archive_is_episode;
 pub use skip::{gap_sensitive, have, heavy, lacks, require_all, skip};
 pub use strace::Strace;
+pub use wait::{exit_within, until, wait_exit, wait_for};
 
 /// Two well-formed commits for tests.
 pub const COMMIT_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -86,20 +90,6 @@ pub fn wait_accepting(child: &mut Child, addr: SocketAddr, name: &str, log: &Pat
     });
 }
 
-/// Poll `f` until it returns `Some`, or panic with `what` after [`DEADLINE`].
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() > DEADLINE {
-            panic!("timed out after {DEADLINE:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Where the receiver keeps the object with this digest:
 /// `<data_dir>/objects/<aa>/<sha256>` (content-addressed, 256 shards).
 pub fn object_path(data_dir: &Path, sha: &str) -> PathBuf {
@@ -141,22 +131,6 @@ pub fn signal_group(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a negative pid addresses a group we created.
     unsafe {
         libc::kill(-(pid as libc::pid_t), sig);
-    }
-}
-
-/// Wait for a child with a deadline; kill -9 it and panic if it overstays.
-pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            return st;
-        }
-        if start.elapsed() > within {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("process {} did not exit within {within:?}", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -439,38 +413,17 @@ impl Receiver {
     /// `ferry_uploads_in_flight` from `/metrics`: uploads whose handler is
     /// running (0 when the receiver does not answer).
     pub fn uploads_in_flight(&self) -> u64 {
-        let Ok(mut s) = TcpStream::connect(self.addr) else {
-            return 0;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let head = request_head(self.addr, "GET", "/metrics", &[], 0);
-        if s.write_all(head.as_bytes()).is_err() {
-            return 0;
-        }
-        read_response(&mut s)
-            .text()
-            .lines()
-            .find(|l| l.starts_with("ferry_uploads_in_flight "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
+        metric(self, "ferry_uploads_in_flight ").map_or(0, |v| v as u64)
     }
 
     /// Bytes in `<data_dir>/tmp`: bodies of uploads not yet stored.
     pub fn temp_bytes(&self) -> u64 {
-        self.temp_sizes().iter().sum()
-    }
-
-    /// The sizes of the files in `<data_dir>/tmp`, one per upload not yet
-    /// stored.
-    fn temp_sizes(&self) -> Vec<u64> {
-        std::fs::read_dir(self.data_dir.join("tmp"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let tmp = self.data_dir.join("tmp");
+        temp_files(self)
+            .iter()
+            .filter_map(|name| std::fs::metadata(tmp.join(name)).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Wait until an upload is provably in flight: its handler runs (the
@@ -478,7 +431,7 @@ impl Receiver {
     /// lands mid-upload, not before or after one.
     pub fn wait_upload_in_flight(&self) {
         wait_for("an upload in flight at the receiver", || {
-            (self.uploads_in_flight() > 0 && !self.temp_sizes().is_empty()).then_some(())
+            (self.uploads_in_flight() > 0 && !temp_files(self).is_empty()).then_some(())
         });
     }
 

@@ -275,23 +275,7 @@ impl Stack {
     /// The index as `episodes list --json` shows it: (device, id) →
     /// sha256. Panics if a pair is listed twice.
     pub fn rows(&self) -> BTreeMap<(String, String), String> {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.replicas.cli_ok(["episodes", "list", "--json"]))
-                .expect("episodes list --json");
-        let mut rows = BTreeMap::new();
-        for e in v.as_array().expect("a JSON array") {
-            let s = |k: &str| {
-                e[k].as_str()
-                    .unwrap_or_else(|| panic!("{k} in {e}"))
-                    .to_string()
-            };
-            let key = (s("device"), s("episode_id"));
-            assert!(
-                rows.insert(key.clone(), s("sha256")).is_none(),
-                "{key:?} is listed twice"
-            );
-        }
-        rows
+        crate::stored_by_device(self.replicas.get(0))
     }
 
     /// The balancer's URL, for agents.

@@ -14,7 +14,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -75,6 +75,22 @@ pub fn run_ok(cmd: &mut Command) -> Result<()> {
     let st = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+/// `cargo-<sub>` from crates.io (`cargo install --locked`), unless
+/// `cargo <sub> --version` already answers.
+pub fn install_cargo_tool(sub: &str) -> Result<()> {
+    let have = Command::new("cargo")
+        .args([sub, "--version"])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        run_ok(cargo().args(["install", &format!("cargo-{sub}"), "--locked"]))?;
     }
     Ok(())
 }
@@ -199,16 +215,7 @@ fn fuzz(args: &[String]) -> Result<ExitCode> {
         Some(s) => s.parse().context("fuzz SECONDS")?,
         None => 60,
     };
-    let have_fuzz = Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have_fuzz {
-        run_ok(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
-    }
+    install_cargo_tool("fuzz")?;
     // New inputs go to a corpus under target/ (libFuzzer writes to its
     // first corpus directory); the seeds in fuzz/corpus/parse, which
     // fuzz/check's tests also run, stay as committed.
@@ -254,67 +261,9 @@ fn demo() -> Result<ExitCode> {
     // The receiver with no configuration at all: embedded SQLite and
     // objects under ./ferry-data, listening on 127.0.0.1:8420. It runs in
     // target/demo so that the demo leaves the checkout clean.
-    let commit = "0123456789abcdef0123456789abcdef01234567";
-    run_ok(
-        Command::new(&receiver)
-            .current_dir(&work)
-            .args(["commits", "allow", commit, "--head", "--note", "demo"]),
-    )?;
-    let out = Command::new(&receiver)
-        .current_dir(&work)
-        .args(["devices", "add", "demo-device"])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "devices add failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let token = String::from_utf8(out.stdout)?.trim().to_string();
-    std::fs::create_dir_all(&spool)?;
-    std::fs::write(work.join("device.token"), format!("{token}\n"))?;
+    demo_setup(&receiver, &work, &spool)?;
 
-    for i in 1..=3 {
-        let ep = spool.join("episodes").join(format!("demo-episode-{i}"));
-        std::fs::create_dir_all(ep.join("camera"))?;
-        std::fs::write(
-            ep.join("meta.json"),
-            format!("{{\"code_version\": {{\"commit\": \"{commit}\"}}, \"episode\": {i}}}\n"),
-        )?;
-        std::fs::write(ep.join("log.txt"), format!("episode {i}\n").repeat(1000))?;
-        std::fs::write(
-            ep.join("camera").join("frame-0001.raw"),
-            vec![i as u8; 64 * 1024],
-        )?;
-        std::fs::write(ep.join("done.marker"), b"")?;
-    }
-
-    println!(
-        "== ferry-receiver serve (embedded defaults, in {})",
-        work.display()
-    );
-    let mut serve = Command::new(&receiver)
-        .current_dir(&work)
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start ferry-receiver serve")?;
-    let stdout = serve.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        match lines.next() {
-            Some(Ok(l)) => {
-                println!("   {l}");
-                if let Some(u) = l.strip_prefix("listening on ") {
-                    break u.trim().to_string();
-                }
-            }
-            _ => {
-                let _ = serve.kill();
-                bail!("ferry-receiver serve exited before listening (is port 8420 taken?)");
-            }
-        }
-    };
+    let (mut serve, url) = demo_serve(&receiver, &work)?;
 
     println!(
         "== ferry-agent drain --spool {} --receiver {url}",
@@ -346,7 +295,92 @@ fn demo() -> Result<ExitCode> {
         .arg(&spool)
         .status();
 
-    // SIGTERM, the way systemd stops it.
+    demo_stop(&mut serve)?;
+    Ok(if drained {
+        println!(
+            "demo: 3 episodes shipped; receiver data in {}",
+            data_dir.display()
+        );
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Allow the demo's commit, add its device (token in `work/device.token`)
+/// and write three finished episodes into `spool`.
+fn demo_setup(receiver: &Path, work: &Path, spool: &Path) -> Result<()> {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    run_ok(
+        Command::new(receiver)
+            .current_dir(work)
+            .args(["commits", "allow", commit, "--head", "--note", "demo"]),
+    )?;
+    let out = Command::new(receiver)
+        .current_dir(work)
+        .args(["devices", "add", "demo-device"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "devices add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let token = String::from_utf8(out.stdout)?.trim().to_string();
+    std::fs::create_dir_all(spool)?;
+    std::fs::write(work.join("device.token"), format!("{token}\n"))?;
+
+    for i in 1..=3 {
+        let ep = spool.join("episodes").join(format!("demo-episode-{i}"));
+        std::fs::create_dir_all(ep.join("camera"))?;
+        std::fs::write(
+            ep.join("meta.json"),
+            format!("{{\"code_version\": {{\"commit\": \"{commit}\"}}, \"episode\": {i}}}\n"),
+        )?;
+        std::fs::write(ep.join("log.txt"), format!("episode {i}\n").repeat(1000))?;
+        std::fs::write(
+            ep.join("camera").join("frame-0001.raw"),
+            vec![i as u8; 64 * 1024],
+        )?;
+        std::fs::write(ep.join("done.marker"), b"")?;
+    }
+    Ok(())
+}
+
+/// `ferry-receiver serve` in `work`, its output echoed until it listens.
+/// Returns the child and the URL it listens on.
+fn demo_serve(receiver: &Path, work: &Path) -> Result<(Child, String)> {
+    println!(
+        "== ferry-receiver serve (embedded defaults, in {})",
+        work.display()
+    );
+    let mut serve = Command::new(receiver)
+        .current_dir(work)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start ferry-receiver serve")?;
+    let stdout = serve.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        match lines.next() {
+            Some(Ok(l)) => {
+                println!("   {l}");
+                if let Some(u) = l.strip_prefix("listening on ") {
+                    break u.trim().to_string();
+                }
+            }
+            _ => {
+                let _ = serve.kill();
+                bail!("ferry-receiver serve exited before listening (is port 8420 taken?)");
+            }
+        }
+    };
+    Ok((serve, url))
+}
+
+/// Stop the receiver with SIGTERM, the way systemd does; kill it after 15 s.
+fn demo_stop(serve: &mut Child) -> Result<()> {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(serve.id().to_string())
@@ -357,15 +391,7 @@ fn demo() -> Result<ExitCode> {
     }
     let _ = serve.kill();
     let _ = serve.wait();
-    Ok(if drained {
-        println!(
-            "demo: 3 episodes shipped; receiver data in {}",
-            data_dir.display()
-        );
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(())
 }
 
 #[cfg(test)]

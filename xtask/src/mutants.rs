@@ -9,11 +9,11 @@
 //! [`EQUIVALENT`] (docs/RELIABILITY.md explains each of those).
 
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, root, run_ok, target_dir};
+use crate::{cargo, target_dir};
 
 /// One scope: the package, the files mutated (none: the whole package),
 /// and what the tests run per mutant.
@@ -94,7 +94,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         }
         wanted.push((scope, files));
     }
-    install()?;
+    crate::install_cargo_tool("mutants")?;
     let mut any_missed = false;
     let mut report = Vec::new();
     for (scope, files) in wanted {
@@ -160,21 +160,6 @@ fn lines(p: &Path) -> Vec<String> {
         .filter(|l| !l.trim().is_empty())
         .map(str::to_string)
         .collect()
-}
-
-/// cargo-mutants from crates.io, unless it is already installed.
-fn install() -> Result<()> {
-    let have = Command::new("cargo")
-        .args(["mutants", "--version"])
-        .current_dir(root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        run_ok(cargo().args(["install", "cargo-mutants", "--locked"]))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,12 +5,10 @@
 
 use std::time::Duration;
 
-use ferry_tests::{assert_ok, Receiver, Spool, COMMIT_A, COMMIT_B};
+use ferry_tests::{assert_ok, pack_sha, stored, Receiver, Spool, COMMIT_A, COMMIT_B};
 use serde_json::json;
 
-use super::{
-    answer, episode, fake, outbox, pack_sha, read_json, reason, small, stored, text, Daemon, Script,
-};
+use super::{answer, episode, fake, outbox, read_json, reason, small, text, Daemon, Script};
 
 #[test]
 fn row_201_and_200_retire_and_delete_the_tarball() {
@@ -119,7 +117,7 @@ fn row_412_quarantines_logs_once_and_requeues_when_allowed() {
             ("FERRY_AGENT_SCAN_INTERVAL", "200ms"),
         ],
     );
-    super::until(
+    ferry_tests::until(
         "both quarantined",
         || d.log(),
         || spool.ids_in("quarantine") == ["old-1", "old-2"],
@@ -143,7 +141,7 @@ fn row_412_quarantines_logs_once_and_requeues_when_allowed() {
     assert_eq!(errors, 1, "{log}");
     // The receiver allows the commit: re-queued and shipped by itself.
     rx.allow(COMMIT_B, false);
-    super::until(
+    ferry_tests::until(
         "re-queued and shipped",
         || d.log(),
         || {
@@ -151,7 +149,7 @@ fn row_412_quarantines_logs_once_and_requeues_when_allowed() {
             s.contains_key("old-1") && s.contains_key("old-2")
         },
     );
-    super::until("retired", || d.log(), || spool.ids_in("shipped").len() == 3);
+    ferry_tests::until("retired", || d.log(), || spool.ids_in("shipped").len() == 3);
     assert!(spool.ids_in("quarantine").is_empty());
     assert!(d.sigterm(Duration::from_secs(30)).success());
 }

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
-use ferry_tests::{assert_ok, bin, noise, Receiver, Spool, COMMIT_A, COMMIT_B};
+use ferry_tests::{assert_ok, bin, noise, pack_sha, Receiver, Spool, COMMIT_A, COMMIT_B};
 
-use super::{episode, pack_sha, small, text};
+use super::{episode, small, text};
 
 fn build(dir: &Path, reverse: bool) {
     let mut files: Vec<(&str, Vec<u8>)> = vec![

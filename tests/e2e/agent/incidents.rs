@@ -3,12 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_tests::{assert_ok, noise, Receiver, Spool, COMMIT_A};
+use ferry_tests::{assert_ok, noise, pack_sha, stored, until, Receiver, Spool, COMMIT_A};
 
-use super::{
-    daemon_with_notify, outbox, pack_sha, read_json, reason, small, stored, text, until, Daemon,
-    NotifySocket,
-};
+use super::{daemon_with_notify, outbox, read_json, reason, small, text, Daemon, NotifySocket};
 
 /// §4.1: one unreadable file costs its episode only; one aggregated ERROR
 /// per pass; the others ship; five strikes then quarantine naming the file

@@ -18,7 +18,6 @@ mod systemd;
 mod takeover;
 mod tls;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -26,7 +25,7 @@ use std::process::{Child, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_tests::{make_episode, noise, signal, wait_exit, Receiver, Spool, COMMIT_A};
+use ferry_tests::{make_episode, noise, signal, wait_exit, Spool, COMMIT_A};
 
 /// A small episode with a nested data file, committed by `commit`.
 pub fn episode(spool: &Spool, id: &str, commit: Option<&str>, seed: u64) -> PathBuf {
@@ -56,22 +55,6 @@ pub fn text(out: &Output) -> String {
     )
 }
 
-/// The receiver's index: id → sha256.
-pub fn stored(rx: &Receiver) -> BTreeMap<String, String> {
-    let out = rx.cli_ok(["episodes", "list", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("episodes list --json");
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|e| {
-            (
-                e["episode_id"].as_str().unwrap().to_string(),
-                e["sha256"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// A JSON file of the spool.
 pub fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -91,20 +74,6 @@ pub fn reason(spool: &Spool, id: &str) -> serde_json::Value {
 /// Names in `outbox/`.
 pub fn outbox(spool: &Spool) -> Vec<String> {
     spool.ids_in("outbox")
-}
-
-/// `ferry-agent pack DIR -o tmp`: the sha256 it prints.
-pub fn pack_sha(dir: &Path) -> String {
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(ferry_tests::bin("ferry-agent"))
-        .arg("pack")
-        .arg(dir)
-        .arg("-o")
-        .arg(out_dir.path().join("x.tar.zst"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 // ---------------------------------------------------------------------------
@@ -183,17 +152,6 @@ impl Drop for Daemon {
         ferry_tests::signal_group(self.child.id(), libc::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Poll until `f` holds, or panic with `what` and `log`.
-pub fn until(what: &str, log: impl Fn() -> String, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        if start.elapsed() > ferry_tests::DEADLINE {
-            panic!("timed out waiting for {what}; log:\n{}", log());
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

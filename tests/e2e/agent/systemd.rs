@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use ferry_tests::{Receiver, Spool, COMMIT_A, COMMIT_B};
+use ferry_tests::{stored, until, Receiver, Spool, COMMIT_A, COMMIT_B};
 
-use super::{daemon_with_notify, episode, small, stored, until, NotifySocket};
+use super::{daemon_with_notify, episode, small, NotifySocket};
 
 #[test]
 fn ready_status_and_stopping_on_a_real_notify_socket() {

@@ -5,9 +5,9 @@
 
 use std::fs;
 
-use ferry_tests::{make_episode, Receiver, Spool, COMMIT_A, COMMIT_B};
+use ferry_tests::{make_episode, pack_sha, stored, until, Receiver, Spool, COMMIT_A, COMMIT_B};
 
-use super::{pack_sha, read_json, small, stored, until, Daemon};
+use super::{read_json, small, Daemon};
 
 #[test]
 fn an_old_layout_spool_is_taken_over_without_loss() {

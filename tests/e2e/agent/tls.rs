@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use ferry_tests::{assert_ok, Receiver, Spool, COMMIT_A};
+use ferry_tests::{assert_ok, stored, Receiver, Spool, COMMIT_A};
 
-use super::{small, stored, text};
+use super::{small, text};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ferry_tests::{lacks, make_episode, noise, Receiver, Spool, COMMIT_A, COMMIT_B};
+use ferry_tests::{lacks, make_episode, noise, until, Receiver, Spool, COMMIT_A, COMMIT_B};
 
-use crate::agent::{until, Daemon};
+use crate::agent::Daemon;
 
 /// The metrics the agent writes (after `ferry_agent_`); the rules test
 /// checks the alerts name only these.

@@ -24,7 +24,6 @@ mod receiver;
 mod spool;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// A file the producer must never get the agent to read or write: marker
 /// bytes (to search archives for), mode 0600.
@@ -50,26 +49,4 @@ pub fn unzstd(path: &Path) -> Vec<u8> {
         .output()
         .expect("zstd -dc");
     out.stdout
-}
-
-/// Wait for `child` at most `within`; kill it and fail if it is still
-/// running then (a hang is the failure these tests look for).
-pub fn exit_within(
-    child: &mut std::process::Child,
-    within: Duration,
-    what: &str,
-    log: &dyn Fn() -> String,
-) -> std::process::ExitStatus {
-    let t0 = std::time::Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if t0.elapsed() > within {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} still running after {within:?}; log:\n{}", log());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

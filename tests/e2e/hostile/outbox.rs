@@ -5,10 +5,10 @@
 
 use std::os::unix::fs::symlink;
 
-use ferry_tests::{Receiver, Spool, COMMIT_A};
+use ferry_tests::{pack_sha, stored, Receiver, Spool, COMMIT_A};
 
 use super::secret;
-use crate::agent::{pack_sha, small, stored};
+use crate::agent::small;
 
 /// Only a regular file the agent made is shipped: a symlink (to a secret),
 /// a hard link to it, an unrelated zstd file and the archive of another

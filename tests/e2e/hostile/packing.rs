@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_tests::{noise, Receiver, Spool, COMMIT_A};
+use ferry_tests::{exit_within, noise, pack_sha, stored, Receiver, Spool, COMMIT_A};
 
-use super::{contains, exit_within, secret, unzstd};
-use crate::agent::{pack_sha, small, stored};
+use super::{contains, secret, unzstd};
+use crate::agent::small;
 
 /// Swap `data.bin` between a regular file, a symlink to `secret` and a
 /// FIFO, each by an atomic rename, until `stop`.

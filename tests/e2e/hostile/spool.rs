@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_tests::{make_episode, wait_for, Receiver, Spool, COMMIT_A};
+use ferry_tests::{
+    exit_within, make_episode, pack_sha, stored, wait_for, Receiver, Spool, COMMIT_A,
+};
 use serde_json::json;
 
-use super::{exit_within, secret};
-use crate::agent::{answer, fake, pack_sha, reason, small, stored, Daemon};
+use super::secret;
+use crate::agent::{answer, fake, reason, small, Daemon};
 
 /// Class 1. The reason and conflict files are written into the producer's
 /// own directory (moved to quarantine/ or conflict/), and the state file

@@ -4,9 +4,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_tests::{bin, sample_archive, Receiver, COMMIT_A, COMMIT_B};
+use ferry_tests::{bin, sample_archive, stored, Receiver, COMMIT_A, COMMIT_B};
 
-use super::{expect, object_files, stored};
+use super::{expect, object_files};
 
 /// Polls `f` until the change is in force, then asserts the SPEC's bound
 /// (in force within a second) on what the probes prove: a probe *sent* more

@@ -5,9 +5,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ferry_tests::{put_episode, sha256_hex, Receiver, COMMIT_A};
+use ferry_tests::{put_episode, sha256_hex, stored, temp_files, Receiver, COMMIT_A};
 
-use super::{archive_of_size, stored, temp_files};
+use super::archive_of_size;
 
 const CYCLES: usize = 3;
 const CLIENTS: usize = 4;

@@ -2,9 +2,9 @@
 //! that ships them, and no device-facing route tells a device anything
 //! about another device's episodes.
 
-use ferry_tests::{sample_archive, sha256_hex, Receiver, COMMIT_A};
+use ferry_tests::{sample_archive, sha256_hex, stored_by_device, Receiver, COMMIT_A};
 
-use super::{expect, head_request, object_files, stored_by_device};
+use super::{expect, head_request, object_files};
 
 #[test]
 fn another_devices_episode_answers_as_if_absent_on_every_device_route() {

@@ -7,10 +7,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use ferry_tests::{make_episode, Receiver, Spool, COMMIT_A};
-
-use super::{metric, stored_by_device};
-use crate::agent::pack_sha;
+use ferry_tests::{make_episode, metric, pack_sha, stored_by_device, Receiver, Spool, COMMIT_A};
 
 const DEVICES: usize = 100;
 const EPISODES: usize = 3;

@@ -4,12 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferry_tests::{sha256_hex, Receiver, COMMIT_A};
+use ferry_tests::{metric, sha256_hex, stored, temp_files, Receiver, COMMIT_A};
 
-use super::{
-    archive_of_size, expect, hold_upload, metric, object_files, proto_headers, stored, temp_files,
-    HeldUpload,
-};
+use super::{archive_of_size, expect, hold_upload, object_files, proto_headers, HeldUpload};
 
 #[test]
 fn a_stalled_body_gets_408_and_frees_its_slot() {

@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferry_tests::{sha256_hex, Receiver};
+use ferry_tests::{sha256_hex, stored_by_device, Receiver};
 
+use super::expect;
 use super::postgres::{self, TestDb};
-use super::{expect, stored_by_device};
 
 /// The commit the fixture's episodes were shipped with.
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";

@@ -171,7 +171,7 @@ pub fn hold_upload(rx: &Receiver, token: &str, id: &str, body: &[u8], sent: usiz
 /// Waits until exactly `n` uploads hold a slot.
 pub fn wait_in_flight(rx: &Receiver, n: u32) {
     ferry_tests::wait_for(&format!("{n} uploads in flight"), || {
-        (metric(rx, "ferry_uploads_in_flight") == Some(f64::from(n))).then_some(())
+        (ferry_tests::metric(rx, "ferry_uploads_in_flight") == Some(f64::from(n))).then_some(())
     });
 }
 
@@ -211,16 +211,6 @@ pub fn head_only(
     (r, start.elapsed())
 }
 
-/// The value of a Prometheus sample (first line starting with `prefix`).
-pub fn metric(rx: &Receiver, prefix: &str) -> Option<f64> {
-    let r = rx.request("GET", "/metrics", &[], b"");
-    r.text()
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// Files under `<data_dir>/objects`.
 pub fn object_files(rx: &Receiver) -> Vec<std::path::PathBuf> {
     fn walk(d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
@@ -239,38 +229,4 @@ pub fn object_files(rx: &Receiver) -> Vec<std::path::PathBuf> {
     let mut v = Vec::new();
     walk(&rx.data_dir.join("objects"), &mut v);
     v
-}
-
-/// Files in `<data_dir>/tmp`.
-pub fn temp_files(rx: &Receiver) -> Vec<String> {
-    std::fs::read_dir(rx.data_dir.join("tmp"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `episodes list --json` as id → sha256 (for tests with one device).
-pub fn stored(rx: &Receiver) -> std::collections::BTreeMap<String, String> {
-    stored_by_device(rx)
-        .into_iter()
-        .map(|((_, id), sha)| (id, sha))
-        .collect()
-}
-
-/// `episodes list --json` as (device, id) → sha256: ids are scoped to
-/// their device.
-pub fn stored_by_device(rx: &Receiver) -> std::collections::BTreeMap<(String, String), String> {
-    let v: serde_json::Value =
-        serde_json::from_str(&rx.cli_ok(["episodes", "list", "--json"])).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().unwrap().to_string();
-            ((s("device"), s("episode_id")), s("sha256"))
-        })
-        .collect()
 }

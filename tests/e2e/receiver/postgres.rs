@@ -6,9 +6,9 @@
 use std::sync::{Arc, Barrier};
 
 pub(crate) use ferry_tests::postgres::TestDb;
-use ferry_tests::{sample_archive, sha256_hex, Receiver, COMMIT_A, COMMIT_B};
+use ferry_tests::{sample_archive, sha256_hex, stored, Receiver, COMMIT_A, COMMIT_B};
 
-use super::{expect, stored};
+use super::expect;
 
 pub(crate) fn receiver(db: &TestDb, data: &std::path::Path) -> Receiver {
     let url = db.url();
@@ -70,7 +70,7 @@ fn postgres_index_answers_every_upload_row() {
         200,
         "already-present",
     );
-    let rows = super::stored_by_device(&rx);
+    let rows = ferry_tests::stored_by_device(&rx);
     assert_eq!(
         rows.keys().collect::<Vec<_>>(),
         [&("pg-dev-2".to_string(), "pg-1".to_string())]

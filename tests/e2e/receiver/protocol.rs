@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use ferry_tests::{sample_archive, sha256_hex, Receiver, COMMIT_A, COMMIT_B};
+use ferry_tests::{sample_archive, sha256_hex, stored, temp_files, Receiver, COMMIT_A, COMMIT_B};
 
-use super::{expect, expect_400, head_only, object_files, proto_headers, send, stored, temp_files};
+use super::{expect, expect_400, head_only, object_files, proto_headers, send};
 
 /// A 1 GB Content-Length: if the receiver tried to read that body, the
 /// answer would never come (the test never sends it).
@@ -353,8 +353,9 @@ fn a_cut_upload_stores_nothing_and_leaves_no_temp_file() {
     let held = super::hold_upload(&rx, &token, "ep-cut", &body, body.len() / 2);
     drop(held);
     ferry_tests::wait_for("the cut upload to be cleaned up", || {
-        (super::metric(&rx, "ferry_uploads_in_flight") == Some(0.0) && temp_files(&rx).is_empty())
-            .then_some(())
+        (ferry_tests::metric(&rx, "ferry_uploads_in_flight") == Some(0.0)
+            && temp_files(&rx).is_empty())
+        .then_some(())
     });
     assert!(stored(&rx).is_empty());
     assert!(object_files(&rx).is_empty());

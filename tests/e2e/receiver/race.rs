@@ -5,9 +5,9 @@
 
 use std::sync::{Arc, Barrier};
 
-use ferry_tests::{sample_archive, sha256_hex, Receiver, COMMIT_A};
+use ferry_tests::{sample_archive, sha256_hex, stored, temp_files, Receiver, COMMIT_A};
 
-use super::{object_files, stored, temp_files};
+use super::object_files;
 
 const ROUNDS: usize = 50;
 const THREADS: usize = 8;
@@ -132,7 +132,7 @@ pub(super) fn race_across_two_devices(rx: &Arc<Receiver>, rounds: usize) {
             }
         }
     }
-    let rows = super::stored_by_device(rx);
+    let rows = ferry_tests::stored_by_device(rx);
     assert_eq!(rows.len(), 2 * rounds, "one row per device and id");
     ferry_tests::wait_for("the losers' objects are collected", || {
         (object_files(rx).len() == 2 * rounds).then_some(())

@@ -4,9 +4,9 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use ferry_tests::Receiver;
+use ferry_tests::{stored, temp_files, Receiver};
 
-use super::{archive_of_size, expect, hold_upload, stored, temp_files};
+use super::{archive_of_size, expect, hold_upload};
 
 #[test]
 fn sigterm_lets_an_in_flight_upload_finish_and_exits_0() {

@@ -6,9 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_tests::{bin, sample_archive, Receiver, COMMIT_A};
+use ferry_tests::{bin, sample_archive, temp_files, Receiver, COMMIT_A};
 
-use super::{expect, temp_files};
+use super::expect;
 
 const LEFT_OVER: usize = 20_000;
 

@@ -1,9 +1,9 @@
 //! Everything besides the PUT: HEAD, the commit check, whoami, health,
 //! readiness, metrics, the status page, the admin API and unknown routes.
 
-use ferry_tests::{sample_archive, sha256_hex, Receiver, COMMIT_A, COMMIT_B};
+use ferry_tests::{metric, sample_archive, sha256_hex, Receiver, COMMIT_A, COMMIT_B};
 
-use super::{expect, metric};
+use super::expect;
 
 #[test]
 fn head_answers_200_with_the_digest_or_404() {

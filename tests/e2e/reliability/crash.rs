@@ -6,10 +6,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_tests::{
-    assert_ok, put_episode, sha256_hex, signal, wait_exit, Receiver, Spool, Strace, COMMIT_A,
+    assert_ok, put_episode, sha256_hex, signal, stored, temp_files, wait_exit, Receiver, Spool,
+    Strace, COMMIT_A,
 };
 
-use super::{assert_delivered, receiver_temp_files, small_episode, start_agent, stored};
+use super::{assert_delivered, small_episode, start_agent};
 
 /// xorshift64: a seeded, reproducible sequence of choices.
 struct Rng(u64);
@@ -181,7 +182,7 @@ fn random_kill9_of_agent_and_receiver_loses_and_duplicates_nothing() {
     // Uploads cut by a receiver kill leave temp files; the restarted
     // receiver sweeps them after it is ready.
     ferry_tests::wait_for("receiver temp files swept", || {
-        receiver_temp_files(&rx).is_empty().then_some(())
+        temp_files(&rx).is_empty().then_some(())
     });
     let total: usize = faults.iter().sum();
     assert!(

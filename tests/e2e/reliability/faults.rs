@@ -7,10 +7,11 @@
 use std::process::Command;
 
 use ferry_tests::{
-    assert_ok, have, put_episode, sha256_hex, skip, Receiver, Spool, Strace, COMMIT_A, COMMIT_B,
+    assert_ok, have, put_episode, sha256_hex, skip, stored, temp_files, Receiver, Spool, Strace,
+    COMMIT_A, COMMIT_B,
 };
 
-use super::{assert_delivered, receiver_temp_files, small_episode, stored};
+use super::{assert_delivered, small_episode};
 
 /// A 4 s drain under `strace -P <outbox>/<id>.tar.zst.partial -e INJECT`,
 /// retrying quickly; the partial file's path and the drain's output, after
@@ -226,10 +227,7 @@ fn receiver_fsync_eio_is_not_acknowledged_and_costs_one_upload() {
     assert_ne!(&other_sha[..2], &sha[..2], "pick another seed: same shard");
     let r = put_episode(rx.addr, &token, "fs-other", COMMIT_A, &other_sha, &other);
     assert_eq!(r.status, 201, "{}", r.text());
-    assert!(
-        receiver_temp_files(&rx).is_empty(),
-        "temp files left behind"
-    );
+    assert!(temp_files(&rx).is_empty(), "temp files left behind");
 
     // The fault clears.
     rx.restart();
@@ -309,10 +307,7 @@ fn receiver_syncfs_eio_under_load_falls_back_to_fsync_per_file() {
     for (id, sha) in &stored_ids {
         assert_eq!(index.get(id), Some(sha), "acknowledged {id} is not indexed");
     }
-    assert!(
-        receiver_temp_files(&rx).is_empty(),
-        "temp files left behind"
-    );
+    assert!(temp_files(&rx).is_empty(), "temp files left behind");
     assert_ok(&rx.cli(["episodes", "verify"]), "episodes verify");
 }
 

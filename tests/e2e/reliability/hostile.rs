@@ -6,9 +6,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use ferry_tests::{put_episode, read_response, request_head, sha256_hex, Receiver, COMMIT_A};
-
-use super::{receiver_temp_files, stored};
+use ferry_tests::{
+    put_episode, read_response, request_head, sha256_hex, stored, temp_files, Receiver, COMMIT_A,
+};
 
 /// Nothing outside `objects/`, `tmp/` and the index was created.
 fn assert_nothing_stored(rx: &Receiver) {
@@ -178,7 +178,7 @@ fn short_body_under_a_huge_content_length_stores_nothing() {
     let _ = s.read_to_end(&mut rest);
     drop(s);
     ferry_tests::wait_for("temp file of the cut upload removed", || {
-        receiver_temp_files(&rx).is_empty().then_some(())
+        temp_files(&rx).is_empty().then_some(())
     });
     assert_nothing_stored(&rx);
     // The id is still free.

@@ -12,39 +12,10 @@ mod faults;
 mod hostile;
 mod network;
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
-use ferry_tests::{assert_ok, bin, Receiver, Spool};
-
-/// Episodes and their packed sha256 as `ferry-agent pack` makes them now.
-pub fn fresh_pack_digest(dir: &Path) -> String {
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("ferry-agent"))
-        .arg("pack")
-        .arg(dir)
-        .arg("-o")
-        .arg(out_dir.path().join("x.tar.zst"))
-        .output()
-        .expect("ferry-agent pack");
-    assert_ok(&out, "ferry-agent pack");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// The receiver's index as `episodes list --json` shows it: id → sha256.
-/// Panics if an id appears twice.
-pub fn stored(rx: &Receiver) -> BTreeMap<String, String> {
-    let out = rx.cli_ok(["episodes", "list", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("episodes list --json");
-    let mut map = BTreeMap::new();
-    for e in v.as_array().expect("a JSON array") {
-        let id = e["episode_id"].as_str().expect("episode_id").to_string();
-        let sha = e["sha256"].as_str().expect("sha256").to_string();
-        assert!(map.insert(id.clone(), sha).is_none(), "{id} listed twice");
-    }
-    map
-}
+use ferry_tests::{assert_ok, pack_sha, stored, Receiver, Spool};
 
 /// Everything in `ids` arrived exactly once and intact:
 /// - the spool has each in `shipped/`, none pending, quarantined or in
@@ -91,24 +62,13 @@ pub fn assert_delivered(rx: &Receiver, spool: &Spool, ids: &[String]) {
             .get(id)
             .unwrap_or_else(|| panic!("{id} is in shipped/ but not stored by the receiver"));
         let shipped = spool.path().join("shipped").join(id);
-        let fresh = fresh_pack_digest(&shipped);
+        let fresh = pack_sha(&shipped);
         assert_eq!(sha, &fresh, "{id}: stored sha256 differs from a fresh pack");
         let object = ferry_tests::object_path(&rx.data_dir, sha);
         ferry_tests::assert_archive_is_episode(&object, &shipped, "assert_delivered");
     }
     let verify = rx.cli(["episodes", "verify"]);
     assert_ok(&verify, "ferry-receiver episodes verify");
-}
-
-/// Files left in the receiver's temp directory (uploads never finished).
-pub fn receiver_temp_files(rx: &Receiver) -> Vec<String> {
-    match std::fs::read_dir(rx.data_dir.join("tmp")) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
 }
 
 /// A small episode whose content depends on `seed`: a text file and some

@@ -11,7 +11,7 @@ use ferry_tests::s3::key_sha;
 use ferry_tests::scaleout::Stack;
 use ferry_tests::{sha256_hex, signal, wait_exit, Spool};
 
-use crate::reliability::{fresh_pack_digest, small_episode, start_agent};
+use crate::reliability::{small_episode, start_agent};
 
 use super::assert_rows_have_their_objects;
 
@@ -157,7 +157,12 @@ impl Fleet {
             for id in &dev.ids {
                 let sha = &rows[&(dev.name.clone(), id.clone())];
                 let dir = spool.path().join("shipped").join(id);
-                assert_eq!(sha, &fresh_pack_digest(&dir), "{}/{id}: sha256", dev.name);
+                assert_eq!(
+                    sha,
+                    &ferry_tests::pack_sha(&dir),
+                    "{}/{id}: sha256",
+                    dev.name
+                );
                 let key = keys
                     .get(sha)
                     .unwrap_or_else(|| panic!("{}/{id}: no object {sha}", dev.name));

@@ -1,0 +1,166 @@
+//! The episodes table: the `Index` methods that read it, hand a batch to
+//! the insert (`batch.rs`) and total it, for both pool types (see
+//! `impl_sql_index!` in `sql.rs`); and the write and collection gates.
+
+/// The [`Index`](crate::store::Index) methods that read episodes, as items
+/// of the trait's `impl` block for a pool type.
+macro_rules! episode_methods {
+    ($pool:ty) => {
+        fn episode<'a>(
+            &'a self,
+            device: &'a str,
+            id: &'a str,
+        ) -> $crate::store::BoxFut<'a, Option<ferry_proto::admin::EpisodeInfo>> {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT {} FROM episodes WHERE device = $1 AND episode_id = $2",
+                    $crate::store::index::sql::EPISODE_COLUMNS
+                );
+                let row: Option<$crate::store::index::sql::EpisodeRow> = sqlx::query_as(&sql)
+                    .bind(device)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::store::index::sql::classify)?;
+                Ok(row.map($crate::store::index::sql::episode_info))
+            })
+        }
+
+        fn episodes_with_id<'a>(
+            &'a self,
+            id: &'a str,
+            limit: u64,
+        ) -> $crate::store::BoxFut<'a, Vec<ferry_proto::admin::EpisodeInfo>> {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT {} FROM episodes WHERE episode_id = $1 ORDER BY device LIMIT $2",
+                    $crate::store::index::sql::EPISODE_COLUMNS
+                );
+                let rows: Vec<$crate::store::index::sql::EpisodeRow> = sqlx::query_as(&sql)
+                    .bind(id)
+                    .bind(limit.min(i64::MAX as u64) as i64)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::store::index::sql::classify)?;
+                Ok(rows.into_iter().map($crate::store::index::sql::episode_info).collect())
+            })
+        }
+
+        fn preflight<'a>(
+            &'a self,
+            token_hash: &'a [u8],
+            commit: &'a str,
+            episode_id: &'a str,
+        ) -> $crate::store::BoxFut<'a, Option<$crate::store::Preflight>> {
+            Box::pin(async move {
+                let row: Option<$crate::store::index::sql::PreflightRow> =
+                    sqlx::query_as($crate::store::index::sql::PREFLIGHT)
+                        .bind(token_hash)
+                        .bind(commit)
+                        .bind(true)
+                        .bind(episode_id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::store::index::sql::classify)?;
+                Ok(row.map($crate::store::index::sql::preflight))
+            })
+        }
+
+        fn list_episodes<'a>(
+            &'a self,
+            device: Option<&'a str>,
+            limit: Option<u64>,
+        ) -> $crate::store::BoxFut<'a, Vec<ferry_proto::admin::EpisodeInfo>> {
+            Box::pin(async move {
+                // One device's rows are found by the primary key's
+                // prefix, so that statement names the device outright.
+                let filter = if device.is_some() { "WHERE device = $2" } else { "" };
+                let sql = format!(
+                    "SELECT {} FROM episodes {filter} ORDER BY stored_at DESC, device, episode_id LIMIT $1",
+                    $crate::store::index::sql::EPISODE_COLUMNS
+                );
+                let limit = limit.map(|l| l.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX);
+                let mut query = sqlx::query_as(&sql).bind(limit);
+                if let Some(d) = device {
+                    query = query.bind(d);
+                }
+                let rows: Vec<$crate::store::index::sql::EpisodeRow> = query
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::store::index::sql::classify)?;
+                Ok(rows.into_iter().map($crate::store::index::sql::episode_info).collect())
+            })
+        }
+    };
+}
+pub(crate) use episode_methods;
+
+/// The [`Index`](crate::store::Index) methods that insert episodes, find
+/// the referenced objects, take the gates and total the index, as items of
+/// the trait's `impl` block for a pool type.
+macro_rules! episode_store_methods {
+    ($pool:ty) => {
+        fn insert_episodes<'a>(
+            &'a self,
+            rows: &'a [$crate::store::NewEpisode],
+        ) -> $crate::store::BoxFut<'a, Vec<$crate::store::Inserted>> {
+            Box::pin(Self::insert_batch(self.pool.clone(), rows))
+        }
+
+        fn referenced<'a>(
+            &'a self,
+            shas: &'a [String],
+        ) -> $crate::store::BoxFut<'a, std::collections::HashSet<String>> {
+            Box::pin(async move {
+                let mut found = std::collections::HashSet::new();
+                // A bounded number of parameters per statement, well
+                // under SQLite's limit.
+                for chunk in shas.chunks(500) {
+                    let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                    let sql = format!(
+                        "SELECT DISTINCT sha256 FROM episodes WHERE sha256 IN ({})",
+                        params.join(", ")
+                    );
+                    let mut q = sqlx::query_scalar::<_, String>(&sql);
+                    for sha in chunk {
+                        q = q.bind(sha);
+                    }
+                    let rows = q
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err($crate::store::index::sql::classify)?;
+                    found.extend(rows);
+                }
+                Ok(found)
+            })
+        }
+
+        fn write_gate(&self) -> $crate::store::BoxFut<'_, $crate::store::Gate> {
+            Box::pin(self.gate_shared())
+        }
+
+        fn collect_gate(&self) -> $crate::store::BoxFut<'_, Option<$crate::store::Gate>> {
+            Box::pin(self.gate_exclusive())
+        }
+
+        fn totals(&self) -> $crate::store::BoxFut<'_, $crate::store::Totals> {
+            Box::pin(async move {
+                let (episodes, bytes, devices, commits): (i64, i64, i64, i64) = sqlx::query_as(
+                    "SELECT CAST(COALESCE(SUM(episode_count), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(episode_bytes), 0) AS BIGINT), \
+                     COUNT(*), (SELECT COUNT(*) FROM commits) FROM devices",
+                )
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::store::index::sql::classify)?;
+                Ok($crate::store::Totals {
+                    episodes: episodes.max(0) as u64,
+                    bytes: bytes.max(0) as u64,
+                    devices: devices.max(0) as u64,
+                    commits: commits.max(0) as u64,
+                })
+            })
+        }
+    };
+}
+pub(crate) use episode_store_methods;
