@@ -1,6 +1,6 @@
 //! The object store: episode bytes under content-addressed keys, behind the
 //! [`Objects`] trait, with two backends: a local directory ([`local`], the
-//! embedded default) and an S3-compatible bucket (`s3`).
+//! embedded default) and an S3-compatible bucket ([`s3`]).
 //!
 //! Every backend keeps the same promises:
 //! - an upload is staged while it arrives, hashed as it is written, and
@@ -12,6 +12,7 @@
 //!   under the index's collection gate.
 
 pub mod local;
+pub mod s3;
 
 use std::future::Future;
 use std::io;
@@ -206,10 +207,8 @@ pub fn open(config: &crate::config::Config) -> Result<Arc<dyn Objects>, StoreErr
         crate::config::Storage::Local(dir) => {
             Ok(Arc::new(LocalObjects::new(dir.clone(), config.tmp_dir())))
         }
-        crate::config::Storage::S3(_) => Err(StoreError::new(
-            "open",
-            Path::new("s3://"),
-            io::Error::other("the S3 backend is not built yet"),
-        )),
+        crate::config::Storage::S3(s3) => {
+            Ok(Arc::new(s3::S3Objects::new(s3::builder_from_env(), s3)?))
+        }
     }
 }
