@@ -101,6 +101,17 @@ impl Balancer {
         })
     }
 
+    /// What went wrong between nginx and the replicas, from its error log,
+    /// except refused connections (a replica down: nginx tries the next
+    /// one, and the client sees nothing of it).
+    pub fn upstream_trouble(&self) -> Vec<String> {
+        self.error_log_text()
+            .lines()
+            .filter(|l| l.contains("upstream") && !l.contains("(111: Connection refused)"))
+            .map(|l| l.split_once(" *").map_or(l, |(_, rest)| rest).to_string())
+            .collect()
+    }
+
     pub fn error_log_text(&self) -> String {
         std::fs::read_to_string(&self.error_log).unwrap_or_default()
     }

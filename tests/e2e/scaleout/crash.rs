@@ -68,10 +68,12 @@ fn agents_lose_nothing_while_replicas_are_killed_and_restarted_over_and_over() {
     );
     eprintln!(
         "kill -9 of replicas: {} episodes from {DEVICES} devices, {kills} kills ({with_work} \
-         with work pending), nginx statuses {:?}, {:?}; 0 lost, 0 duplicated",
+         with work pending), nginx statuses {:?}, {:?}; 0 lost, 0 duplicated; between \
+         nginx and the replicas: {:#?}",
         fleet.produced(),
         status_counts(&stack),
-        started.elapsed()
+        started.elapsed(),
+        stack.lb.upstream_trouble()
     );
 }
 
@@ -107,10 +109,12 @@ fn a_rolling_restart_of_every_replica_under_load_loses_nothing() {
     );
     eprintln!(
         "rolling restart: {} episodes from {DEVICES} devices over {} restarts ({with_work} with \
-         work pending), nginx statuses {:?}, {:?}; 0 lost, 0 duplicated",
+         work pending), nginx statuses {:?}, {:?}; 0 lost, 0 duplicated; between nginx and \
+         the replicas: {:#?}",
         fleet.produced(),
         2 * REPLICAS,
         status_counts(&stack),
-        started.elapsed()
+        started.elapsed(),
+        stack.lb.upstream_trouble()
     );
 }
