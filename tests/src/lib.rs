@@ -23,12 +23,14 @@ pub mod postgres;
 pub mod proxy;
 pub mod s3;
 pub mod scaleout;
+pub mod servers;
 pub mod skip;
 pub mod strace;
 pub mod wait;
 
 pub use inspect::{metric, pack_sha, stored, stored_by_device, temp_files};
 pub use oracle::assert_archive_is_episode;
+pub use servers::{free_port, is_root, wait_accepting};
 pub use skip::{gap_sensitive, have, heavy, lacks, require_all, skip};
 pub use strace::Strace;
 pub use wait::{exit_within, until, wait_exit, wait_for};
@@ -58,36 +60,6 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A port of 127.0.0.1 that was free a moment ago, for a server that
-/// cannot bind port 0 and report it (moto, nginx, postgres).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// Whether this process runs as root (initdb and postgres refuse root;
-/// nginx's worker would run as `nobody`).
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
-/// Wait until a server `child` accepts connections on `addr`; if it exits
-/// first, panic with its log file `log`.
-pub fn wait_accepting(child: &mut Child, addr: SocketAddr, name: &str, log: &Path) {
-    wait_for(&format!("{name} to accept connections on {addr}"), || {
-        if let Ok(Some(st)) = child.try_wait() {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("{name} exited ({st}): {log}");
-        }
-        TcpStream::connect(addr).ok()
-    });
 }
 
 /// Where the receiver keeps the object with this digest:
