@@ -8,3 +8,4 @@ mod hostile;
 mod operator;
 mod receiver;
 mod reliability;
+mod scaleout;

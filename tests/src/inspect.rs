@@ -23,18 +23,20 @@ pub fn stored(rx: &Receiver) -> BTreeMap<String, String> {
 }
 
 /// `episodes list --json` as (device, id) → sha256: ids are scoped to
-/// their device.
+/// their device. Panics if a (device, id) is listed twice.
 pub fn stored_by_device(rx: &Receiver) -> BTreeMap<(String, String), String> {
     let out = rx.cli_ok(["episodes", "list", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("episodes list --json");
-    v.as_array()
-        .expect("a JSON array")
-        .iter()
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().expect(k).to_string();
-            ((s("device"), s("episode_id")), s("sha256"))
-        })
-        .collect()
+    let mut map = BTreeMap::new();
+    for e in v.as_array().expect("a JSON array") {
+        let s = |k: &str| e[k].as_str().expect(k).to_string();
+        let key = (s("device"), s("episode_id"));
+        assert!(
+            map.insert(key.clone(), s("sha256")).is_none(),
+            "{key:?} listed twice"
+        );
+    }
+    map
 }
 
 /// Names in `<data_dir>/tmp`: one per upload not finished (or not yet

@@ -17,13 +17,20 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 pub mod inspect;
+pub mod nginx;
 pub mod oracle;
+pub mod postgres;
+pub mod proxy;
+pub mod s3;
+pub mod scaleout;
+pub mod servers;
 pub mod skip;
 pub mod strace;
 pub mod wait;
 
 pub use inspect::{files_in, metric, pack_sha, stored, stored_by_device, temp_files};
 pub use oracle::assert_archive_is_episode;
+pub use servers::{free_port, is_root, wait_accepting};
 pub use skip::{gap_sensitive, have, heavy, lacks, require_all, skip};
 pub use strace::Strace;
 pub use wait::{exit_within, until, wait_exit, wait_for};

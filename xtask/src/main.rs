@@ -127,6 +127,11 @@ const TOOLS: &[&str] = &[
     // (npm, tests/js), run by python3 and node.
     "python3",
     "node",
+    // The scale-out suite (issue 14): the load balancer and the S3 server.
+    // initdb is not here: Debian keeps it off PATH, in
+    // /usr/lib/postgresql/*/bin, where the harness finds it.
+    "nginx",
+    "moto_server",
 ];
 
 /// Whether this run forbids skips (`FERRY_REQUIRE_ALL=1`, set by `.ci/run`).

@@ -1,80 +1,14 @@
 //! The same contract on a PostgreSQL index: a fresh database per test on
-//! `postgres://postgres@127.0.0.1:5432`, dropped afterwards. Without a
-//! reachable server (or `psql`) the tests say so loudly and pass.
+//! `postgres://postgres@127.0.0.1:5432` ([`TestDb`], the harness's),
+//! dropped afterwards. Without a reachable server (or `psql`) the tests say
+//! so loudly and pass.
 
-use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
 
+pub(crate) use ferry_tests::postgres::TestDb;
 use ferry_tests::{sample_archive, sha256_hex, stored, Receiver, COMMIT_A, COMMIT_B};
 
 use super::expect;
-
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
-/// A database created for one test and dropped with it.
-pub(crate) struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    pub(crate) fn create(test: &str) -> Option<TestDb> {
-        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
-        if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
-            ferry_tests::skip(test, "SKIPPED (no PostgreSQL on 127.0.0.1:5432)");
-            return None;
-        }
-        if !ferry_tests::have("psql") {
-            ferry_tests::skip(
-                test,
-                "SKIPPED (no PostgreSQL on 127.0.0.1:5432): psql is not installed",
-            );
-            return None;
-        }
-        let name = format!("ferry_test_{:016x}", rand::random::<u64>());
-        if !psql(&format!("CREATE DATABASE {name}")) {
-            ferry_tests::skip(
-                test,
-                "SKIPPED (no PostgreSQL on 127.0.0.1:5432): CREATE DATABASE failed",
-            );
-            return None;
-        }
-        Some(TestDb { name })
-    }
-
-    pub(super) fn url(&self) -> String {
-        format!("{SERVER}/{}", self.name)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        psql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ));
-    }
-}
-
-fn psql(sql: &str) -> bool {
-    Command::new("psql")
-        .args([
-            &format!("{SERVER}/postgres"),
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-qc",
-            sql,
-        ])
-        .output()
-        .map(|o| {
-            if !o.status.success() {
-                eprintln!("psql {sql}: {}", String::from_utf8_lossy(&o.stderr));
-            }
-            o.status.success()
-        })
-        .unwrap_or(false)
-}
 
 pub(crate) fn receiver(db: &TestDb, data: &std::path::Path) -> Receiver {
     let url = db.url();

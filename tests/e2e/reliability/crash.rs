@@ -10,7 +10,7 @@ use ferry_tests::{
     Strace, COMMIT_A,
 };
 
-use super::{assert_delivered, small_episode};
+use super::{assert_delivered, small_episode, start_agent};
 
 /// xorshift64: a seeded, reproducible sequence of choices.
 struct Rng(u64);
@@ -24,23 +24,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-fn start_agent(spool: &Spool, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    spool
-        .agent("run")
-        .env("FERRY_AGENT_SCAN_INTERVAL", "200ms")
-        .env("FERRY_AGENT_BACKOFF_MAX", "1s")
-        .env("FERRY_AGENT_SHIP_CONCURRENCY", "4")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start ferry-agent run")
 }
 
 /// Seeded random faults while a few hundred episodes ship from several

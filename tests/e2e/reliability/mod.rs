@@ -12,6 +12,9 @@ mod faults;
 mod hostile;
 mod network;
 
+use std::path::Path;
+use std::process::{Child, Stdio};
+
 use ferry_tests::{assert_ok, pack_sha, stored, Receiver, Spool};
 
 /// Everything in `ids` arrived exactly once and intact:
@@ -79,4 +82,24 @@ pub fn small_episode(spool: &Spool, id: &str, seed: u64) {
         Some(ferry_tests::COMMIT_A),
         &[("data/noise.bin", &noise), ("log.txt", text.as_bytes())],
     );
+}
+
+/// `ferry-agent run` on `spool`, quick to notice work and to retry (scan
+/// every 200ms, backoff at most 1s, 4 uploads at once), its log appended
+/// to `log`.
+pub fn start_agent(spool: &Spool, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    spool
+        .agent("run")
+        .env("FERRY_AGENT_SCAN_INTERVAL", "200ms")
+        .env("FERRY_AGENT_BACKOFF_MAX", "1s")
+        .env("FERRY_AGENT_SHIP_CONCURRENCY", "4")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ferry-agent run")
 }
