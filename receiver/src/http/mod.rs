@@ -69,18 +69,6 @@ pub struct AppState {
 
 pub type SharedState = Arc<AppState>;
 
-/// Test hook, read from the environment only here and never set in
-/// production: `FERRY_RECEIVER_TEST_HOLD_BEFORE_INSERT=<duration>` pauses
-/// every commit batch between persisting its objects and inserting its
-/// rows, with the write gate held, so that the scale-out tests can widen
-/// the window the gate protects (see `store::collect`).
-fn hold_before_insert() -> Option<Duration> {
-    let v = std::env::var("FERRY_RECEIVER_TEST_HOLD_BEFORE_INSERT").ok()?;
-    let d = humantime::parse_duration(&v).ok()?;
-    tracing::warn!(pause = ?d, "test hook: every commit batch pauses before its insert");
-    Some(d)
-}
-
 impl AppState {
     pub fn new(
         config: Arc<Config>,
@@ -95,12 +83,7 @@ impl AppState {
         Self {
             upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
             device_slots: slots::DeviceSlots::default(),
-            committer: Committer::spawn(
-                index.clone(),
-                objects.clone(),
-                metrics.commit.clone(),
-                hold_before_insert(),
-            ),
+            committer: Committer::spawn(index.clone(), objects.clone(), metrics.commit.clone()),
             config,
             index,
             objects,

@@ -33,7 +33,6 @@
 //! only the flushes are shared.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::{mpsc, oneshot};
@@ -98,14 +97,10 @@ impl std::fmt::Debug for Job {
 
 impl Committer {
     /// Starts the commit task. It ends when every handle is dropped.
-    /// `hold_before_insert` is a test hook: a pause between persisting a
-    /// batch's objects and inserting its rows, with the gate held, so that
-    /// a test can show the collector waiting for it.
     pub fn spawn(
         index: Arc<dyn Index>,
         objects: Arc<dyn Objects>,
         stats: CommitStats,
-        hold_before_insert: Option<Duration>,
     ) -> Committer {
         let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
         tokio::spawn(async move {
@@ -120,13 +115,8 @@ impl Committer {
                 // A panic costs its batch (those uploads get an error), not
                 // the task and every later upload.
                 stats.batch_size.observe(jobs.len() as f64);
-                let batch = std::panic::AssertUnwindSafe(commit_batch(
-                    &*index,
-                    &*objects,
-                    &stats,
-                    hold_before_insert,
-                    jobs,
-                ));
+                let batch =
+                    std::panic::AssertUnwindSafe(commit_batch(&*index, &*objects, &stats, jobs));
                 if futures_util::FutureExt::catch_unwind(batch).await.is_err() {
                     tracing::error!(
                         "a commit batch panicked; its uploads were answered with an error"
@@ -158,7 +148,6 @@ async fn commit_batch(
     index: &dyn Index,
     objects: &dyn Objects,
     stats: &CommitStats,
-    hold_before_insert: Option<Duration>,
     jobs: Vec<Job>,
 ) {
     let (staged, rest): (Vec<Staged>, Vec<(NewEpisode, oneshot::Sender<Answer>)>) = jobs
@@ -184,9 +173,6 @@ async fn commit_batch(
     stats
         .durable_seconds
         .observe(started.elapsed().as_secs_f64());
-    if let Some(pause) = hold_before_insert {
-        tokio::time::sleep(pause).await;
-    }
 
     // 3. One transaction for every row whose object persisted.
     let rows: Vec<NewEpisode> = rest
@@ -271,6 +257,7 @@ mod tests {
     use crate::store::objects::{Chunk, LocalObjects, Staging};
     use crate::store::sqlite::SqliteIndex;
     use bytes::Bytes;
+    use std::time::Duration;
 
     type Store = Arc<LocalObjects>;
 
@@ -286,7 +273,7 @@ mod tests {
     }
 
     fn spawn(index: &Arc<dyn Index>, store: &Store) -> Committer {
-        Committer::spawn(index.clone(), store.clone(), CommitStats::default(), None)
+        Committer::spawn(index.clone(), store.clone(), CommitStats::default())
     }
 
     /// One collection round with no grace period.

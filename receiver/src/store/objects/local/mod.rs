@@ -59,8 +59,13 @@ fn make_shards(root: &Path) -> Result<(), StoreError> {
     for byte in 0..=255u8 {
         let shard = root.join(format!("{byte:02x}"));
         if !shard.is_dir() {
-            fs::create_dir(&shard).map_err(|e| StoreError::new("create directory", &shard, e))?;
-            made = true;
+            // Another receiver preparing the same directory may have made
+            // it since the check.
+            match fs::create_dir(&shard) {
+                Ok(()) => made = true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && shard.is_dir() => {}
+                Err(e) => return Err(StoreError::new("create directory", &shard, e)),
+            }
         }
     }
     if made {
