@@ -219,7 +219,11 @@ async fn episodes_list(
     device: Option<&str>,
     json: bool,
 ) -> Result<i32, OpError> {
-    let list = ops::list_episodes(index, device, None).await?;
+    let list: Vec<_> = ops::list_episodes(index, device, None)
+        .await?
+        .iter()
+        .map(ops::episode_info)
+        .collect();
     if json {
         return Ok(print_json(&list));
     }

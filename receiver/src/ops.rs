@@ -9,7 +9,7 @@ use ferry_proto::admin::{
 use ferry_proto::{Commit, EpisodeId, Sha256};
 
 use crate::store::objects::Objects;
-use crate::store::{unix_now, AddDevice, Index, IndexError, RenameDevice};
+use crate::store::{unix_now, AddDevice, Episode, Index, IndexError, RenameDevice};
 use crate::tokens;
 
 /// Why an operator operation failed.
@@ -105,19 +105,27 @@ pub async fn list_episodes(
     index: &Arc<dyn Index>,
     device: Option<&str>,
     limit: Option<u64>,
-) -> Result<Vec<EpisodeInfo>, OpError> {
+) -> Result<Vec<Episode>, OpError> {
     if let Some(name) = device {
         self::device(index, name).await?;
     }
     Ok(index.list_episodes(device, limit).await?)
 }
 
+/// An episode in its wire shape (SPEC §5's `--json`, the admin API).
+pub fn episode_info(e: &Episode) -> EpisodeInfo {
+    EpisodeInfo {
+        episode_id: e.episode_id.to_string(),
+        sha256: e.sha256.to_string(),
+        size: e.size,
+        commit: e.commit.to_string(),
+        device: e.device.clone(),
+        stored_at: crate::store::format_time(e.stored_at),
+    }
+}
+
 /// A device's episode, or `NotFound`.
-pub async fn episode(
-    index: &Arc<dyn Index>,
-    device: &str,
-    id: &str,
-) -> Result<EpisodeInfo, OpError> {
+pub async fn episode(index: &Arc<dyn Index>, device: &str, id: &str) -> Result<Episode, OpError> {
     index
         .episode(device, id)
         .await?
@@ -131,7 +139,7 @@ const AMBIGUOUS_SHOWN: u64 = 10;
 /// device; neither part can hold a `/`), or an id alone when exactly one
 /// device stored it (SPEC §5's `verify [ID...]`). An id that several
 /// devices stored is bad usage: the error names them.
-pub async fn resolve(index: &Arc<dyn Index>, name: &str) -> Result<EpisodeInfo, OpError> {
+pub async fn resolve(index: &Arc<dyn Index>, name: &str) -> Result<Episode, OpError> {
     let invalid = |why: String| OpError::Invalid(format!("episode {name:?}: {why}"));
     if let Some((device, id)) = name.split_once('/') {
         for part in [device, id] {
@@ -223,36 +231,25 @@ pub async fn verify(
     };
     let mut order: Vec<usize> = (0..episodes.len()).collect();
     order.sort_by_key(|&i| (&episodes[i].sha256, episodes[i].size));
-    let mut slots: Vec<Option<EpisodeInfo>> = episodes.into_iter().map(Some).collect();
+    let mut slots: Vec<Option<Episode>> = episodes.into_iter().map(Some).collect();
     let mut findings: Vec<Option<VerifyFinding>> = vec![None; slots.len()];
-    let mut last: Option<((String, u64), Hashed)> = None;
+    let mut last: Option<((Sha256, u64), Hashed)> = None;
     for i in order {
         let Some(e) = slots[i].take() else { continue };
-        let Ok(sha) = Sha256::parse(&e.sha256) else {
-            findings[i] = Some(VerifyFinding {
-                device: e.device,
-                episode_id: e.episode_id,
-                state: VerifyState::Unreadable,
-                expected_sha256: e.sha256,
-                actual_sha256: None,
-                detail: Some("the index row holds no valid sha256".into()),
-            });
-            continue;
-        };
         let key = (e.sha256.clone(), e.size);
         let (state, actual, detail) = match &last {
             Some((k, found)) if *k == key => found.clone(),
             _ => {
-                let found = rehash(objects, &sha, e.size).await;
+                let found = rehash(objects, &e.sha256, e.size).await;
                 last = Some((key, found.clone()));
                 found
             }
         };
         findings[i] = Some(VerifyFinding {
             device: e.device,
-            episode_id: e.episode_id,
+            episode_id: e.episode_id.to_string(),
             state,
-            expected_sha256: e.sha256,
+            expected_sha256: e.sha256.to_string(),
             actual_sha256: actual,
             detail,
         });

@@ -16,11 +16,12 @@ use ferry_proto::admin::{
     RenameDevice,
 };
 use ferry_proto::admin::{CommitRevoked, DeviceRevoked, Revoked};
-use ferry_proto::{headers, BadRequest, Reply, Sha256};
+use ferry_proto::{headers, BadRequest, Reply};
 use serde::Deserialize;
 
 use super::{AppError, SharedState};
 use crate::ops::{self, OpError};
+use crate::store::Episode;
 use crate::tokens;
 
 pub fn router() -> Router<SharedState> {
@@ -215,9 +216,8 @@ async fn episodes_of(
     let Query(q) = q.map_err(|e| AppError::bad_request(BadRequest::Invalid, e.body_text()))?;
     let device = device.or(q.device);
     let limit = Some(q.limit.unwrap_or(1000));
-    Ok(Json(
-        ops::list_episodes(&st.index, device.as_deref(), limit).await?,
-    ))
+    let list = ops::list_episodes(&st.index, device.as_deref(), limit).await?;
+    Ok(Json(list.iter().map(ops::episode_info).collect()))
 }
 
 async fn episode(
@@ -227,7 +227,9 @@ async fn episode(
 ) -> Result<Json<EpisodeInfo>, AppError> {
     admin(&st, &h)?;
     let (device, id) = param(p)?;
-    Ok(Json(ops::episode(&st.index, &device, &id).await?))
+    Ok(Json(ops::episode_info(
+        &ops::episode(&st.index, &device, &id).await?,
+    )))
 }
 
 /// `/v1/admin/episodes/{id}` (the route of the release whose ids were
@@ -239,7 +241,9 @@ async fn episode_by_id(
     id: PathParam<String>,
 ) -> Result<Json<EpisodeInfo>, AppError> {
     admin(&st, &h)?;
-    Ok(Json(ops::resolve(&st.index, &param(id)?).await?))
+    Ok(Json(ops::episode_info(
+        &ops::resolve(&st.index, &param(id)?).await?,
+    )))
 }
 
 async fn download(
@@ -264,11 +268,10 @@ async fn download_by_id(
 
 /// Streams the stored `tar.zst`. An unreadable object fails this request
 /// only.
-async fn send_object(st: &SharedState, info: EpisodeInfo) -> Result<Response, AppError> {
-    let sha = Sha256::parse(&info.sha256).map_err(|_| AppError::internal())?;
-    let stream = st.objects.read(&sha).await.map_err(|e| {
+async fn send_object(st: &SharedState, info: Episode) -> Result<Response, AppError> {
+    let stream = st.objects.read(&info.sha256).await.map_err(|e| {
         if e.source.kind() == std::io::ErrorKind::NotFound {
-            tracing::error!(path = %e.path.display(), device = info.device, episode_id = info.episode_id, "stored episode has no object");
+            tracing::error!(path = %e.path.display(), device = info.device, episode_id = %info.episode_id, "stored episode has no object");
             AppError(Reply::NotFound {
                 detail: format!("episode {}/{} is indexed but its object is missing", info.device, info.episode_id),
             })
@@ -283,7 +286,7 @@ async fn send_object(st: &SharedState, info: EpisodeInfo) -> Result<Response, Ap
         HeaderValue::from_static("application/zstd"),
     );
     hdrs.insert(header::CONTENT_LENGTH, HeaderValue::from(info.size));
-    if let Ok(v) = HeaderValue::from_str(&info.sha256) {
+    if let Ok(v) = HeaderValue::from_str(info.sha256.as_str()) {
         hdrs.insert(headers::SHA256, v);
     }
     if let Ok(v) = HeaderValue::from_str(&format!(

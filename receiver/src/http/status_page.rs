@@ -152,7 +152,13 @@ async fn render(st: &SharedState) -> Result<String, AppError> {
     };
     let rejected =
         crate::rejected::list(&*st.index, &st.rejections, st.config.rejected_window).await?;
-    let episodes = st.index.list_episodes(None, Some(RECENT_EPISODES)).await?;
+    let episodes: Vec<_> = st
+        .index
+        .list_episodes(None, Some(RECENT_EPISODES))
+        .await?
+        .iter()
+        .map(crate::ops::episode_info)
+        .collect();
     let now = SystemTime::now();
     let behind_after = st.config.behind_after;
     order_devices(&mut devices, now, behind_after);

@@ -82,10 +82,10 @@ impl Fixture {
         let store = crate::store::objects::LocalObjects::new(objects, self.dir.path().join("tmp"));
         std::fs::write(store.path_of(&sha), b"stored bytes").unwrap();
         let row = NewEpisode {
-            episode_id: id.into(),
-            sha256: DIGEST.into(),
+            episode_id: ferry_proto::EpisodeId::parse(id).unwrap(),
+            sha256: sha.clone(),
             size: 12,
-            commit: ALLOWED.into(),
+            commit: ferry_proto::Commit::parse(ALLOWED).unwrap(),
             device: "dev-a".into(),
             stored_at: unix_now(),
         };

@@ -96,7 +96,7 @@ pub(crate) struct Upload {
     pub(crate) length: u64,
     pub(crate) device: String,
     pub(crate) commit_status: CommitStatus,
-    pub(crate) existing: Option<ferry_proto::admin::EpisodeInfo>,
+    pub(crate) existing: Option<crate::store::Episode>,
 }
 
 /// What a request claims about its episode before any body byte, each
@@ -301,8 +301,12 @@ pub(crate) async fn before_body(
     check_commit(state, &up.device, &up.commit, &up.commit_status)?;
 
     if let Some(existing) = up.existing.take() {
-        if existing.sha256 != up.sha256.as_str() {
-            return Ok(Some(conflict(&up.id, existing.sha256, &up.sha256)));
+        if existing.sha256 != up.sha256 {
+            return Ok(Some(conflict(
+                &up.id,
+                existing.sha256.to_string(),
+                &up.sha256,
+            )));
         }
         // Same bytes are already stored, unless the object was lost: then
         // this upload repairs it (and still answers 200).
@@ -310,7 +314,7 @@ pub(crate) async fn before_body(
             Ok(Some(_)) => {
                 return Ok(Some(already_present(
                     &up.id,
-                    existing.sha256,
+                    existing.sha256.to_string(),
                     existing.size,
                 )))
             }
@@ -505,10 +509,10 @@ pub(crate) async fn stored(
 ) -> Result<Reply, AppError> {
     let size = staged.size;
     let row = NewEpisode {
-        episode_id: up.id.to_string(),
-        sha256: up.sha256.to_string(),
+        episode_id: up.id.clone(),
+        sha256: up.sha256.clone(),
         size,
-        commit: up.commit.to_string(),
+        commit: up.commit.clone(),
         device: up.device.clone(),
         stored_at: unix_now(),
     };
@@ -527,15 +531,15 @@ pub(crate) async fn stored(
             })
         }
         // Same id, same bytes, same path: the object is the winner's too.
-        Inserted::Exists(info) if info.sha256 == up.sha256.as_str() => Ok(Reply::AlreadyPresent {
+        Inserted::Exists(info) if info.sha256 == up.sha256 => Ok(Reply::AlreadyPresent {
             episode_id: up.id.to_string(),
-            sha256: info.sha256,
+            sha256: info.sha256.to_string(),
             size: info.size,
         }),
         // Lost the race to other bytes: ours are left to the collector.
         Inserted::Exists(info) => Ok(Reply::Conflict {
             episode_id: up.id.to_string(),
-            existing_sha256: info.sha256,
+            existing_sha256: info.sha256.to_string(),
             sha256: Some(up.sha256.to_string()),
         }),
         // Revoked while the body streamed: nothing was stored.
@@ -592,7 +596,7 @@ pub async fn head_episode(State(state): State<SharedState>, req: Request) -> Res
             .ok_or_else(|| AppError::not_found(format!("episode {id} is not stored")))?;
         let mut resp = StatusCode::OK.into_response();
         let h = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&info.sha256) {
+        if let Ok(v) = HeaderValue::from_str(info.sha256.as_str()) {
             h.insert(headers::SHA256, v);
         }
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(info.size));

@@ -163,11 +163,10 @@ impl Collector {
     }
 
     async fn delete_unreferenced(&self, candidates: &[Sha256]) -> Result<usize, RoundError> {
-        let keys: Vec<String> = candidates.iter().map(|s| s.to_string()).collect();
-        let referenced = self.index.referenced(&keys).await?;
+        let referenced = self.index.referenced(candidates).await?;
         let unreferenced: Vec<Sha256> = candidates
             .iter()
-            .filter(|s| !referenced.contains(s.as_str()))
+            .filter(|s| !referenced.contains(*s))
             .cloned()
             .collect();
         if !unreferenced.is_empty() {

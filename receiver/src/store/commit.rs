@@ -284,10 +284,10 @@ mod tests {
 
     fn row(id: &str, w: &Staged) -> NewEpisode {
         NewEpisode {
-            episode_id: id.into(),
-            sha256: w.sha256.to_string(),
+            episode_id: ferry_proto::EpisodeId::parse(id).unwrap(),
+            sha256: w.sha256.clone(),
             size: w.size,
-            commit: "c".repeat(40),
+            commit: ferry_proto::Commit::parse(&"c".repeat(40)).unwrap(),
             device: "d1".into(),
             stored_at: 1,
         }
@@ -326,7 +326,6 @@ mod tests {
         for t in tasks {
             let (sha, answer) = t.await.unwrap();
             assert_eq!(answer.unwrap(), Inserted::Created);
-            let sha = ferry_proto::Sha256::parse(&sha).unwrap();
             assert!(store.stat(&sha).await.unwrap().is_some(), "object in place");
         }
         assert_eq!(index.totals().await.unwrap().episodes, 100);
@@ -348,11 +347,11 @@ mod tests {
         let (x, y) = (x.unwrap(), y.unwrap());
         let (winner, loser) = match (&x, &y) {
             (Inserted::Created, Inserted::Exists(info)) => {
-                assert_eq!(info.sha256, sha_a.as_str());
+                assert_eq!(info.sha256, sha_a);
                 (sha_a, sha_b)
             }
             (Inserted::Exists(info), Inserted::Created) => {
-                assert_eq!(info.sha256, sha_b.as_str());
+                assert_eq!(info.sha256, sha_b);
                 (sha_b, sha_a)
             }
             other => panic!("expected one created and one existing: {other:?}"),

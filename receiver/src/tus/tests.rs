@@ -351,7 +351,7 @@ async fn an_upload_is_its_devices_alone_and_completes_into_the_store() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(info.sha256, sha);
+    assert_eq!(info.sha256.as_str(), sha);
     let stored = f
         .state
         .objects

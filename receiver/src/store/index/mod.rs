@@ -15,7 +15,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_proto::admin::{CommitInfo, DeviceInfo, EpisodeInfo};
+use ferry_proto::admin::{CommitInfo, DeviceInfo};
+use ferry_proto::{Commit, EpisodeId, Sha256};
 
 use crate::config::Database;
 
@@ -68,11 +69,25 @@ pub struct DeviceAuth {
 /// A new index row for a stored episode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEpisode {
-    pub episode_id: String,
-    pub sha256: String,
+    pub episode_id: EpisodeId,
+    pub sha256: Sha256,
     pub size: u64,
-    pub commit: String,
+    pub commit: Commit,
     pub device: String,
+    /// Unix seconds.
+    pub stored_at: i64,
+}
+
+/// A stored episode as the index holds it. Its wire shape,
+/// `proto::admin::EpisodeInfo`, is made at the edge (`ops::episode_info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Episode {
+    pub device: String,
+    pub episode_id: EpisodeId,
+    pub sha256: Sha256,
+    pub size: u64,
+    pub commit: Commit,
+    /// Unix seconds.
     pub stored_at: i64,
 }
 
@@ -85,7 +100,7 @@ pub enum Inserted {
     Created,
     /// The device already had a row with this id (the race was lost); here
     /// it is.
-    Exists(EpisodeInfo),
+    Exists(Episode),
     /// Not inserted: the device or the commit lost its standing while the
     /// upload was in flight (checked in the insert itself).
     Refused(Standing),
@@ -135,7 +150,7 @@ pub struct CommitStatus {
 pub struct Preflight {
     pub device: DeviceAuth,
     pub commit: CommitStatus,
-    pub episode: Option<EpisodeInfo>,
+    pub episode: Option<Episode>,
 }
 
 /// The 412 answers one device got for one commit (times in unix seconds).
@@ -197,10 +212,10 @@ pub trait Index: Send + Sync + 'static {
     fn commit_status<'a>(&'a self, commit: &'a str) -> BoxFut<'a, CommitStatus>;
 
     /// A device's episode of this id.
-    fn episode<'a>(&'a self, device: &'a str, id: &'a str) -> BoxFut<'a, Option<EpisodeInfo>>;
+    fn episode<'a>(&'a self, device: &'a str, id: &'a str) -> BoxFut<'a, Option<Episode>>;
     /// Every device's episode of this id (at most `limit`), for an operator
     /// who names an episode by its id alone.
-    fn episodes_with_id<'a>(&'a self, id: &'a str, limit: u64) -> BoxFut<'a, Vec<EpisodeInfo>>;
+    fn episodes_with_id<'a>(&'a self, id: &'a str, limit: u64) -> BoxFut<'a, Vec<Episode>>;
     /// [`Preflight`] for a PUT: the three reads above in one query; `None`
     /// for an unknown token.
     fn preflight<'a>(
@@ -220,7 +235,7 @@ pub trait Index: Send + Sync + 'static {
         &'a self,
         device: Option<&'a str>,
         limit: Option<u64>,
-    ) -> BoxFut<'a, Vec<EpisodeInfo>>;
+    ) -> BoxFut<'a, Vec<Episode>>;
     /// Adds tallies of 412 answers to the stored ones (one transaction),
     /// keeps only the `keep_per_device` newest of each device in `rows`
     /// and removes those last seen before `prune_before`.
@@ -236,7 +251,7 @@ pub trait Index: Send + Sync + 'static {
     /// Of these digests, those that some row (of any device) references:
     /// objects are content-addressed and shared by every row with the same
     /// bytes.
-    fn referenced<'a>(&'a self, shas: &'a [String]) -> BoxFut<'a, HashSet<String>>;
+    fn referenced<'a>(&'a self, shas: &'a [Sha256]) -> BoxFut<'a, HashSet<Sha256>>;
     /// The write gate, held shared by a commit batch from before its
     /// objects become visible under their final keys until its rows are
     /// committed (see `store::collect`). Released with [`Gate::release`],

@@ -5,7 +5,7 @@
 //! [`Index`](super::Index) for both pool types; only opening differs
 //! (`sqlite.rs`, `postgres.rs`).
 
-use ferry_proto::admin::{CommitInfo, DeviceInfo, EpisodeInfo};
+use ferry_proto::admin::{CommitInfo, DeviceInfo};
 
 use super::{format_time, IndexError};
 
@@ -146,15 +146,20 @@ pub(crate) use write_on_conn;
 pub(crate) type EpisodeRow = (String, String, i64, String, String, i64);
 pub(crate) const EPISODE_COLUMNS: &str = "episode_id, sha256, size, commit_id, device, stored_at";
 
-pub(crate) fn episode_info(r: EpisodeRow) -> EpisodeInfo {
-    EpisodeInfo {
-        episode_id: r.0,
-        sha256: r.1,
+pub(crate) fn episode(r: EpisodeRow) -> Result<crate::store::Episode, IndexError> {
+    // Rows are written only from parsed values: one that does not parse
+    // was changed behind the receiver's back.
+    let bad = |what: &str, e: ferry_proto::ParseIdError| {
+        IndexError::Refused(format!("episode row {}/{}: {what}: {e}", r.4, r.0))
+    };
+    Ok(crate::store::Episode {
+        episode_id: ferry_proto::EpisodeId::parse(&r.0).map_err(|e| bad("episode_id", e))?,
+        sha256: ferry_proto::Sha256::parse(&r.1).map_err(|e| bad("sha256", e))?,
         size: r.2.max(0) as u64,
-        commit: r.3,
-        device: r.4,
-        stored_at: format_time(r.5),
-    }
+        commit: ferry_proto::Commit::parse_lenient(&r.3).map_err(|e| bad("commit_id", e))?,
+        device: r.4.clone(),
+        stored_at: r.5,
+    })
 }
 
 /// One round trip for everything a PUT reads before its body: no row for an
@@ -183,15 +188,15 @@ pub(crate) type PreflightRow = (
     Option<i64>,
 );
 
-pub(crate) fn preflight(row: PreflightRow) -> super::Preflight {
+pub(crate) fn preflight(row: PreflightRow) -> Result<super::Preflight, IndexError> {
     let (name, token_hash, revoked, allowed, head_commit, id, sha, size, commit, device, at) = row;
     let episode = match (id, sha, size, commit, device, at) {
         (Some(id), Some(sha), Some(size), Some(commit), Some(device), Some(at)) => {
-            Some(episode_info((id, sha, size, commit, device, at)))
+            Some(episode((id, sha, size, commit, device, at))?)
         }
         _ => None,
     };
-    super::Preflight {
+    Ok(super::Preflight {
         device: super::DeviceAuth {
             name,
             token_hash,
@@ -202,7 +207,7 @@ pub(crate) fn preflight(row: PreflightRow) -> super::Preflight {
             head_commit,
         },
         episode,
-    }
+    })
 }
 
 pub(crate) type DeviceRow = (String, bool, i64, Option<i64>, Option<i64>, i64, i64);

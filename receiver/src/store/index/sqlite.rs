@@ -214,6 +214,7 @@ impl SqliteIndex {
 mod tests {
     use super::*;
     use crate::store::{AddDevice, Index, Inserted, NewEpisode, RenameDevice, Standing};
+    use ferry_proto::{Commit, EpisodeId, Sha256};
 
     async fn mode_of(path: &Path) -> String {
         let mut c = base_options(path).connect().await.unwrap();
@@ -311,10 +312,10 @@ mod tests {
         assert!(!s.allowed && s.head_commit.is_none());
 
         let e = NewEpisode {
-            episode_id: "ep1".into(),
-            sha256: "c".repeat(64),
+            episode_id: eid("ep1"),
+            sha256: sha('c'),
             size: 5,
-            commit: a.clone(),
+            commit: Commit::parse(&a).unwrap(),
             device: "d1".into(),
             stored_at: 100,
         };
@@ -323,7 +324,7 @@ mod tests {
             [Inserted::Created]
         );
         let again = NewEpisode {
-            sha256: "d".repeat(64),
+            sha256: sha('d'),
             ..e.clone()
         };
         match &idx
@@ -337,12 +338,12 @@ mod tests {
         // One batch: a new id, the same id again with other bytes, and an
         // id stored before. The unique key decides within the batch too.
         let e2 = NewEpisode {
-            episode_id: "ep2".into(),
-            sha256: "e".repeat(64),
+            episode_id: eid("ep2"),
+            sha256: sha('e'),
             ..e.clone()
         };
         let e2_other = NewEpisode {
-            sha256: "f".repeat(64),
+            sha256: sha('f'),
             ..e2.clone()
         };
         let batch = idx
@@ -357,7 +358,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(idx.insert_episodes(&[]).await.unwrap().is_empty());
-        let asked = [e.sha256.clone(), again.sha256.clone(), "f".repeat(64)];
+        let asked = [e.sha256.clone(), again.sha256.clone(), sha('f')];
         let found = idx.referenced(&asked).await.unwrap();
         assert_eq!(found, [e.sha256.clone()].into_iter().collect());
         let devices = idx.list_devices().await.unwrap();
@@ -397,12 +398,21 @@ mod tests {
         assert_eq!(p.commit.head_commit.as_deref(), Some(b.as_str()));
     }
 
+    fn eid(id: &str) -> EpisodeId {
+        EpisodeId::parse(id).unwrap()
+    }
+
+    /// A digest of 64 times `c`.
+    fn sha(c: char) -> Sha256 {
+        Sha256::parse(&c.to_string().repeat(64)).unwrap()
+    }
+
     fn row(device: &str, id: &str, sha: char, at: i64) -> NewEpisode {
         NewEpisode {
-            episode_id: id.into(),
-            sha256: sha.to_string().repeat(64),
+            episode_id: eid(id),
+            sha256: self::sha(sha),
             size: 7,
-            commit: "a".repeat(40),
+            commit: Commit::parse(&"a".repeat(40)).unwrap(),
             device: device.into(),
             stored_at: at,
         }
@@ -432,10 +442,7 @@ mod tests {
             .unwrap();
         match &batch[..] {
             [Inserted::Created, Inserted::Created, Inserted::Exists(e)] => {
-                assert_eq!(
-                    (e.device.as_str(), e.sha256.as_str()),
-                    ("d2", &*"b".repeat(64))
-                )
+                assert_eq!((e.device.as_str(), &e.sha256), ("d2", &sha('b')))
             }
             other => panic!("{other:?}"),
         }
@@ -445,12 +452,12 @@ mod tests {
             .await
             .unwrap()[..]
         {
-            [Inserted::Exists(e), Inserted::Created] => assert_eq!(e.sha256, "b".repeat(64)),
+            [Inserted::Exists(e), Inserted::Created] => assert_eq!(e.sha256, sha('b')),
             other => panic!("{other:?}"),
         }
         // The PUT's read sees only the token's own device's row.
         let p = idx.preflight(&[3; 32], "", "ep-1").await.unwrap().unwrap();
-        assert_eq!(p.episode.unwrap().sha256, "a".repeat(64));
+        assert_eq!(p.episode.unwrap().sha256, sha('a'));
         idx.insert_episodes(&[row("d1", "only-d1", 'd', 14)])
             .await
             .unwrap();
@@ -529,7 +536,7 @@ mod tests {
         assert!(idx.revoke_device("d2").await.unwrap());
         assert!(idx.revoke_commit(&b).await.unwrap());
         let mut on_b = row("d1", "ep-b", 'b', 10);
-        on_b.commit = b.clone();
+        on_b.commit = Commit::parse(&b).unwrap();
         let got = idx
             .insert_episodes(&[
                 row("d1", "ep-a", 'a', 10),

@@ -43,7 +43,8 @@ macro_rules! impl_insert_batch {
                 rows: &[$crate::store::NewEpisode],
             ) -> Result<Vec<$crate::store::Inserted>, $crate::store::IndexError> {
                 let classify = $crate::store::index::sql::classify;
-                let key = |e: &$crate::store::NewEpisode| (e.device.clone(), e.episode_id.clone());
+                let key =
+                    |e: &$crate::store::NewEpisode| (e.device.clone(), e.episode_id.to_string());
                 let mut seen = std::collections::HashSet::new();
                 let first: Vec<bool> = rows.iter().map(|e| seen.insert(key(e))).collect();
                 // One transaction, so that the answers are all or nothing:
@@ -118,14 +119,14 @@ macro_rules! impl_batch_statements {
                 // row. The answers are read back by key, not by position.
                 let mut sorted: Vec<&$crate::store::NewEpisode> =
                     rows.iter().zip(first).filter(|(_, f)| **f).map(|(e, _)| e).collect();
-                sorted.sort_by(|a, b| (&a.device, &a.episode_id).cmp(&(&b.device, &b.episode_id)));
+                sorted.sort_by(|a, b| (a.device.as_str(), a.episode_id.as_str()).cmp(&(b.device.as_str(), b.episode_id.as_str())));
                 q.push_values(
                     sorted,
                     |mut b, e| {
-                        b.push_bind(&e.episode_id)
-                            .push_bind(&e.sha256)
+                        b.push_bind(e.episode_id.as_str())
+                            .push_bind(e.sha256.as_str())
                             .push_bind(e.size as i64)
-                            .push_bind(&e.commit)
+                            .push_bind(e.commit.as_str())
                             .push_bind(&e.device)
                             .push_bind(e.stored_at);
                     },
@@ -150,7 +151,7 @@ macro_rules! impl_batch_statements {
                 tx: &mut sqlx::Transaction<'_, <$pool as $crate::store::index::sql::HasDb>::Db>,
                 keys: &[&$crate::store::NewEpisode],
             ) -> Result<
-                std::collections::HashMap<(String, String), ferry_proto::admin::EpisodeInfo>,
+                std::collections::HashMap<(String, String), $crate::store::Episode>,
                 $crate::store::IndexError,
             > {
                 type Db = <$pool as $crate::store::index::sql::HasDb>::Db;
@@ -169,7 +170,7 @@ macro_rules! impl_batch_statements {
                         q.push(if n == 0 { "(device = " } else { " OR (device = " });
                         q.push_bind(&e.device)
                             .push(" AND episode_id = ")
-                            .push_bind(&e.episode_id)
+                            .push_bind(e.episode_id.as_str())
                             .push(")");
                     }
                     let found: Vec<$crate::store::index::sql::EpisodeRow> = q
@@ -178,7 +179,7 @@ macro_rules! impl_batch_statements {
                         .await
                         .map_err(classify)?;
                     for r in found {
-                        existing.insert((r.4.clone(), r.0.clone()), $crate::store::index::sql::episode_info(r));
+                        existing.insert((r.4.clone(), r.0.clone()), $crate::store::index::sql::episode(r)?);
                     }
                 }
                 Ok(existing)
@@ -227,7 +228,7 @@ macro_rules! impl_batch_standing {
                     );
                     let mut list = q.separated(", ");
                     for e in rows {
-                        list.push_bind(&e.commit);
+                        list.push_bind(e.commit.as_str());
                     }
                     q.push(")");
                     allowed = q
@@ -242,7 +243,7 @@ macro_rules! impl_batch_standing {
                     move |e: &$crate::store::NewEpisode| match devices.get(&e.device) {
                         None => Some($crate::store::Standing::DeviceGone),
                         Some(true) => Some($crate::store::Standing::DeviceRevoked),
-                        Some(false) if !allowed.contains(&e.commit) => {
+                        Some(false) if !allowed.contains(e.commit.as_str()) => {
                             Some($crate::store::Standing::CommitNotAllowed)
                         }
                         Some(false) => None,

@@ -10,7 +10,7 @@ macro_rules! episode_methods {
             &'a self,
             device: &'a str,
             id: &'a str,
-        ) -> $crate::store::BoxFut<'a, Option<ferry_proto::admin::EpisodeInfo>> {
+        ) -> $crate::store::BoxFut<'a, Option<$crate::store::Episode>> {
             Box::pin(async move {
                 let sql = format!(
                     "SELECT {} FROM episodes WHERE device = $1 AND episode_id = $2",
@@ -22,7 +22,7 @@ macro_rules! episode_methods {
                     .fetch_optional(&self.pool)
                     .await
                     .map_err($crate::store::index::sql::classify)?;
-                Ok(row.map($crate::store::index::sql::episode_info))
+                row.map($crate::store::index::sql::episode).transpose()
             })
         }
 
@@ -30,7 +30,7 @@ macro_rules! episode_methods {
             &'a self,
             id: &'a str,
             limit: u64,
-        ) -> $crate::store::BoxFut<'a, Vec<ferry_proto::admin::EpisodeInfo>> {
+        ) -> $crate::store::BoxFut<'a, Vec<$crate::store::Episode>> {
             Box::pin(async move {
                 let sql = format!(
                     "SELECT {} FROM episodes WHERE episode_id = $1 ORDER BY device LIMIT $2",
@@ -42,7 +42,7 @@ macro_rules! episode_methods {
                     .fetch_all(&self.pool)
                     .await
                     .map_err($crate::store::index::sql::classify)?;
-                Ok(rows.into_iter().map($crate::store::index::sql::episode_info).collect())
+                rows.into_iter().map($crate::store::index::sql::episode).collect()
             })
         }
 
@@ -62,7 +62,7 @@ macro_rules! episode_methods {
                         .fetch_optional(&self.pool)
                         .await
                         .map_err($crate::store::index::sql::classify)?;
-                Ok(row.map($crate::store::index::sql::preflight))
+                row.map($crate::store::index::sql::preflight).transpose()
             })
         }
 
@@ -70,7 +70,7 @@ macro_rules! episode_methods {
             &'a self,
             device: Option<&'a str>,
             limit: Option<u64>,
-        ) -> $crate::store::BoxFut<'a, Vec<ferry_proto::admin::EpisodeInfo>> {
+        ) -> $crate::store::BoxFut<'a, Vec<$crate::store::Episode>> {
             Box::pin(async move {
                 // One device's rows are found by the primary key's
                 // prefix, so that statement names the device outright.
@@ -88,7 +88,7 @@ macro_rules! episode_methods {
                     .fetch_all(&self.pool)
                     .await
                     .map_err($crate::store::index::sql::classify)?;
-                Ok(rows.into_iter().map($crate::store::index::sql::episode_info).collect())
+                rows.into_iter().map($crate::store::index::sql::episode).collect()
             })
         }
     };
@@ -109,8 +109,8 @@ macro_rules! episode_store_methods {
 
         fn referenced<'a>(
             &'a self,
-            shas: &'a [String],
-        ) -> $crate::store::BoxFut<'a, std::collections::HashSet<String>> {
+            shas: &'a [ferry_proto::Sha256],
+        ) -> $crate::store::BoxFut<'a, std::collections::HashSet<ferry_proto::Sha256>> {
             Box::pin(async move {
                 let mut found = std::collections::HashSet::new();
                 // A bounded number of parameters per statement, well
@@ -123,13 +123,17 @@ macro_rules! episode_store_methods {
                     );
                     let mut q = sqlx::query_scalar::<_, String>(&sql);
                     for sha in chunk {
-                        q = q.bind(sha);
+                        q = q.bind(sha.as_str());
                     }
                     let rows = q
                         .fetch_all(&self.pool)
                         .await
                         .map_err($crate::store::index::sql::classify)?;
-                    found.extend(rows);
+                    // Asked by value: what comes back parses (or is not ours).
+                    found.extend(
+                        rows.iter()
+                            .filter_map(|r| ferry_proto::Sha256::parse(r).ok()),
+                    );
                 }
                 Ok(found)
             })
