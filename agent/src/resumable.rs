@@ -189,6 +189,25 @@ fn settled(r: UploadResult) -> UploadResult {
     }
 }
 
+/// What an upload attempt that never got the receiver's answer about the
+/// episode itself reports: a HEAD, or rounds run out. Such an answer is
+/// about the upload's state, never about the episode, so nothing but a
+/// transient result (or the device's own 401/403, which `decide` backs off
+/// on) may come of it: a stray 200 must not retire, a 404 must not
+/// quarantine.
+fn unsettled(r: UploadResult, why: &str) -> UploadResult {
+    match r {
+        UploadResult::Answered(a) if matches!(a.status, 401 | 403 | 408 | 429 | 500..=599) => {
+            UploadResult::Answered(a)
+        }
+        UploadResult::Answered(a) => UploadResult::Network(format!(
+            "{why}: the receiver answered {} ({})",
+            a.status, a.body
+        )),
+        other => other,
+    }
+}
+
 fn gone(r: &UploadResult) -> bool {
     matches!(r, UploadResult::Answered(a) if a.status == 404 || a.status == 410)
 }
@@ -252,7 +271,7 @@ impl Shipper {
                     last = head;
                     continue;
                 }
-                return done(head);
+                return done(unsettled(head, "asking for the upload's offset"));
             };
             if offset > 0 {
                 tracing::info!(episode = %s.id, offset, size, "resuming the upload");
@@ -283,7 +302,10 @@ impl Shipper {
             }
             last = r;
         }
-        done(last)
+        done(unsettled(
+            last,
+            &format!("the upload did not settle in {ROUNDS} rounds"),
+        ))
     }
 
     /// One PATCH with the rest of the tarball, from `offset` of `size`.
@@ -411,6 +433,29 @@ mod tests {
             settled(answered(410, Some(refused))),
             UploadResult::Answered(_)
         ));
+    }
+
+    /// A HEAD's answer, or the last answer when the rounds ran out, is about
+    /// the upload, not the episode: a 200 must never retire it, a 404 or a
+    /// 400 never quarantine it; the device's 401/403 and transient answers
+    /// keep their meaning.
+    #[test]
+    fn an_unsettled_upload_is_transient_whatever_the_receiver_answered() {
+        for status in [200, 201, 204, 400, 404, 409, 410, 412, 460] {
+            assert!(
+                matches!(
+                    unsettled(answered(status, None), "t"),
+                    UploadResult::Network(_)
+                ),
+                "{status}"
+            );
+        }
+        for status in [401, 403, 408, 429, 500, 503, 507] {
+            assert!(
+                matches!(unsettled(answered(status, None), "t"), UploadResult::Answered(a) if a.status == status),
+                "{status}"
+            );
+        }
     }
 
     #[test]
