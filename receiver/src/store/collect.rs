@@ -25,6 +25,18 @@
 //! listing, so that rounds rarely find anything to check, and gives an
 //! operator time to look at what a failed upload left.
 //!
+//! The gate is an advisory lock of a database session, so it lasts as long
+//! as that session. Its transaction is exempt from the server's idle
+//! timeout, and each chunk of deletes is sent only after a round trip
+//! proves the gate still held. What it cannot fence is a delete already on
+//! the wire when the session dies (a failover, a network cut between the
+//! replica and the database): S3 has no conditional delete, so such a
+//! delete may still land after another replica re-stored and indexed the
+//! same bytes. The round then logs at ERROR which referenced objects it
+//! deleted, and `episodes verify` reports them missing. Closing that last
+//! window needs a fence the commit stage checks (a table of objects being
+//! deleted, with a deadline past any request's lifetime); not built yet.
+//!
 //! Staging left by a crash (a local `.part` file, an S3 multipart upload)
 //! is removed in the same rounds, once idle for longer than any upload in
 //! progress can be.
@@ -40,6 +52,10 @@ use super::Index;
 
 /// Objects looked at per round.
 pub const PAGE: usize = 1000;
+
+/// Objects deleted per request, each request only after the gate is proven
+/// still held.
+pub const DELETE_CHUNK: usize = 100;
 
 /// Staging idle for this long belongs to no live upload: an upload makes
 /// progress at least every `body_read_timeout` (30 s by default).
@@ -149,29 +165,73 @@ impl Collector {
         if candidates.is_empty() {
             return Ok(round);
         }
-        let Some(gate) = self.index.collect_gate().await? else {
+        let Some(mut gate) = self.index.collect_gate().await? else {
             round.leased_elsewhere = true;
             return Ok(round);
         };
-        let result = self.delete_unreferenced(&candidates).await;
-        // Deletes done under the gate stay done even if letting go fails.
+        let mut deleted = Vec::new();
+        let result = self
+            .delete_unreferenced(&mut gate, &candidates, &mut deleted)
+            .await;
         if let Err(e) = gate.release().await {
-            tracing::debug!(error = %e, "letting go of the collection gate");
+            self.gate_lost(&deleted, &e).await;
         }
-        round.deleted = result?;
+        result?;
+        round.deleted = deleted.len();
         Ok(round)
     }
 
-    async fn delete_unreferenced(&self, candidates: &[Sha256]) -> Result<usize, RoundError> {
+    /// Deletes the candidates no row references, a chunk at a time, each
+    /// chunk only after proving the gate is still held: a gate lost (its
+    /// database session ended) lets other replicas persist and index the
+    /// same bytes again, and a delete sent after that would take an
+    /// acknowledged episode's object.
+    async fn delete_unreferenced(
+        &self,
+        gate: &mut super::Gate,
+        candidates: &[Sha256],
+        deleted: &mut Vec<Sha256>,
+    ) -> Result<(), RoundError> {
         let referenced = self.index.referenced(candidates).await?;
         let unreferenced: Vec<Sha256> = candidates
             .iter()
             .filter(|s| !referenced.contains(*s))
             .cloned()
             .collect();
-        if !unreferenced.is_empty() {
-            self.objects.delete(&unreferenced).await?;
+        for chunk in unreferenced.chunks(DELETE_CHUNK) {
+            gate.check().await?;
+            self.objects.delete(chunk).await?;
+            deleted.extend_from_slice(chunk);
         }
-        Ok(unreferenced.len())
+        Ok(())
+    }
+
+    /// The gate was lost while this round deleted: a chunk in flight when it
+    /// went may have raced an upload of the same bytes on another replica.
+    /// Nothing can bring those bytes back; say loudly which rows now point
+    /// at a deleted object (`episodes verify` names them too), so that an
+    /// operator can have the devices ship them again.
+    async fn gate_lost(&self, deleted: &[Sha256], e: &super::IndexError) {
+        if deleted.is_empty() {
+            tracing::warn!(error = %e, "the collection gate was lost; nothing was deleted after it");
+            return;
+        }
+        match self.index.referenced(deleted).await {
+            Ok(now) if now.is_empty() => tracing::warn!(
+                error = %e, deleted = deleted.len(),
+                "the collection gate was lost during a round; no deleted object is referenced"
+            ),
+            Ok(now) => {
+                let shas: Vec<String> = now.iter().map(|s| s.to_string()).collect();
+                tracing::error!(
+                    error = %e, objects = ?shas,
+                    "the collection gate was lost during a round and rows committed since reference objects it deleted; run `ferry-receiver episodes verify`"
+                );
+            }
+            Err(again) => tracing::error!(
+                error = %e, recheck = %again, deleted = deleted.len(),
+                "the collection gate was lost during a round and the index cannot be asked which deleted objects are referenced now"
+            ),
+        }
     }
 }

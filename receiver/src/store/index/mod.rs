@@ -269,6 +269,8 @@ pub struct Gate(Box<dyn Held>);
 
 /// What a backend holds for a [`Gate`].
 pub trait Held: Send {
+    /// Whether it is still held (a round trip on its own connection).
+    fn check(&mut self) -> BoxFut<'_, ()>;
     /// Lets go; an error means the gate may not have been held throughout
     /// (its database connection was lost).
     fn release(self: Box<Self>) -> BoxFut<'static, ()>;
@@ -277,6 +279,11 @@ pub trait Held: Send {
 impl Gate {
     pub fn new(held: impl Held + 'static) -> Self {
         Gate(Box::new(held))
+    }
+
+    /// `Err` when the gate is no longer held (its connection was lost).
+    pub async fn check(&mut self) -> Result<(), IndexError> {
+        self.0.check().await
     }
 
     /// Lets go; `Err` when the gate may have been lost while held.

@@ -37,6 +37,16 @@ impl_sql_index!(PgIndex, PgPool);
 struct HeldTx(Transaction<'static, Postgres>);
 
 impl Held for HeldTx {
+    fn check(&mut self) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&mut *self.0)
+                .await
+                .map(|_| ())
+                .map_err(classify)
+        })
+    }
+
     fn release(self: Box<Self>) -> BoxFut<'static, ()> {
         // The commit fails when the connection was lost: the lock went with
         // it, maybe before the batch's rows were committed.
@@ -70,8 +80,21 @@ impl PgIndex {
         Ok(Self { pool })
     }
 
-    async fn gate_shared(&self) -> Result<Gate, IndexError> {
+    /// A transaction to hold a gate in. It is idle while its holder writes
+    /// to or deletes from the bucket, so a server-side
+    /// `idle_in_transaction_session_timeout` must not end it (and with it
+    /// the lock) behind the holder's back.
+    async fn gate_tx(&self) -> Result<Transaction<'static, Postgres>, IndexError> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
+        sqlx::query("SET LOCAL idle_in_transaction_session_timeout = 0")
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        Ok(tx)
+    }
+
+    async fn gate_shared(&self) -> Result<Gate, IndexError> {
+        let mut tx = self.gate_tx().await?;
         sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
             .bind(WRITE_GATE)
             .execute(&mut *tx)
@@ -81,7 +104,7 @@ impl PgIndex {
     }
 
     async fn gate_exclusive(&self) -> Result<Option<Gate>, IndexError> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let mut tx = self.gate_tx().await?;
         let leased: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(COLLECT_LEASE)
             .fetch_one(&mut *tx)

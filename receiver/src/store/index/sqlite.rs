@@ -36,6 +36,10 @@ pub struct SqliteIndex {
 struct HeldLocal<G: Send>(G);
 
 impl<G: Send> crate::store::Held for HeldLocal<G> {
+    fn check(&mut self) -> crate::store::BoxFut<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn release(self: Box<Self>) -> crate::store::BoxFut<'static, ()> {
         drop(self);
         Box::pin(async { Ok(()) })
