@@ -187,14 +187,13 @@ async fn receive(
     body: Body,
 ) -> Result<(), Done> {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    meta.expires = unix_now().saturating_add(state.config.upload_expiry.as_secs() as i64);
+    // The expiry moves on only with bytes: an empty PATCH must not keep an
+    // upload (and the disk it holds) alive for ever.
+    let renewed = unix_now().saturating_add(state.config.upload_expiry.as_secs() as i64);
     let writer = tokio::task::spawn_blocking({
-        let (ups, owned_id, m, base) = (
-            state.uploads.clone(),
-            id.to_owned(),
-            meta.clone(),
-            base.clone(),
-        );
+        let mut m = meta.clone();
+        m.expires = renewed;
+        let (ups, owned_id, base) = (state.uploads.clone(), id.to_owned(), base.clone());
         move || uploads::append(&ups, &owned_id, m, base, checksum.is_some(), rx)
     });
     let ended = pump(state, body, tx, meta.length - meta.offset).await;
@@ -207,6 +206,9 @@ async fn receive(
     let keep = checksum.is_none_or(|c| ended.is_whole() && appended.patch == Some(c));
     let at = meta.offset;
     if keep {
+        if appended.written > 0 {
+            meta.expires = renewed;
+        }
         meta.offset += appended.written;
         let (ups, owned_id, m, file) = (
             state.uploads.clone(),

@@ -325,7 +325,13 @@ impl LocalObjects {
         self.ensure_dir(shard)?;
         fs::rename(temp.path(), &dest)
             .map_err(|e| StoreError::new("rename into place", &dest, e))?;
-        temp.keep();
+        // rename(2) of a name onto another link of the same inode does
+        // nothing (a resumable upload's retried completion hands over a
+        // hard link of a file already placed): then the temporary name is
+        // still there, and dropping `temp` removes it.
+        if fs::symlink_metadata(temp.path()).is_err() {
+            temp.keep();
+        }
         Ok(shard.to_owned())
     }
 
