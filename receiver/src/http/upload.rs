@@ -564,6 +564,12 @@ async fn refused_at_commit(state: &SharedState, up: &Upload, why: Standing) -> A
             ),
         }),
         Standing::DeviceGone => AppError::device_renamed(),
+        // The bytes may be gone by the time the collector's delete lands:
+        // nothing is acknowledged, and the retry stores them again.
+        Standing::ObjectBeingCollected => AppError(Reply::Overloaded {
+            retry_after_secs: super::error::UNREACHABLE_RETRY_SECS,
+            detail: "an object with these bytes is being deleted as unreferenced; nothing was stored; retry it".into(),
+        }),
         Standing::CommitNotAllowed => {
             let status = match state.index.commit_status(up.commit.as_str()).await {
                 Ok(s) => s,

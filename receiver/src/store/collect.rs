@@ -25,17 +25,16 @@
 //! listing, so that rounds rarely find anything to check, and gives an
 //! operator time to look at what a failed upload left.
 //!
-//! The gate is an advisory lock of a database session, so it lasts as long
-//! as that session. Its transaction is exempt from the server's idle
-//! timeout, and each chunk of deletes is sent only after a round trip
-//! proves the gate still held. What it cannot fence is a delete already on
-//! the wire when the session dies (a failover, a network cut between the
-//! replica and the database): S3 has no conditional delete, so such a
-//! delete may still land after another replica re-stored and indexed the
-//! same bytes. The round then logs at ERROR which referenced objects it
-//! deleted, and `episodes verify` reports them missing. Closing that last
-//! window needs a fence the commit stage checks (a table of objects being
-//! deleted, with a deadline past any request's lifetime); not built yet.
+//! The gate is an advisory lock of a database session, so it lasts only
+//! as long as that session: a failover or a network cut ends it while a
+//! delete may still be on the wire, and S3 has no conditional delete. So
+//! the gate is not the fence; it keeps refusals rare. The fence is
+//! `objects_being_collected`: each chunk of candidates is marked there and
+//! committed before its delete is sent, and the index is asked again which
+//! of them are referenced. A row committed before the mark is seen by that
+//! second question and keeps its object; a row after the mark is refused by
+//! the insert (503, the device retries) until the delete is confirmed or the
+//! mark outlives any request ([`COLLECTING_FOR`]).
 //!
 //! Staging left by a crash (a local `.part` file, an S3 multipart upload)
 //! is removed in the same rounds, once idle for longer than any upload in
@@ -48,7 +47,7 @@ use ferry_proto::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use super::objects::Objects;
-use super::Index;
+use super::{unix_now, Index};
 
 /// Objects looked at per round.
 pub const PAGE: usize = 1000;
@@ -56,6 +55,11 @@ pub const PAGE: usize = 1000;
 /// Objects deleted per request, each request only after the gate is proven
 /// still held.
 pub const DELETE_CHUNK: usize = 100;
+
+/// How long an object marked for deletion refuses new rows unless its
+/// delete is confirmed first: longer than any delete request can live (the
+/// S3 client gives up on a request after 60 s and retries within 10 s).
+pub const COLLECTING_FOR: Duration = Duration::from_secs(600);
 
 /// Staging idle for this long belongs to no live upload: an upload makes
 /// progress at least every `body_read_timeout` (30 s by default).
@@ -200,8 +204,32 @@ impl Collector {
             .collect();
         for chunk in unreferenced.chunks(DELETE_CHUNK) {
             gate.check().await?;
-            self.objects.delete(chunk).await?;
-            deleted.extend_from_slice(chunk);
+            // The fence: marked (and committed) before anything is sent,
+            // then asked again. A row committed before the mark is seen by
+            // the second question and keeps its object; a row after it is
+            // refused until the mark goes. So a delete that lands late (its
+            // gate lost on the way) takes no acknowledged episode's object.
+            let now = unix_now();
+            self.index
+                .mark_collecting(
+                    chunk,
+                    now.saturating_add(COLLECTING_FOR.as_secs() as i64),
+                    now,
+                )
+                .await?;
+            let still = self.index.referenced(chunk).await?;
+            let doomed: Vec<Sha256> = chunk
+                .iter()
+                .filter(|s| !still.contains(*s))
+                .cloned()
+                .collect();
+            if !doomed.is_empty() {
+                self.objects.delete(&doomed).await?;
+            }
+            // Done (an error above leaves the marks to their time): rows of
+            // these bytes may be stored again.
+            self.index.unmark_collecting(chunk).await?;
+            deleted.extend(doomed);
         }
         Ok(())
     }

@@ -117,6 +117,10 @@ pub enum Standing {
     DeviceGone,
     /// The commit was taken off the allow-list: answer 412.
     CommitNotAllowed,
+    /// The collector is deleting an object with these bytes
+    /// ([`Index::mark_collecting`]): answer 503, the retry stores them
+    /// again.
+    ObjectBeingCollected,
 }
 
 /// Result of [`Index::rename_device`].
@@ -257,6 +261,14 @@ pub trait Index: Send + Sync + 'static {
     /// committed (see `store::collect`). Released with [`Gate::release`],
     /// which fails when the gate may have been lost meanwhile.
     fn write_gate(&self) -> BoxFut<'_, Gate>;
+    /// Records that the collector is about to delete these objects, until
+    /// `until` (unix seconds), committed before any delete is sent: a row
+    /// naming one of them is refused meanwhile
+    /// (`Standing::ObjectBeingCollected`). Marks past their time are
+    /// removed by the same call.
+    fn mark_collecting<'a>(&'a self, shas: &'a [Sha256], until: i64, now: i64) -> BoxFut<'a, ()>;
+    /// Removes the marks once their deletes are known to be done.
+    fn unmark_collecting<'a>(&'a self, shas: &'a [Sha256]) -> BoxFut<'a, ()>;
     /// The collection lease and the write gate, exclusively: while held, no
     /// batch of any replica is between making an object visible and
     /// committing its row. `None` when another replica holds the lease.

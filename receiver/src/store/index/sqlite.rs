@@ -422,6 +422,54 @@ mod tests {
         }
     }
 
+    /// The collector's fence: while an object is marked as being collected,
+    /// no row naming it is inserted (the commit stage answers 503); marks
+    /// past their time are ignored and cleared; unmarked, it stores.
+    #[tokio::test]
+    async fn a_row_naming_an_object_being_collected_is_refused_until_unmarked() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = SqliteIndex::open(&dir.path().join("i.sqlite"))
+            .await
+            .unwrap();
+        idx.add_device("d1", &[1; 32], 1).await.unwrap();
+        idx.allow_commit(&"a".repeat(40), true, None, 1)
+            .await
+            .unwrap();
+        let x = sha('a');
+        idx.mark_collecting(std::slice::from_ref(&x), 100, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            idx.insert_episodes(&[row("d1", "ep-1", 'a', 50), row("d1", "ep-2", 'b', 50)])
+                .await
+                .unwrap(),
+            [
+                Inserted::Refused(Standing::ObjectBeingCollected),
+                Inserted::Created
+            ]
+        );
+        // A mark past its time neither refuses nor survives the next mark.
+        assert_eq!(
+            idx.insert_episodes(&[row("d1", "ep-3", 'a', 100)])
+                .await
+                .unwrap(),
+            [Inserted::Created]
+        );
+        idx.mark_collecting(&[], 0, 200).await.unwrap();
+        idx.mark_collecting(std::slice::from_ref(&x), 300, 200)
+            .await
+            .unwrap();
+        idx.unmark_collecting(std::slice::from_ref(&x))
+            .await
+            .unwrap();
+        assert_eq!(
+            idx.insert_episodes(&[row("d1", "ep-1", 'a', 250)])
+                .await
+                .unwrap(),
+            [Inserted::Created]
+        );
+    }
+
     #[tokio::test]
     async fn episodes_are_keyed_by_device_and_id() {
         let dir = tempfile::tempdir().unwrap();

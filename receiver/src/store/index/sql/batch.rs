@@ -134,6 +134,8 @@ macro_rules! impl_batch_statements {
                 q.push(
                     ") AS v WHERE EXISTS (SELECT 1 FROM devices d WHERE d.name = v.column5 AND NOT d.revoked) \
                      AND EXISTS (SELECT 1 FROM commits c WHERE c.commit_id = v.column4) \
+                     AND NOT EXISTS (SELECT 1 FROM objects_being_collected o \
+                                     WHERE o.sha256 = v.column2 AND o.until > v.column6) \
                      ON CONFLICT (device, episode_id) DO NOTHING RETURNING device, episode_id",
                 );
                 Ok(q
@@ -207,6 +209,7 @@ macro_rules! impl_batch_standing {
                 let classify = $crate::store::index::sql::classify;
                 let mut devices = std::collections::HashMap::<String, bool>::new();
                 let mut allowed = std::collections::HashSet::<String>::new();
+                let mut collected = std::collections::HashMap::<String, i64>::new();
                 if !rows.is_empty() {
                     let mut q = sqlx::QueryBuilder::<Db>::new(
                         "SELECT name, revoked FROM devices WHERE name IN (",
@@ -238,6 +241,21 @@ macro_rules! impl_batch_standing {
                         .map_err(classify)?
                         .into_iter()
                         .collect();
+                    let mut q = sqlx::QueryBuilder::<Db>::new(
+                        "SELECT sha256, until FROM objects_being_collected WHERE sha256 IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for e in rows {
+                        list.push_bind(e.sha256.as_str());
+                    }
+                    q.push(")");
+                    collected = q
+                        .build_query_as::<(String, i64)>()
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(classify)?
+                        .into_iter()
+                        .collect();
                 }
                 Ok(
                     move |e: &$crate::store::NewEpisode| match devices.get(&e.device) {
@@ -245,6 +263,13 @@ macro_rules! impl_batch_standing {
                         Some(true) => Some($crate::store::Standing::DeviceRevoked),
                         Some(false) if !allowed.contains(e.commit.as_str()) => {
                             Some($crate::store::Standing::CommitNotAllowed)
+                        }
+                        Some(false)
+                            if collected
+                                .get(e.sha256.as_str())
+                                .is_some_and(|until| *until > e.stored_at) =>
+                        {
+                            Some($crate::store::Standing::ObjectBeingCollected)
                         }
                         Some(false) => None,
                     },

@@ -139,6 +139,60 @@ macro_rules! episode_store_methods {
             })
         }
 
+        fn mark_collecting<'a>(
+            &'a self,
+            shas: &'a [ferry_proto::Sha256],
+            until: i64,
+            now: i64,
+        ) -> $crate::store::BoxFut<'a, ()> {
+            Box::pin(async move {
+                type Db = <$pool as $crate::store::index::sql::HasDb>::Db;
+                let classify = $crate::store::index::sql::classify;
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                sqlx::query("DELETE FROM objects_being_collected WHERE until <= $1")
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                if !shas.is_empty() {
+                    let mut q = sqlx::QueryBuilder::<Db>::new(
+                        "INSERT INTO objects_being_collected (sha256, until) ",
+                    );
+                    q.push_values(shas, |mut b, s| {
+                        b.push_bind(s.as_str()).push_bind(until);
+                    });
+                    q.push(" ON CONFLICT (sha256) DO UPDATE SET until = excluded.until");
+                    q.build().execute(&mut *tx).await.map_err(classify)?;
+                }
+                tx.commit().await.map_err(classify)
+            })
+        }
+
+        fn unmark_collecting<'a>(
+            &'a self,
+            shas: &'a [ferry_proto::Sha256],
+        ) -> $crate::store::BoxFut<'a, ()> {
+            Box::pin(async move {
+                type Db = <$pool as $crate::store::index::sql::HasDb>::Db;
+                if shas.is_empty() {
+                    return Ok(());
+                }
+                let mut q = sqlx::QueryBuilder::<Db>::new(
+                    "DELETE FROM objects_being_collected WHERE sha256 IN (",
+                );
+                let mut list = q.separated(", ");
+                for s in shas {
+                    list.push_bind(s.as_str());
+                }
+                q.push(")");
+                q.build()
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err($crate::store::index::sql::classify)
+            })
+        }
+
         fn write_gate(&self) -> $crate::store::BoxFut<'_, $crate::store::Gate> {
             Box::pin(self.gate_shared())
         }
