@@ -223,9 +223,12 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// One keep-alive HTTP/1.1 connection doing PUTs.
+/// One keep-alive HTTP/1.1 connection doing PUTs (a new one after a
+/// server that answered `Connection: close`, as moto does).
 struct Conn {
     stream: BufReader<TcpStream>,
+    port: u16,
+    closed: bool,
 }
 
 impl Conn {
@@ -235,10 +238,15 @@ impl Conn {
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
         Ok(Conn {
             stream: BufReader::new(s),
+            port,
+            closed: false,
         })
     }
 
     fn put(&mut self, path: &str, headers: &str, body: &[u8]) -> Result<u16> {
+        if self.closed {
+            *self = Conn::open(self.port)?;
+        }
         let head = format!(
             "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n{headers}\r\n",
             body.len()
@@ -264,6 +272,9 @@ impl Conn {
             if let Some((k, v)) = h.split_once(':') {
                 if k.eq_ignore_ascii_case("content-length") {
                     len = v.trim().parse()?;
+                }
+                if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+                    self.closed = true;
                 }
             }
         }
