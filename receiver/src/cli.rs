@@ -140,7 +140,12 @@ async fn execute(config: &Config, index: &Arc<dyn Index>, cmd: Admin) -> Result<
 
 /// `commits list`: the allow-list, the head marked.
 async fn commits_list(index: &Arc<dyn Index>, json: bool) -> Result<i32, OpError> {
-    let list = index.list_commits().await?;
+    let list: Vec<_> = index
+        .list_commits()
+        .await?
+        .iter()
+        .map(ops::commit_info)
+        .collect();
     if json {
         return Ok(print_json(&list));
     }
@@ -195,7 +200,12 @@ async fn commits_rejected(
 /// `devices list`: every device, active or revoked, with its last contact
 /// and what it stored.
 async fn devices_list(index: &Arc<dyn Index>, json: bool) -> Result<i32, OpError> {
-    let list = index.list_devices().await?;
+    let list: Vec<_> = index
+        .list_devices()
+        .await?
+        .iter()
+        .map(ops::device_info)
+        .collect();
     if json {
         return Ok(print_json(&list));
     }

@@ -9,7 +9,10 @@ use ferry_proto::admin::{
 use ferry_proto::{Commit, EpisodeId, Sha256};
 
 use crate::store::objects::Objects;
-use crate::store::{unix_now, AddDevice, Episode, Index, IndexError, RenameDevice};
+use crate::store::{
+    format_time, unix_now, AddDevice, AllowedCommit, Device, Episode, Index, IndexError,
+    RenameDevice,
+};
 use crate::tokens;
 
 /// Why an operator operation failed.
@@ -70,7 +73,7 @@ pub async fn rename_device(
     index: &Arc<dyn Index>,
     old: &str,
     new: &str,
-) -> Result<DeviceInfo, OpError> {
+) -> Result<Device, OpError> {
     check_device_name(new)?;
     if old == new {
         return Err(OpError::Invalid(format!(
@@ -92,7 +95,7 @@ pub async fn rename_device(
 }
 
 /// One device, or `NotFound`.
-pub async fn device(index: &Arc<dyn Index>, name: &str) -> Result<DeviceInfo, OpError> {
+pub async fn device(index: &Arc<dyn Index>, name: &str) -> Result<Device, OpError> {
     index
         .device(name)
         .await?
@@ -112,6 +115,30 @@ pub async fn list_episodes(
     Ok(index.list_episodes(device, limit).await?)
 }
 
+/// A device in its wire shape (SPEC §5's `--json`, the admin API).
+pub fn device_info(d: &Device) -> DeviceInfo {
+    DeviceInfo {
+        name: d.name.clone(),
+        revoked: d.revoked,
+        created_at: format_time(d.created_at),
+        last_seen_at: d.last_seen_at.map(format_time),
+        last_upload_at: d.last_upload_at.map(format_time),
+        episodes: d.episodes,
+        bytes: d.bytes,
+    }
+}
+
+/// An allow-list entry in its wire shape (SPEC §5's `--json`, the admin
+/// API).
+pub fn commit_info(c: &AllowedCommit) -> CommitInfo {
+    CommitInfo {
+        commit: c.commit.to_string(),
+        head: c.head,
+        note: c.note.clone(),
+        allowed_at: format_time(c.allowed_at),
+    }
+}
+
 /// An episode in its wire shape (SPEC §5's `--json`, the admin API).
 pub fn episode_info(e: &Episode) -> EpisodeInfo {
     EpisodeInfo {
@@ -120,7 +147,7 @@ pub fn episode_info(e: &Episode) -> EpisodeInfo {
         size: e.size,
         commit: e.commit.to_string(),
         device: e.device.clone(),
-        stored_at: crate::store::format_time(e.stored_at),
+        stored_at: format_time(e.stored_at),
     }
 }
 
@@ -178,7 +205,7 @@ pub async fn resolve(index: &Arc<dyn Index>, name: &str) -> Result<Episode, OpEr
 pub async fn allow_commit(
     index: &Arc<dyn Index>,
     req: &AllowCommit,
-) -> Result<CommitInfo, OpError> {
+) -> Result<AllowedCommit, OpError> {
     let commit = parse_commit(&req.commit)?;
     index
         .allow_commit(commit.as_str(), req.head, req.note.as_deref(), unix_now())
@@ -187,7 +214,7 @@ pub async fn allow_commit(
         .list_commits()
         .await?
         .into_iter()
-        .find(|c| c.commit == commit.as_str())
+        .find(|c| c.commit == commit)
         .ok_or_else(|| OpError::NotFound(format!("commit {commit} vanished after being allowed")))
 }
 

@@ -261,7 +261,7 @@ pub async fn list(
         .list_commits()
         .await?
         .into_iter()
-        .map(|c| c.commit)
+        .map(|c| c.commit.to_string())
         .collect();
     Ok(summarize(stored, pending.snapshot(), &allowed, since))
 }

@@ -92,7 +92,8 @@ async fn list_commits(
     h: HeaderMap,
 ) -> Result<Json<Vec<CommitInfo>>, AppError> {
     admin(&st, &h)?;
-    Ok(Json(st.index.list_commits().await?))
+    let list = st.index.list_commits().await?;
+    Ok(Json(list.iter().map(ops::commit_info).collect()))
 }
 
 /// `GET /v1/admin/commits/rejected`: as `commits rejected --json`, plus
@@ -112,8 +113,8 @@ async fn allow_commit(
     j: Result<Json<AllowCommit>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CommitInfo>), AppError> {
     admin(&st, &h)?;
-    let info = ops::allow_commit(&st.index, &body(j)?).await?;
-    Ok((StatusCode::CREATED, Json(info)))
+    let entry = ops::allow_commit(&st.index, &body(j)?).await?;
+    Ok((StatusCode::CREATED, Json(ops::commit_info(&entry))))
 }
 
 async fn revoke_commit(
@@ -136,7 +137,8 @@ async fn list_devices(
     h: HeaderMap,
 ) -> Result<Json<Vec<DeviceInfo>>, AppError> {
     admin(&st, &h)?;
-    Ok(Json(st.index.list_devices().await?))
+    let list = st.index.list_devices().await?;
+    Ok(Json(list.iter().map(ops::device_info).collect()))
 }
 
 async fn add_device(
@@ -174,7 +176,8 @@ async fn rename_device(
     admin(&st, &h)?;
     let old = param(n)?;
     let new = body(j)?.name;
-    Ok(Json(ops::rename_device(&st.index, &old, &new).await?))
+    let device = ops::rename_device(&st.index, &old, &new).await?;
+    Ok(Json(ops::device_info(&device)))
 }
 
 #[derive(Debug, Deserialize)]

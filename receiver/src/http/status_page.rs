@@ -11,15 +11,15 @@
 //! window, the 50 newest episodes by index; no scan of the episodes.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{Html, IntoResponse, Response};
-use ferry_proto::admin::{CommitInfo, DeviceInfo, RejectedCommit};
+use ferry_proto::admin::RejectedCommit;
 
 use super::{page_auth, AppError, SharedState};
-use crate::store::{unix_now, Totals};
+use crate::store::{unix_now, AllowedCommit, Device, Totals};
 
 /// Rows shown per table; the admin API has the rest.
 const MAX_ROWS: usize = 500;
@@ -66,13 +66,15 @@ pub fn human_age(d: Duration) -> String {
     }
 }
 
-fn parse_time(t: Option<&str>) -> Option<SystemTime> {
-    t.and_then(|t| humantime::parse_rfc3339(t).ok())
+/// The index's unix seconds as a time; before 1970 is shown as 1970, as
+/// `store::format_time` shows it.
+fn at(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
 }
 
 /// `5 min ago`, or `never`.
-fn ago(t: Option<&str>, now: SystemTime) -> String {
-    match parse_time(t) {
+fn ago(t: Option<SystemTime>, now: SystemTime) -> String {
+    match t {
         Some(t) => format!(
             "{} ago",
             human_age(now.duration_since(t).unwrap_or_default())
@@ -83,30 +85,21 @@ fn ago(t: Option<&str>, now: SystemTime) -> String {
 
 /// Whether an active device stored nothing within `behind_after` of `now`
 /// (a device that never uploaded counts from its creation).
-pub fn falling_behind(d: &DeviceInfo, now: SystemTime, behind_after: Duration) -> bool {
+pub fn falling_behind(d: &Device, now: SystemTime, behind_after: Duration) -> bool {
     if d.revoked {
         return false;
     }
-    let last = parse_time(d.last_upload_at.as_deref().or(Some(d.created_at.as_str())));
-    match last {
-        Some(t) => now.duration_since(t).unwrap_or_default() > behind_after,
-        None => true,
-    }
+    let last = at(d.last_upload_at.unwrap_or(d.created_at));
+    now.duration_since(last).unwrap_or_default() > behind_after
 }
 
 /// Falling behind first (longest silent first), then the rest by name.
-fn order_devices(devices: &mut [DeviceInfo], now: SystemTime, behind_after: Duration) {
+fn order_devices(devices: &mut [Device], now: SystemTime, behind_after: Duration) {
     devices.sort_by_cached_key(|d| {
         let behind = falling_behind(d, now, behind_after);
-        let last = d
-            .last_upload_at
-            .clone()
-            .unwrap_or_else(|| d.created_at.clone());
-        (
-            !behind,
-            if behind { last } else { String::new() },
-            d.name.clone(),
-        )
+        // Clamped as `at` clamps, so that the order is the one shown.
+        let last = d.last_upload_at.unwrap_or(d.created_at).max(0);
+        (!behind, if behind { last } else { 0 }, d.name.clone())
     });
 }
 
@@ -152,13 +145,7 @@ async fn render(st: &SharedState) -> Result<String, AppError> {
     };
     let rejected =
         crate::rejected::list(&*st.index, &st.rejections, st.config.rejected_window).await?;
-    let episodes: Vec<_> = st
-        .index
-        .list_episodes(None, Some(RECENT_EPISODES))
-        .await?
-        .iter()
-        .map(crate::ops::episode_info)
-        .collect();
+    let episodes = st.index.list_episodes(None, Some(RECENT_EPISODES)).await?;
     let now = SystemTime::now();
     let behind_after = st.config.behind_after;
     order_devices(&mut devices, now, behind_after);
@@ -188,10 +175,10 @@ async fn render(st: &SharedState) -> Result<String, AppError> {
             h,
             "<tr><td>{}/{}</td><td><code>{}</code></td><td class=\"n\">{}</td><td>{}</td></tr>",
             esc(&e.device),
-            esc(&e.episode_id),
-            esc(&e.commit[..e.commit.len().min(12)]),
+            esc(e.episode_id.as_str()),
+            esc(&e.commit.as_str()[..e.commit.as_str().len().min(12)]),
             human_bytes(e.size),
-            ago(Some(&e.stored_at), now),
+            ago(Some(at(e.stored_at)), now),
         );
     }
     h.push_str("</table></div></body></html>");
@@ -245,7 +232,9 @@ fn rejected_section(h: &mut String, rejected: &[RejectedCommit], now: SystemTime
             esc(&c.commit),
             devices.join(", "),
             c.attempts,
-            ago(Some(&c.last_seen), now),
+            // The tallies' wire shape is made by `rejected::list`; a time
+            // it could not format would show as `never`.
+            ago(humantime::parse_rfc3339(&c.last_seen).ok(), now),
             esc(&c.allow_command),
         );
     }
@@ -303,12 +292,7 @@ fn rate_svg(minutes: &[crate::rate::Bucket]) -> String {
     s
 }
 
-fn devices_section(
-    h: &mut String,
-    devices: &[DeviceInfo],
-    now: SystemTime,
-    behind_after: Duration,
-) {
+fn devices_section(h: &mut String, devices: &[Device], now: SystemTime, behind_after: Duration) {
     h.push_str(
         "<h2>Devices</h2><div class=\"scroll\"><table id=\"devices\"><tr><th>name</th><th>state</th>\
          <th>last upload</th><th>last seen</th><th>episodes</th><th>stored</th></tr>",
@@ -326,8 +310,8 @@ fn devices_section(
              <td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             if fb { "device behind" } else { "device" },
             esc(&d.name),
-            ago(d.last_upload_at.as_deref(), now),
-            ago(d.last_seen_at.as_deref(), now),
+            ago(d.last_upload_at.map(at), now),
+            ago(d.last_seen_at.map(at), now),
             d.episodes,
             human_bytes(d.bytes),
         );
@@ -342,7 +326,7 @@ fn devices_section(
     }
 }
 
-fn allow_list_section(h: &mut String, commits: &[CommitInfo], now: SystemTime) {
+fn allow_list_section(h: &mut String, commits: &[AllowedCommit], now: SystemTime) {
     h.push_str(
         "<h2>Allowed commits</h2><div class=\"scroll\"><table id=\"allowed\"><tr><th>commit</th>\
          <th></th><th>note</th><th>allowed</th></tr>",
@@ -351,10 +335,10 @@ fn allow_list_section(h: &mut String, commits: &[CommitInfo], now: SystemTime) {
         let _ = write!(
             h,
             "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&c.commit),
+            esc(c.commit.as_str()),
             if c.head { "head" } else { "" },
             esc(c.note.as_deref().unwrap_or("")),
-            ago(Some(&c.allowed_at), now),
+            ago(Some(at(c.allowed_at)), now),
         );
     }
     h.push_str("</table></div>");
@@ -376,13 +360,19 @@ const SECURITY_HEADERS: [(&str, &str); 3] = [
 mod tests {
     use super::*;
 
-    fn device(last_seen: Option<&str>) -> DeviceInfo {
-        DeviceInfo {
+    /// Unix seconds of an RFC 3339 time, so that the cases read as dates.
+    fn secs(t: &str) -> i64 {
+        let t = humantime::parse_rfc3339(t).unwrap();
+        t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    }
+
+    fn device(last_upload: Option<&str>) -> Device {
+        Device {
             name: "d".into(),
             revoked: false,
-            created_at: "2026-01-01T00:00:00Z".into(),
+            created_at: secs("2026-01-01T00:00:00Z"),
             last_seen_at: None,
-            last_upload_at: last_seen.map(str::to_owned),
+            last_upload_at: last_upload.map(secs),
             episodes: 0,
             bytes: 0,
         }
@@ -421,11 +411,36 @@ mod tests {
         assert_eq!(names, ["z", "y", "a", "b"]);
     }
 
-    fn named(name: &str, last_upload: Option<&str>) -> DeviceInfo {
-        DeviceInfo {
+    fn named(name: &str, last_upload: Option<&str>) -> Device {
+        Device {
             name: name.into(),
             ..device(last_upload)
         }
+    }
+
+    #[test]
+    fn allow_list_rows_show_the_entry_and_its_age() {
+        let now = humantime::parse_rfc3339("2026-01-03T00:00:00Z").unwrap();
+        let entry = AllowedCommit {
+            commit: ferry_proto::Commit::parse(&"ab".repeat(20)).unwrap(),
+            head: true,
+            note: Some("<release>".into()),
+            allowed_at: secs("2026-01-02T22:00:00Z"),
+        };
+        let mut h = String::new();
+        allow_list_section(&mut h, &[entry], now);
+        let row = format!(
+            "<tr><td><code>{}</code></td><td>head</td><td>&lt;release&gt;</td><td>2 h ago</td></tr>",
+            "ab".repeat(20)
+        );
+        assert!(h.contains(&row), "{h}");
+    }
+
+    #[test]
+    fn times_before_1970_show_as_1970_like_the_wire_shape() {
+        assert_eq!(at(-5), UNIX_EPOCH);
+        assert_eq!(ago(Some(at(-5)), at(60)), "1 min ago");
+        assert_eq!(ago(None, at(60)), "never");
     }
 
     #[test]

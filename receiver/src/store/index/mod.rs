@@ -15,7 +15,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_proto::admin::{CommitInfo, DeviceInfo};
 use ferry_proto::{Commit, EpisodeId, Sha256};
 
 use crate::config::Database;
@@ -167,6 +166,31 @@ pub struct Rejection {
     pub last_seen: i64,
 }
 
+/// A device as the operator sees it: its state, last contact and what it
+/// stored (times in unix seconds). Made into its wire shape
+/// (`ferry_proto::admin::DeviceInfo`) only at the edge, by
+/// `ops::device_info`, so the status page works on the numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub name: String,
+    pub revoked: bool,
+    pub created_at: i64,
+    pub last_seen_at: Option<i64>,
+    pub last_upload_at: Option<i64>,
+    pub episodes: u64,
+    pub bytes: u64,
+}
+
+/// An allow-list entry (time in unix seconds); its wire shape
+/// (`ferry_proto::admin::CommitInfo`) is made by `ops::commit_info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedCommit {
+    pub commit: Commit,
+    pub head: bool,
+    pub note: Option<String>,
+    pub allowed_at: i64,
+}
+
 /// Totals for the status page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -197,9 +221,9 @@ pub trait Index: Send + Sync + 'static {
     /// Renames a device in one transaction; its token and its episodes go
     /// with it (the episodes' `device` follows by `ON UPDATE CASCADE`).
     fn rename_device<'a>(&'a self, old: &'a str, new: &'a str) -> BoxFut<'a, RenameDevice>;
-    fn list_devices(&self) -> BoxFut<'_, Vec<DeviceInfo>>;
+    fn list_devices(&self) -> BoxFut<'_, Vec<Device>>;
     /// One device as [`Index::list_devices`] shows it; `None` when unknown.
-    fn device<'a>(&'a self, name: &'a str) -> BoxFut<'a, Option<DeviceInfo>>;
+    fn device<'a>(&'a self, name: &'a str) -> BoxFut<'a, Option<Device>>;
 
     /// Adds (or updates) an allow-list entry. With `head`, it becomes the one
     /// head commit. An existing note is kept when `note` is `None`.
@@ -212,7 +236,7 @@ pub trait Index: Send + Sync + 'static {
     ) -> BoxFut<'a, ()>;
     /// Removes an allow-list entry; `false` when it was not there.
     fn revoke_commit<'a>(&'a self, commit: &'a str) -> BoxFut<'a, bool>;
-    fn list_commits(&self) -> BoxFut<'_, Vec<CommitInfo>>;
+    fn list_commits(&self) -> BoxFut<'_, Vec<AllowedCommit>>;
     fn commit_status<'a>(&'a self, commit: &'a str) -> BoxFut<'a, CommitStatus>;
 
     /// A device's episode of this id.

@@ -5,9 +5,7 @@
 //! [`Index`](super::Index) for both pool types; only opening differs
 //! (`sqlite.rs`, `postgres.rs`).
 
-use ferry_proto::admin::{CommitInfo, DeviceInfo};
-
-use super::{format_time, IndexError};
+use super::{AllowedCommit, Device, IndexError};
 
 /// SQLite's primary result code for "database or disk is full".
 const SQLITE_FULL: i64 = 13;
@@ -227,13 +225,13 @@ pub(crate) const ONE_DEVICE: &str = concat!(select_devices!(), " WHERE d.name = 
 pub(crate) const RENAME_DEVICE: &str = "UPDATE devices SET name = $2 WHERE name = $1 \
      AND NOT EXISTS (SELECT 1 FROM devices WHERE name = $2)";
 
-pub(crate) fn device_info(r: DeviceRow) -> DeviceInfo {
-    DeviceInfo {
+pub(crate) fn device(r: DeviceRow) -> Device {
+    Device {
         name: r.0,
         revoked: r.1,
-        created_at: format_time(r.2),
-        last_seen_at: r.3.map(format_time),
-        last_upload_at: r.4.map(format_time),
+        created_at: r.2,
+        last_seen_at: r.3,
+        last_upload_at: r.4,
         episodes: r.5.max(0) as u64,
         bytes: r.6.max(0) as u64,
     }
@@ -241,13 +239,17 @@ pub(crate) fn device_info(r: DeviceRow) -> DeviceInfo {
 
 pub(crate) type CommitRow = (String, bool, Option<String>, i64);
 
-pub(crate) fn commit_info(r: CommitRow) -> CommitInfo {
-    CommitInfo {
-        commit: r.0,
+pub(crate) fn allowed_commit(r: CommitRow) -> Result<AllowedCommit, IndexError> {
+    // Written only from a parsed commit (`ops::allow_commit`): one that
+    // does not parse was changed behind the receiver's back.
+    let commit = ferry_proto::Commit::parse_lenient(&r.0)
+        .map_err(|e| IndexError::Refused(format!("commits row {:?}: commit_id: {e}", r.0)))?;
+    Ok(AllowedCommit {
+        commit,
         head: r.1,
         note: r.2,
-        allowed_at: format_time(r.3),
-    }
+        allowed_at: r.3,
+    })
 }
 
 mod batch;

@@ -55,7 +55,7 @@ macro_rules! commit_methods {
             })
         }
 
-        fn list_commits(&self) -> $crate::store::BoxFut<'_, Vec<ferry_proto::admin::CommitInfo>> {
+        fn list_commits(&self) -> $crate::store::BoxFut<'_, Vec<$crate::store::AllowedCommit>> {
             Box::pin(async move {
                 let rows: Vec<$crate::store::index::sql::CommitRow> = sqlx::query_as(
                     "SELECT commit_id, head, note, allowed_at FROM commits ORDER BY head DESC, allowed_at DESC, commit_id",
@@ -63,7 +63,7 @@ macro_rules! commit_methods {
                 .fetch_all(&self.pool)
                 .await
                 .map_err($crate::store::index::sql::classify)?;
-                Ok(rows.into_iter().map($crate::store::index::sql::commit_info).collect())
+                rows.into_iter().map($crate::store::index::sql::allowed_commit).collect()
             })
         }
 

@@ -130,7 +130,7 @@ macro_rules! device_admin_methods {
         fn device<'a>(
             &'a self,
             name: &'a str,
-        ) -> $crate::store::BoxFut<'a, Option<ferry_proto::admin::DeviceInfo>> {
+        ) -> $crate::store::BoxFut<'a, Option<$crate::store::Device>> {
             Box::pin(async move {
                 let row: Option<$crate::store::index::sql::DeviceRow> =
                     sqlx::query_as($crate::store::index::sql::ONE_DEVICE)
@@ -138,11 +138,11 @@ macro_rules! device_admin_methods {
                         .fetch_optional(&self.pool)
                         .await
                         .map_err($crate::store::index::sql::classify)?;
-                Ok(row.map($crate::store::index::sql::device_info))
+                Ok(row.map($crate::store::index::sql::device))
             })
         }
 
-        fn list_devices(&self) -> $crate::store::BoxFut<'_, Vec<ferry_proto::admin::DeviceInfo>> {
+        fn list_devices(&self) -> $crate::store::BoxFut<'_, Vec<$crate::store::Device>> {
             Box::pin(async move {
                 let rows: Vec<$crate::store::index::sql::DeviceRow> =
                     sqlx::query_as($crate::store::index::sql::LIST_DEVICES)
@@ -151,7 +151,7 @@ macro_rules! device_admin_methods {
                         .map_err($crate::store::index::sql::classify)?;
                 Ok(rows
                     .into_iter()
-                    .map($crate::store::index::sql::device_info)
+                    .map($crate::store::index::sql::device)
                     .collect())
             })
         }
