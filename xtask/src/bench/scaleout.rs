@@ -361,10 +361,10 @@ pub fn ingest(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> R
         0.5,
     );
     report.ratio("scale-out 2 replicas vs 1 replica", two / one, 1.0);
-    report.ratio(
-        "scale-out 1 replica vs the embedded default",
-        one / embedded,
-        0.0,
-    );
+    report.note(&format!(
+        "scale-out 1 replica vs the embedded default: {:.2}× (no target: another stack, \
+         bounded here by the S3 server on loopback)",
+        one / embedded
+    ));
     Ok(())
 }
