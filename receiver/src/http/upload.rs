@@ -60,6 +60,29 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
     h.get(name).map(|v| v.to_str().map_err(|_| ()))
 }
 
+/// A required length header (`Content-Length`, tus's `Upload-Length`):
+/// 400 `missing-length` with `missing` when absent, and when not a number
+/// (named `label` in the detail).
+pub(crate) fn length_header(
+    h: &HeaderMap,
+    name: &str,
+    label: &str,
+    missing: &str,
+) -> Result<u64, AppError> {
+    match header_str(h, name) {
+        None => Err(AppError::bad_request(BadRequest::MissingLength, missing)),
+        Some(v) => v
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                AppError::bad_request(
+                    BadRequest::MissingLength,
+                    format!("the {label} header is not a number"),
+                )
+            }),
+    }
+}
+
 /// A required protocol header parsed by `parse`: 400 `missing` when it is
 /// absent, 400 `malformed` when it does not parse.
 fn required<T>(
@@ -131,21 +154,12 @@ async fn check_headers(
         BadRequest::MalformedDigest,
         Sha256::parse,
     );
-    let length = match header_str(h, header::CONTENT_LENGTH.as_str()) {
-        None => Err(AppError::bad_request(
-            BadRequest::MissingLength,
-            "a Content-Length header is required (chunked uploads are not accepted)",
-        )),
-        Some(v) => v
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| {
-                AppError::bad_request(
-                    BadRequest::MissingLength,
-                    "the Content-Length header is not a number",
-                )
-            }),
-    };
+    let length = length_header(
+        h,
+        header::CONTENT_LENGTH.as_str(),
+        "Content-Length",
+        "a Content-Length header is required (chunked uploads are not accepted)",
+    );
     let claim = Claim {
         id,
         commit,

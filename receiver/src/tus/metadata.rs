@@ -67,21 +67,12 @@ pub(crate) fn claim(h: &HeaderMap) -> Claim {
             "Upload-Defer-Length is not supported: send Upload-Length",
         ))
     } else {
-        match h.get(tus::UPLOAD_LENGTH).map(|v| v.to_str()) {
-            None => Err(AppError::bad_request(
-                BadRequest::MissingLength,
-                "an Upload-Length header is required",
-            )),
-            Some(v) => v
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    AppError::bad_request(
-                        BadRequest::MissingLength,
-                        "the Upload-Length header is not a number",
-                    )
-                }),
-        }
+        crate::http::upload::length_header(
+            h,
+            tus::UPLOAD_LENGTH,
+            "Upload-Length",
+            "an Upload-Length header is required",
+        )
     };
     Claim {
         id: field(
