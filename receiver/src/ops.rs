@@ -284,23 +284,10 @@ pub async fn verify(
     Ok(findings.into_iter().flatten().collect())
 }
 
-/// Reads an object through the store (a file, or the bucket) and hashes
-/// it as it streams.
+/// Re-hashes an object through the store (a file, or the bucket).
 async fn rehash(objects: &dyn Objects, sha: &Sha256, expected_size: u64) -> Hashed {
-    use futures_util::StreamExt as _;
-    use sha2::Digest as _;
-    let at = objects.locator(sha);
-    let hashed: std::io::Result<(Sha256, u64)> = async {
-        let mut stream = objects.read(sha).await.map_err(|e| e.source)?;
-        let (mut hasher, mut size) = (sha2::Sha256::new(), 0u64);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            size += chunk.len() as u64;
-            hasher.update(&chunk);
-        }
-        Ok((Sha256::from_bytes(&hasher.finalize().into()), size))
-    }
-    .await;
+    let hashed = objects.hash(sha).await;
+    let at = |e: &crate::store::objects::StoreError| e.path.display().to_string();
     match hashed {
         Ok((actual, size)) if actual == *sha && size == expected_size => {
             (VerifyState::Ok, Some(actual.to_string()), None)
@@ -308,11 +295,20 @@ async fn rehash(objects: &dyn Objects, sha: &Sha256, expected_size: u64) -> Hash
         Ok((actual, size)) => (
             VerifyState::Mismatch,
             Some(actual.to_string()),
-            Some(format!("{at}: {size} bytes, sha256 {actual}")),
+            Some(format!(
+                "{}: {size} bytes, sha256 {actual}",
+                objects.locator(sha)
+            )),
         ),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            (VerifyState::Missing, None, Some(format!("{at}: {err}")))
-        }
-        Err(err) => (VerifyState::Unreadable, None, Some(format!("{at}: {err}"))),
+        Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => (
+            VerifyState::Missing,
+            None,
+            Some(format!("{}: {}", at(&e), e.source)),
+        ),
+        Err(e) => (
+            VerifyState::Unreadable,
+            None,
+            Some(format!("{}: {}", at(&e), e.source)),
+        ),
     }
 }

@@ -638,6 +638,14 @@ impl Objects for LocalObjects {
         })
     }
 
+    fn hash<'a>(&'a self, sha256: &'a Sha256) -> ObjFut<'a, (Sha256, u64)> {
+        let (store, sha) = (self.clone(), sha256.clone());
+        Box::pin(blocking(move || {
+            let path = store.locate(&sha);
+            hash_file(&path).map_err(|e| StoreError::new("hash", &path, e))
+        }))
+    }
+
     fn free_bytes(&self) -> ObjFut<'_, Option<u64>> {
         Box::pin(async move { LocalObjects::free_bytes(self).await.map(Some) })
     }
