@@ -180,13 +180,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         ),
     );
 
-    // Incomplete resumable uploads past `upload_expiry` (SPEC §8).
-    let reclaimer = tokio::spawn(crate::store::uploads::reclaim::run(
-        state.uploads.clone(),
-        config.upload_expiry,
-        state.metrics.uploads_expired.clone(),
-        shutdown.clone(),
-    ));
+    // Incomplete resumable uploads past `upload_expiry` (SPEC §8); they
+    // exist only where tus is offered, with the local object store.
+    let reclaimer = matches!(config.storage, crate::config::Storage::Local(_)).then(|| {
+        tokio::spawn(crate::store::uploads::reclaim::run(
+            state.uploads.clone(),
+            config.upload_expiry,
+            state.metrics.uploads_expired.clone(),
+            shutdown.clone(),
+        ))
+    });
 
     let flusher = state.rejections.spawn_flusher(
         state.index.clone(),
@@ -198,7 +201,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     sweeper.abort();
     upkeep.abort();
     collector.abort();
-    reclaimer.abort();
+    if let Some(r) = reclaimer {
+        r.abort();
+    }
     // The last tallies, including 412s answered during the grace period.
     let _ = flusher.await;
     state
