@@ -71,23 +71,27 @@ where
 
 /// The commit stage's histograms (`store::commit::CommitStats`).
 fn register_commit(registry: &mut Registry) -> crate::store::commit::CommitStats {
-    let commit = crate::store::commit::CommitStats::default();
-    registry.register(
-        "commit_batch_size",
-        "Verified uploads made durable and indexed together, per batch",
-        commit.batch_size.clone(),
-    );
-    registry.register(
-        "commit_durable_seconds",
-        "Per batch: making its objects durable and visible under their final keys",
-        commit.durable_seconds.clone(),
-    );
-    registry.register(
-        "commit_index_seconds",
-        "Per batch: its index transaction",
-        commit.index_seconds.clone(),
-    );
-    commit
+    let stats = crate::store::commit::CommitStats::default();
+    crate::store::commit::CommitStats {
+        batch_size: register(
+            registry,
+            "commit_batch_size",
+            "Verified uploads made durable and indexed together, per batch",
+            stats.batch_size,
+        ),
+        durable_seconds: register(
+            registry,
+            "commit_durable_seconds",
+            "Per batch: making its objects durable and visible under their final keys",
+            stats.durable_seconds,
+        ),
+        index_seconds: register(
+            registry,
+            "commit_index_seconds",
+            "Per batch: its index transaction",
+            stats.index_seconds,
+        ),
+    }
 }
 
 impl Default for Metrics {
