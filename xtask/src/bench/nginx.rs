@@ -103,13 +103,21 @@ pub fn run(dir: &Path, conf: &str, port: u16) -> Result<Child> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("start nginx")?;
+    if let Err(e) = wait_port(port, "nginx", Duration::from_secs(10)) {
+        super::stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(5));
+        return Err(e);
+    }
+    Ok(child)
+}
+
+/// Waits until `port` on 127.0.0.1 accepts connections, at most `within`.
+pub fn wait_port(port: u16, what: &str, within: Duration) -> Result<()> {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if start.elapsed() > Duration::from_secs(10) {
-            super::stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(5));
-            bail!("nginx did not listen on {port}");
+        if start.elapsed() > within {
+            bail!("{what} did not listen on {port}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(child)
+    Ok(())
 }

@@ -7,13 +7,13 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use super::cases::{ferry_put, hammer, tiny_archive, Bench};
 use super::corpus::Corpus;
-use super::nginx::free_port;
+use super::nginx::{free_port, wait_port};
 use super::{percentile, stop_child, Env, Opts, Report, Stats};
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432";
@@ -56,7 +56,7 @@ impl Moto {
             .spawn()
             .context("start moto_server")?;
         let m = Moto { child, port };
-        wait_port(port, "moto_server")?;
+        wait_port(port, "moto_server", Duration::from_secs(20))?;
         Ok(m)
     }
 
@@ -118,17 +118,6 @@ fn psql(sql: &str) -> Result<()> {
         .output()?;
     if !out.status.success() {
         bail!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-fn wait_port(port: u16, what: &str) -> Result<()> {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if start.elapsed() > Duration::from_secs(20) {
-            bail!("{what} did not listen on {port}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }
