@@ -305,9 +305,15 @@ async fn pump(state: &SharedState, mut body: Body, tx: mpsc::Sender<Bytes>, room
         if data.is_empty() {
             continue;
         }
+        let before = received;
         received += data.len() as u64;
         state.metrics.bytes_received_tus.inc_by(data.len() as u64);
         if received > room {
+            // What fits of the chunk that crosses the length is kept too.
+            let fits = (room - before) as usize;
+            if fits > 0 {
+                let _ = tx.send(data.slice(..fits)).await;
+            }
             return Ended::TooLong;
         }
         if too_slow(&state.config, started.elapsed(), received) {

@@ -368,6 +368,32 @@ async fn an_upload_is_its_devices_alone_and_completes_into_the_store() {
     assert_eq!(code, StatusCode::NOT_FOUND);
 }
 
+/// A PATCH past `Upload-Length` is refused, and what fits of it is kept,
+/// the chunk that crosses the length included (here the whole body is one
+/// chunk).
+#[tokio::test]
+async fn a_patch_past_the_length_keeps_what_fits() {
+    let f = Fixture::new().await;
+    let (body, sha) = body_of(300);
+    let (_, h, _) = send(
+        &f,
+        create(Some(&f.token_a), metadata("ep-3", ALLOWED, &sha), "300"),
+    )
+    .await;
+    let url = header(&h, "location").to_owned();
+    let mut longer = body.clone();
+    longer.extend_from_slice(&[7; 20]);
+    let (code, _, _) = send(&f, patch(&url, &f.token_a, 0, &longer, None)).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let (code, h, _) = send(
+        &f,
+        req(Method::HEAD, &url, Some(&f.token_a), &[], Body::empty()),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(header(&h, tus::UPLOAD_OFFSET), "300");
+}
+
 #[tokio::test]
 async fn a_lying_digest_is_refused_at_completion_and_termination_removes_an_upload() {
     let f = Fixture::new().await;
