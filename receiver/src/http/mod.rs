@@ -196,16 +196,18 @@ fn build_router(state: SharedState, priority_only: bool) -> Router {
             "/v1/episodes/",
             put(upload::empty_id).head(upload::empty_id),
         )
-        .nest("/v1/admin", admin::router())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+        .nest("/v1/admin", admin::router());
     // Resumable uploads keep their bytes on this replica's disk, so they
     // are offered only with the local object store: with S3 a POST finds
     // no route (404, no `Tus-Resumable`) and the agent ships with a PUT.
+    // Merged before the fallbacks, so that their 404 and 405 answer JSON
+    // on these routes too.
     let routes = match state.config.storage {
         crate::config::Storage::Local(_) => routes.merge(crate::tus::router()),
         crate::config::Storage::S3(_) => routes,
-    };
+    }
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed);
     let routes = if priority_only {
         routes.layer(middleware::from_fn(shed_unless_priority))
     } else {

@@ -113,6 +113,18 @@ async fn discovery_and_another_version() {
     assert_eq!(code, StatusCode::PRECONDITION_FAILED);
     assert_eq!(status_of(&body), "unsupported-version");
     assert_eq!(header(&h, tus::VERSION), "1.0.0");
+    // A method the route does not take answers SPEC §2's JSON too.
+    for (m, uri) in [
+        (Method::POST, "/v1/uploads/abc"),
+        (Method::GET, "/v1/uploads"),
+    ] {
+        let r = req(m, uri, Some(&f.token_a), &[], Body::empty());
+        let resp = router(f.state.clone()).oneshot(r).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{uri}");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert_eq!(status_of(&body), "method-not-allowed", "{uri}");
+    }
 }
 
 #[tokio::test]
