@@ -113,6 +113,11 @@ keys! {
     /// How long an incomplete tus upload (SPEC §8) is kept after its last
     /// PATCH (or its creation) before its bytes are reclaimed.
     pub UPLOAD_EXPIRY: Duration = "upload_expiry" default "24h" => parse::duration;
+    /// Incomplete tus uploads one device may have open; creating one more
+    /// ends its oldest idle one.
+    pub MAX_OPEN_UPLOADS_PER_DEVICE: usize = "max_open_uploads_per_device" default "4" => parse::positive;
+    /// Incomplete tus uploads the receiver keeps open in all; more get 503.
+    pub MAX_OPEN_UPLOADS: usize = "max_open_uploads" default "10000" => parse::positive;
     /// How long in-flight uploads may run on after SIGTERM.
     pub SHUTDOWN_GRACE: Duration = "shutdown_grace" default "10s" => parse::duration;
     /// Log format on stderr.
@@ -205,6 +210,8 @@ impl RawConfig {
             body_read_timeout: l.get(&BODY_READ_TIMEOUT)?,
             min_upload_rate: l.get(&MIN_UPLOAD_RATE)?,
             upload_expiry: l.get(&UPLOAD_EXPIRY)?,
+            max_open_uploads_per_device: l.get(&MAX_OPEN_UPLOADS_PER_DEVICE)?,
+            max_open_uploads: l.get(&MAX_OPEN_UPLOADS)?,
             shutdown_grace: l.get(&SHUTDOWN_GRACE)?,
             log_format: l.get(&LOG_FORMAT)?,
         })
@@ -399,6 +406,10 @@ pub struct Config {
     pub min_upload_rate: u64,
     /// How long an incomplete tus upload is kept (`upload_expiry`).
     pub upload_expiry: Duration,
+    /// Incomplete tus uploads per device (`max_open_uploads_per_device`).
+    pub max_open_uploads_per_device: usize,
+    /// Incomplete tus uploads in all (`max_open_uploads`).
+    pub max_open_uploads: usize,
     /// How long in-flight uploads may run on after SIGTERM.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub uploads_resumed: Counter,
     /// Incomplete tus uploads reclaimed after `upload_expiry`.
     pub uploads_expired: Counter,
+    /// Incomplete tus uploads ended to make room for a newer one of their
+    /// device (`max_open_uploads_per_device`).
+    pub uploads_evicted: Counter,
     /// Unreferenced objects deleted by this replica's collector.
     pub objects_collected: Counter,
     pub upload_seconds: Histogram,
@@ -139,6 +142,12 @@ impl Metrics {
             "Incomplete tus uploads reclaimed after upload_expiry",
             Counter::default(),
         );
+        let uploads_evicted = register(
+            &mut registry,
+            "uploads_evicted",
+            "Incomplete tus uploads ended for a newer one of their device (max_open_uploads_per_device)",
+            Counter::default(),
+        );
         // 10 ms .. ~5.8 h
         let upload_seconds = register(
             &mut registry,
@@ -185,6 +194,7 @@ impl Metrics {
             bytes_received,
             bytes_received_tus,
             uploads_resumed,
+            uploads_evicted,
             uploads_expired,
             objects_collected,
             upload_seconds,

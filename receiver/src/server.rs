@@ -180,16 +180,23 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         ),
     );
 
-    // Incomplete resumable uploads past `upload_expiry` (SPEC §8); they
-    // exist only where tus is offered, with the local object store.
-    let reclaimer = matches!(config.storage, crate::config::Storage::Local(_)).then(|| {
-        tokio::spawn(crate::store::uploads::reclaim::run(
+    // Incomplete resumable uploads past `upload_expiry` (SPEC §8): on this
+    // disk, or in the bucket and the index.
+    let reclaimer = match state.parts.clone() {
+        None => tokio::spawn(crate::store::uploads::reclaim::run(
             state.uploads.clone(),
             config.upload_expiry,
             state.metrics.uploads_expired.clone(),
             shutdown.clone(),
-        ))
-    });
+        )),
+        Some(parts) => tokio::spawn(crate::store::uploads::shared::reclaim(
+            state.index.clone(),
+            parts,
+            config.upload_expiry,
+            state.metrics.uploads_expired.clone(),
+            shutdown.clone(),
+        )),
+    };
 
     let flusher = state.rejections.spawn_flusher(
         state.index.clone(),
@@ -201,9 +208,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     sweeper.abort();
     upkeep.abort();
     collector.abort();
-    if let Some(r) = reclaimer {
-        r.abort();
-    }
+    reclaimer.abort();
     // The last tallies, including 412s answered during the grace period.
     let _ = flusher.await;
     state

@@ -27,6 +27,7 @@ pub mod scaleout;
 pub mod servers;
 pub mod skip;
 pub mod strace;
+pub mod tus;
 pub mod wait;
 
 pub use http::{put_episode, read_response, read_response_head, request, request_head, Response};

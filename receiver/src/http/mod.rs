@@ -63,8 +63,12 @@ pub struct AppState {
     pub rejections: Arc<crate::rejected::Rejections>,
     /// Bytes and episodes stored per minute, the last hour.
     pub upload_rate: crate::rate::UploadRate,
-    /// Resumable (tus) uploads in progress, under `<data_dir>/uploads`.
+    /// Resumable (tus) uploads in progress, under `<data_dir>/uploads`
+    /// (with the local object store).
     pub uploads: Arc<crate::store::uploads::Uploads>,
+    /// Where resumable uploads keep their bytes when the object store
+    /// keeps them (S3); their state is then in the index.
+    pub parts: Option<Arc<dyn crate::store::objects::PartStore>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -86,6 +90,7 @@ impl AppState {
             committer: Committer::spawn(index.clone(), objects.clone(), metrics.commit.clone()),
             config,
             index,
+            parts: objects.parts(),
             objects,
             metrics,
             admin_token,
@@ -197,17 +202,12 @@ fn build_router(state: SharedState, priority_only: bool) -> Router {
             put(upload::empty_id).head(upload::empty_id),
         )
         .nest("/v1/admin", admin::router());
-    // Resumable uploads keep their bytes on this replica's disk, so they
-    // are offered only with the local object store: with S3 a POST finds
-    // no route (404, no `Tus-Resumable`) and the agent ships with a PUT.
-    // Merged before the fallbacks, so that their 404 and 405 answer JSON
-    // on these routes too.
-    let routes = match state.config.storage {
-        crate::config::Storage::Local(_) => routes.merge(crate::tus::router()),
-        crate::config::Storage::S3(_) => routes,
-    }
-    .fallback(not_found)
-    .method_not_allowed_fallback(method_not_allowed);
+    // The tus routes are merged before the fallbacks, so that their 404
+    // and 405 answer JSON on these routes too.
+    let routes = routes
+        .merge(crate::tus::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
     let routes = if priority_only {
         routes.layer(middleware::from_fn(shed_unless_priority))
     } else {

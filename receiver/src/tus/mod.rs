@@ -16,8 +16,10 @@
 //! Every answer carries `Tus-Resumable: 1.0.0`; a request (other than
 //! OPTIONS) for another version is answered 412 with `Tus-Version`.
 
+pub mod caps;
 pub mod metadata;
 pub mod patch;
+pub mod shared;
 
 #[cfg(test)]
 mod tests;
@@ -106,6 +108,9 @@ async fn create(State(state): State<SharedState>, headers: HeaderMap) -> Respons
         if let Some(answer) = before_body(&state, &mut up).await? {
             return Ok(answer);
         }
+        if let Err(refused) = caps::admit(&state, &up.device, up.length).await {
+            return Ok(refused);
+        }
         let now = unix_now();
         let meta = Meta {
             device: up.device.clone(),
@@ -117,7 +122,13 @@ async fn create(State(state): State<SharedState>, headers: HeaderMap) -> Respons
             created: now,
             expires: now.saturating_add(state.config.upload_expiry.as_secs() as i64),
         };
-        let id = state.uploads.create(meta.clone()).await?;
+        let id = match &state.parts {
+            Some(parts) => {
+                let episode = (up.id.clone(), up.commit.clone(), up.sha256.clone());
+                shared::create(&state, parts.as_ref(), &meta, episode).await?
+            }
+            None => state.uploads.create(meta.clone()).await?,
+        };
         tracing::info!(
             upload = id, episode_id = %up.id, device = up.device, length = up.length,
             "resumable upload created"
@@ -136,7 +147,7 @@ async fn create(State(state): State<SharedState>, headers: HeaderMap) -> Respons
 }
 
 /// 404 for an upload that is not there, or not this device's.
-fn no_upload() -> AppError {
+pub(crate) fn no_upload() -> AppError {
     AppError::not_found("no such upload")
 }
 
@@ -145,6 +156,9 @@ fn no_upload() -> AppError {
 pub(crate) async fn owned(state: &SharedState, device: &str, id: &str) -> Result<Meta, AppError> {
     if !valid_id(id) {
         return Err(no_upload());
+    }
+    if state.parts.is_some() {
+        return shared::owned(state, device, id).await;
     }
     let meta = state
         .uploads
@@ -196,6 +210,11 @@ async fn terminate(
     let result = async {
         let device = authenticate(&state, &headers).await?;
         owned(&state, &device, &id).await?;
+        if let Some(parts) = &state.parts {
+            shared::terminate(&state, parts.as_ref(), &device, &id).await?;
+            tracing::info!(upload = id, device, "resumable upload terminated");
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
         let live = state.uploads.live(&id);
         let _held = live.lock().await;
         // Gone meanwhile (completed, or reclaimed): the same 404.

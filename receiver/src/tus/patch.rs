@@ -53,7 +53,7 @@ pub async fn patch(
 }
 
 /// An answer that ends the PATCH early.
-struct Done(Response);
+pub(crate) struct Done(pub(crate) Response);
 
 impl From<AppError> for Done {
     fn from(e: AppError) -> Self {
@@ -67,7 +67,7 @@ fn invalid(detail: impl Into<String>) -> AppError {
 
 /// What the headers of a PATCH say: its offset and, optionally, the sha256
 /// of its bytes (`Upload-Checksum: sha256 <base64>`).
-fn patch_headers(h: &HeaderMap) -> Result<(u64, Option<[u8; 32]>), AppError> {
+pub(crate) fn patch_headers(h: &HeaderMap) -> Result<(u64, Option<[u8; 32]>), AppError> {
     let ctype = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     if ctype != Some(tus::PATCH_CONTENT_TYPE) {
         return Err(invalid(format!(
@@ -105,6 +105,10 @@ async fn run(state: &SharedState, id: &str, h: &HeaderMap, body: Body) -> Result
     let device = authenticate(state, h).await?;
     owned(state, &device, id).await?;
     let (offset, checksum) = patch_headers(h)?;
+    if let Some(parts) = &state.parts {
+        return super::shared::patch(state, parts.as_ref(), &device, id, (offset, checksum), body)
+            .await;
+    }
     let live = state.uploads.live(id);
     let Ok(mut live) =
         tokio::time::timeout(state.config.body_read_timeout, live.lock_owned()).await
@@ -240,7 +244,7 @@ async fn receive(
 }
 
 /// How a PATCH body ended.
-enum Ended {
+pub(crate) enum Ended {
     /// The body ended after exactly what it carried.
     Whole,
     /// It stopped early: a stall, a trickle, a broken connection.
@@ -250,14 +254,14 @@ enum Ended {
 }
 
 impl Ended {
-    fn is_whole(&self) -> bool {
+    pub(crate) fn is_whole(&self) -> bool {
         matches!(self, Ended::Whole)
     }
 
     /// The answer when the PATCH is not answered with its new offset:
     /// a checksum mismatch (`mismatch`), a body past the length, or an
     /// early end.
-    fn refusal(self, mismatch: bool) -> Option<AppError> {
+    pub(crate) fn refusal(self, mismatch: bool) -> Option<AppError> {
         match self {
             Ended::TooLong => Some(AppError::bad_request(
                 BadRequest::MalformedBody,
@@ -274,59 +278,107 @@ impl Ended {
     }
 }
 
-/// Streams the body to the writer, at most `room` bytes; the same idle
-/// timeout and minimum rate as a PUT.
-async fn pump(state: &SharedState, mut body: Body, tx: mpsc::Sender<Bytes>, room: u64) -> Ended {
-    let timeout = state.config.body_read_timeout;
-    let started = Instant::now();
-    let mut received = 0u64;
+/// Streams the body to the writer, at most `room` bytes.
+async fn pump(state: &SharedState, body: Body, tx: mpsc::Sender<Bytes>, room: u64) -> Ended {
+    let mut reader = BodyReader::new(state, body, room);
     loop {
-        let frame = match tokio::time::timeout(timeout, body.frame()).await {
-            Err(_) => {
-                return Ended::Early(AppError(Reply::RequestTimeout {
+        match reader.next().await {
+            Piece::Data(data) => {
+                if tx.send(data).await.is_err() {
+                    // The writer stopped: its result says why.
+                    return Ended::Whole;
+                }
+            }
+            Piece::End(ended) => return ended,
+        }
+    }
+}
+
+/// What [`BodyReader::next`] read.
+pub(crate) enum Piece {
+    Data(Bytes),
+    End(Ended),
+}
+
+/// A PATCH body read chunk by chunk, at most `room` bytes, with the same
+/// idle timeout and minimum rate as a PUT; counted in the bytes-received
+/// metric of the tus route.
+pub(crate) struct BodyReader<'a> {
+    state: &'a SharedState,
+    body: Body,
+    started: Instant,
+    received: u64,
+    room: u64,
+    /// The end to report after the last piece (a body past `room`).
+    then: Option<Ended>,
+}
+
+impl<'a> BodyReader<'a> {
+    pub(crate) fn new(state: &'a SharedState, body: Body, room: u64) -> Self {
+        Self {
+            state,
+            body,
+            started: Instant::now(),
+            received: 0,
+            room,
+            then: None,
+        }
+    }
+
+    pub(crate) async fn next(&mut self) -> Piece {
+        if let Some(end) = self.then.take() {
+            return Piece::End(end);
+        }
+        let (state, timeout) = (self.state, self.state.config.body_read_timeout);
+        loop {
+            let frame = match tokio::time::timeout(timeout, self.body.frame()).await {
+                Err(_) => {
+                    return Piece::End(Ended::Early(AppError(Reply::RequestTimeout {
+                        detail: format!(
+                            "no body data arrived for {}",
+                            humantime::format_duration(timeout)
+                        ),
+                    })))
+                }
+                Ok(None) => return Piece::End(Ended::Whole),
+                Ok(Some(Err(_))) => {
+                    return Piece::End(Ended::Early(AppError::bad_request(
+                        BadRequest::MalformedBody,
+                        format!(
+                            "the body broke off after {} bytes; they are kept",
+                            self.received
+                        ),
+                    )))
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let before = self.received;
+            self.received += data.len() as u64;
+            state.metrics.bytes_received_tus.inc_by(data.len() as u64);
+            if self.received > self.room {
+                // What fits of the chunk that crosses the length is kept too.
+                let fits = (self.room - before) as usize;
+                if fits == 0 {
+                    return Piece::End(Ended::TooLong);
+                }
+                self.then = Some(Ended::TooLong);
+                return Piece::Data(data.slice(..fits));
+            }
+            if too_slow(&state.config, self.started.elapsed(), self.received) {
+                return Piece::End(Ended::Early(AppError(Reply::RequestTimeout {
                     detail: format!(
-                        "no body data arrived for {}",
-                        humantime::format_duration(timeout)
+                        "the body arrives slower than this receiver's minimum of {} bytes/s",
+                        state.config.min_upload_rate
                     ),
-                }))
+                })));
             }
-            Ok(None) => return Ended::Whole,
-            Ok(Some(Err(_))) => {
-                return Ended::Early(AppError::bad_request(
-                    BadRequest::MalformedBody,
-                    format!("the body broke off after {received} bytes; they are kept"),
-                ))
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if data.is_empty() {
-            continue;
-        }
-        let before = received;
-        received += data.len() as u64;
-        state.metrics.bytes_received_tus.inc_by(data.len() as u64);
-        if received > room {
-            // What fits of the chunk that crosses the length is kept too.
-            let fits = (room - before) as usize;
-            if fits > 0 {
-                let _ = tx.send(data.slice(..fits)).await;
-            }
-            return Ended::TooLong;
-        }
-        if too_slow(&state.config, started.elapsed(), received) {
-            return Ended::Early(AppError(Reply::RequestTimeout {
-                detail: format!(
-                    "the body arrives slower than this receiver's minimum of {} bytes/s",
-                    state.config.min_upload_rate
-                ),
-            }));
-        }
-        if tx.send(data).await.is_err() {
-            // The writer stopped: its result says why.
-            return Ended::Whole;
+            return Piece::Data(data);
         }
     }
 }
@@ -345,38 +397,22 @@ async fn complete(
             AppError::internal()
         })
     }
-    let up = Upload {
-        id: parse(id, EpisodeId::parse(&meta.episode_id))?,
-        commit: parse(id, Commit::parse(&meta.commit))?,
-        sha256: parse(id, Sha256::parse(&meta.sha256))?,
-        length: meta.length,
-        device: meta.device.clone(),
-        commit_status: CommitStatus {
-            allowed: true,
-            head_commit: None,
-        },
-        existing: None,
-    };
+    let up = as_upload(
+        parse(id, EpisodeId::parse(&meta.episode_id))?,
+        parse(id, Commit::parse(&meta.commit))?,
+        parse(id, Sha256::parse(&meta.sha256))?,
+        meta.length,
+        &meta.device,
+    );
     if sha256 != up.sha256 {
         state.uploads.remove(id).await.map_err(AppError::from)?;
         tracing::info!(upload = id, device = up.device, episode_id = %up.id, "completed upload has another digest; discarded");
-        return Err(AppError::bad_request(
-            BadRequest::DigestMismatch,
-            format!(
-                "the upload's sha256 is {sha256}, Upload-Metadata said {}; the upload is discarded",
-                up.sha256
-            ),
-        )
-        .into());
+        return Err(digest_mismatch(&sha256, &up.sha256).into());
     }
     let head = state.uploads.head(id).await.map_err(AppError::from)?;
     if !is_zstd(&head) {
         state.uploads.remove(id).await.map_err(AppError::from)?;
-        return Err(AppError::bad_request(
-            BadRequest::MalformedBody,
-            "the upload is not a zstd stream (expected a tar.zst); it is discarded",
-        )
-        .into());
+        return Err(not_zstd().into());
     }
     let written = state
         .uploads
@@ -388,6 +424,54 @@ async fn complete(
     if let Err(e) = state.uploads.remove(id).await {
         tracing::warn!(upload = id, error = %e, "stored, but the upload's files stay until they expire");
     }
+    Ok(completed(answer, meta.length))
+}
+
+/// The episode a completed upload stores, as the PUT's commit stage takes
+/// it (the header checks were made at creation).
+pub(crate) fn as_upload(
+    id: EpisodeId,
+    commit: Commit,
+    sha256: Sha256,
+    length: u64,
+    device: &str,
+) -> Upload {
+    Upload {
+        id,
+        commit,
+        sha256,
+        length,
+        device: device.to_owned(),
+        commit_status: CommitStatus {
+            allowed: true,
+            head_commit: None,
+        },
+        existing: None,
+    }
+}
+
+/// 400 for a completed upload whose bytes hash to `got`, not the `claimed`
+/// digest.
+pub(crate) fn digest_mismatch(got: &Sha256, claimed: &Sha256) -> AppError {
+    AppError::bad_request(
+        BadRequest::DigestMismatch,
+        format!(
+            "the upload's sha256 is {got}, Upload-Metadata said {claimed}; the upload is discarded"
+        ),
+    )
+}
+
+/// 400 for an upload that is not a tar.zst.
+pub(crate) fn not_zstd() -> AppError {
+    AppError::bad_request(
+        BadRequest::MalformedBody,
+        "the upload is not a zstd stream (expected a tar.zst); it is discarded",
+    )
+}
+
+/// The answer to the PATCH that completed an upload: the commit stage's
+/// reply, with `X-Ferry-Status` when it stored (or had) the episode.
+pub(crate) fn completed(answer: Reply, length: u64) -> Response {
     let status = match &answer {
         Reply::Stored { .. } | Reply::AlreadyPresent { .. } => Some(answer.status()),
         _ => None,
@@ -398,6 +482,6 @@ async fn complete(
             .insert(headers::STATUS, HeaderValue::from_static(s));
     }
     resp.headers_mut()
-        .insert(tus::UPLOAD_OFFSET, HeaderValue::from(meta.length));
-    Ok(resp)
+        .insert(tus::UPLOAD_OFFSET, HeaderValue::from(length));
+    resp
 }

@@ -10,96 +10,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine;
-use ferry_tests::{
-    files_in, metric, read_response_head, request_head, stored, Receiver, Response, COMMIT_A,
-};
+use ferry_tests::tus::{auth, created, head, patch, patch_head};
+use ferry_tests::{files_in, metric, stored, Receiver, COMMIT_A};
 
 use super::{archive_of_size, expect, expect_400, object_files};
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn auth(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
-/// `POST /v1/uploads` for `id` claiming `sha`; the answer.
-fn create(rx: &Receiver, token: &str, id: &str, sha: &str, len: usize) -> Response {
-    let meta = format!(
-        "episode_id {},commit {},sha256 {}",
-        b64(id),
-        b64(COMMIT_A),
-        b64(sha)
-    );
-    let (a, l) = (auth(token), len.to_string());
-    rx.request(
-        "POST",
-        "/v1/uploads",
-        &[
-            ("Tus-Resumable", "1.0.0"),
-            ("Authorization", &a),
-            ("Upload-Length", &l),
-            ("Upload-Metadata", &meta),
-        ],
-        b"",
-    )
-}
-
-/// A created upload's path.
-fn created(rx: &Receiver, token: &str, id: &str, sha: &str, len: usize) -> String {
-    let r = create(rx, token, id, sha, len);
-    assert_eq!(r.status, 201, "{}", r.text());
-    let loc = r.header("location").expect("Location").to_owned();
-    assert!(loc.starts_with("/v1/uploads/"), "{loc}");
-    loc
-}
-
-fn patch_head(rx: &Receiver, token: &str, path: &str, offset: u64, len: usize) -> String {
-    let (a, o) = (auth(token), offset.to_string());
-    request_head(
-        rx.addr,
-        "PATCH",
-        path,
-        &[
-            ("Tus-Resumable", "1.0.0"),
-            ("Authorization", &a),
-            ("Content-Type", "application/offset+octet-stream"),
-            ("Upload-Offset", &o),
-            ("Content-Length", &len.to_string()),
-        ],
-        len,
-    )
-}
-
-fn patch(rx: &Receiver, token: &str, path: &str, offset: u64, bytes: &[u8]) -> Response {
-    let mut s = TcpStream::connect(rx.addr).unwrap();
-    s.set_read_timeout(Some(ferry_tests::DEADLINE)).unwrap();
-    s.write_all(patch_head(rx, token, path, offset, bytes.len()).as_bytes())
-        .unwrap();
-    let _ = s.write_all(bytes);
-    ferry_tests::read_response(&mut s)
-}
-
-/// HEAD of an upload: its status and `Upload-Offset`.
-fn head(rx: &Receiver, token: &str, path: &str) -> (u16, Option<u64>) {
-    let mut s = TcpStream::connect(rx.addr).unwrap();
-    s.set_read_timeout(Some(ferry_tests::DEADLINE)).unwrap();
-    let a = auth(token);
-    let h = request_head(
-        rx.addr,
-        "HEAD",
-        path,
-        &[("Tus-Resumable", "1.0.0"), ("Authorization", &a)],
-        0,
-    );
-    s.write_all(h.as_bytes()).unwrap();
-    let r = read_response_head(&mut s);
-    assert_eq!(r.header("tus-resumable"), Some("1.0.0"));
-    let offset = r.header("upload-offset").and_then(|v| v.parse().ok());
-    (r.status, offset)
-}
 
 fn uploads_dir_files(rx: &Receiver) -> Vec<String> {
     files_in(rx, "uploads")
@@ -111,24 +25,24 @@ fn tus_patch_interrupted_resumes_and_the_offset_survives_kill9() {
     let token = rx.ready_device("dev-1");
     let body = archive_of_size("ep-tus", 1, 4 << 20);
     let sha = ferry_tests::sha256_hex(&body);
-    let path = created(&rx, &token, "ep-tus", &sha, body.len());
-    assert_eq!(head(&rx, &token, &path), (200, Some(0)));
+    let path = created(rx.addr, &token, "ep-tus", &sha, body.len());
+    assert_eq!(head(rx.addr, &token, &path), (200, Some(0)));
 
-    let r = patch(&rx, &token, &path, 0, &body[..1 << 20]);
+    let r = patch(rx.addr, &token, &path, 0, &body[..1 << 20]);
     assert_eq!(r.status, 204, "{}", r.text());
     assert_eq!(r.header("upload-offset"), Some("1048576"));
 
     // A PATCH that breaks off after 1 MiB more of the 3 it announced: tus
     // keeps what arrived.
     let mut s = TcpStream::connect(rx.addr).unwrap();
-    s.write_all(patch_head(&rx, &token, &path, 1 << 20, body.len() - (1 << 20)).as_bytes())
+    s.write_all(patch_head(rx.addr, &token, &path, 1 << 20, body.len() - (1 << 20)).as_bytes())
         .unwrap();
     s.write_all(&body[1 << 20..2 << 20]).unwrap();
     s.flush().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     drop(s);
     let kept = ferry_tests::wait_for("the broken PATCH's bytes kept", || {
-        match head(&rx, &token, &path) {
+        match head(rx.addr, &token, &path) {
             (200, Some(o)) if o > 1 << 20 => Some(o),
             _ => None,
         }
@@ -138,13 +52,13 @@ fn tus_patch_interrupted_resumes_and_the_offset_survives_kill9() {
     // What was answered survives kill -9.
     rx.kill9();
     rx.restart();
-    assert_eq!(head(&rx, &token, &path), (200, Some(kept)));
+    assert_eq!(head(rx.addr, &token, &path), (200, Some(kept)));
     // The wrong offset is refused with where the upload is.
-    let r = patch(&rx, &token, &path, 0, &body[..10]);
+    let r = patch(rx.addr, &token, &path, 0, &body[..10]);
     let j = expect(&r, 409, "offset-mismatch");
     assert_eq!(j["offset"], kept);
 
-    let r = patch(&rx, &token, &path, kept, &body[kept as usize..]);
+    let r = patch(rx.addr, &token, &path, kept, &body[kept as usize..]);
     let j = expect(&r, 201, "stored");
     assert_eq!(r.header("x-ferry-status"), Some("stored"));
     assert_eq!(j["sha256"], sha.as_str());
@@ -166,7 +80,7 @@ fn tus_patch_interrupted_resumes_and_the_offset_survives_kill9() {
         "{:?}",
         uploads_dir_files(&rx)
     );
-    assert_eq!(head(&rx, &token, &path).0, 404);
+    assert_eq!(head(rx.addr, &token, &path).0, 404);
 }
 
 #[test]
@@ -175,15 +89,15 @@ fn tus_a_lying_digest_is_refused_at_completion_and_nothing_is_stored() {
     let token = rx.ready_device("dev-1");
     let body = archive_of_size("ep-lie", 2, 1 << 20);
     let lie = ferry_tests::sha256_hex(b"other bytes");
-    let path = created(&rx, &token, "ep-lie", &lie, body.len());
-    let r = patch(&rx, &token, &path, 0, &body[..1000]);
+    let path = created(rx.addr, &token, "ep-lie", &lie, body.len());
+    let r = patch(rx.addr, &token, &path, 0, &body[..1000]);
     assert_eq!(r.status, 204);
-    let r = patch(&rx, &token, &path, 1000, &body[1000..]);
+    let r = patch(rx.addr, &token, &path, 1000, &body[1000..]);
     expect_400(&r, "digest-mismatch");
     assert!(stored(&rx).is_empty());
     assert!(object_files(&rx).is_empty(), "{:?}", object_files(&rx));
     assert!(uploads_dir_files(&rx).is_empty());
-    assert_eq!(head(&rx, &token, &path).0, 404);
+    assert_eq!(head(rx.addr, &token, &path).0, 404);
 }
 
 #[test]
@@ -193,8 +107,11 @@ fn tus_expiry_reclaims_the_bytes() {
     let token = rx.ready_device("dev-1");
     let body = archive_of_size("ep-exp", 3, 1 << 20);
     let sha = ferry_tests::sha256_hex(&body);
-    let path = created(&rx, &token, "ep-exp", &sha, body.len());
-    assert_eq!(patch(&rx, &token, &path, 0, &body[..500_000]).status, 204);
+    let path = created(rx.addr, &token, "ep-exp", &sha, body.len());
+    assert_eq!(
+        patch(rx.addr, &token, &path, 0, &body[..500_000]).status,
+        204
+    );
     assert_eq!(
         uploads_dir_files(&rx).len(),
         2,
@@ -205,8 +122,8 @@ fn tus_expiry_reclaims_the_bytes() {
         uploads_dir_files(&rx).is_empty().then_some(())
     });
     assert_eq!(metric(&rx, "ferry_uploads_expired_total"), Some(1.0));
-    assert_eq!(head(&rx, &token, &path).0, 404);
-    let r = patch(&rx, &token, &path, 500_000, &body[500_000..]);
+    assert_eq!(head(rx.addr, &token, &path).0, 404);
+    let r = patch(rx.addr, &token, &path, 500_000, &body[500_000..]);
     assert_eq!(r.status, 404, "{}", r.text());
 }
 
@@ -217,10 +134,10 @@ fn tus_one_device_cannot_see_or_touch_anothers_upload() {
     let b = rx.add_device("dev-b");
     let body = archive_of_size("ep-own", 4, 200_000);
     let sha = ferry_tests::sha256_hex(&body);
-    let path = created(&rx, &a, "ep-own", &sha, body.len());
-    assert_eq!(patch(&rx, &a, &path, 0, &body[..1000]).status, 204);
-    assert_eq!(head(&rx, &b, &path), (404, None));
-    let r = patch(&rx, &b, &path, 1000, &body[1000..]);
+    let path = created(rx.addr, &a, "ep-own", &sha, body.len());
+    assert_eq!(patch(rx.addr, &a, &path, 0, &body[..1000]).status, 204);
+    assert_eq!(head(rx.addr, &b, &path), (404, None));
+    let r = patch(rx.addr, &b, &path, 1000, &body[1000..]);
     expect(&r, 404, "not-found");
     let bb = auth(&b);
     let r = rx.request(
@@ -231,8 +148,8 @@ fn tus_one_device_cannot_see_or_touch_anothers_upload() {
     );
     expect(&r, 404, "not-found");
     // Untouched: a's upload goes on where it was.
-    assert_eq!(head(&rx, &a, &path), (200, Some(1000)));
-    let r = patch(&rx, &a, &path, 1000, &body[1000..]);
+    assert_eq!(head(rx.addr, &a, &path), (200, Some(1000)));
+    let r = patch(rx.addr, &a, &path, 1000, &body[1000..]);
     expect(&r, 201, "stored");
     assert!(stored(&rx).contains_key("ep-own"));
 }
@@ -337,4 +254,61 @@ fn tus_standard_client_tus_js_client_creates_aborts_and_resumes() {
         .current_dir(&js);
     let out = run_client(cmd, "tus-js-client");
     assert_resumed_and_stored(&rx, &out, "ep-js", &sha, len);
+}
+
+/// The caps on incomplete uploads (a device that creates uploads and never
+/// finishes them): a device's newest upload ends its oldest idle one, one
+/// being written is never ended (429 when all are), and past the global
+/// cap creation is refused with 503.
+#[test]
+fn tus_open_uploads_are_capped_per_device_and_in_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start_in(
+        dir.path(),
+        &[
+            ("FERRY_RECEIVER_MAX_OPEN_UPLOADS_PER_DEVICE", "2"),
+            ("FERRY_RECEIVER_MAX_OPEN_UPLOADS", "3"),
+        ],
+    );
+    let a = rx.ready_device("dev-a");
+    let b = rx.add_device("dev-b");
+    let body = archive_of_size("ep-cap", 8, 300_000);
+    let sha = ferry_tests::sha256_hex(&body);
+    let first = created(rx.addr, &a, "ep-cap-1", &sha, body.len());
+    let second = created(rx.addr, &a, "ep-cap-2", &sha, body.len());
+    assert_eq!(patch(rx.addr, &a, &second, 0, &body[..1000]).status, 204);
+    // A third of dev-a's ends its oldest, however far the others are.
+    let third = created(rx.addr, &a, "ep-cap-3", &sha, body.len());
+    assert_eq!(head(rx.addr, &a, &first).0, 404);
+    assert_eq!(head(rx.addr, &a, &second), (200, Some(1000)));
+    assert_eq!(metric(&rx, "ferry_uploads_evicted_total"), Some(1.0));
+
+    // Both of dev-a's being written (PATCHes held open): no room, 429.
+    let held: Vec<TcpStream> = [&second, &third]
+        .iter()
+        .map(|path| {
+            let offset = head(rx.addr, &a, path).1.unwrap();
+            let mut s = TcpStream::connect(rx.addr).unwrap();
+            s.write_all(patch_head(rx.addr, &a, path, offset, 5000).as_bytes())
+                .unwrap();
+            s.write_all(&body[offset as usize..offset as usize + 10])
+                .unwrap();
+            s
+        })
+        .collect();
+    ferry_tests::wait_for("both PATCHes in flight", || {
+        (rx.uploads_in_flight() == 2).then_some(())
+    });
+    let r = ferry_tests::tus::create(rx.addr, &a, "ep-cap-4", &sha, body.len());
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["status"], "overloaded");
+    drop(held);
+
+    // Three open in all (dev-a's two and one of dev-b's): the fourth is
+    // refused, whoever asks.
+    created(rx.addr, &b, "ep-cap-b1", &sha, body.len());
+    let r = ferry_tests::tus::create(rx.addr, &b, "ep-cap-b2", &sha, body.len());
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.json()["status"], "overloaded");
 }

@@ -15,6 +15,8 @@
 //!   `/readyz` names it, recovery without a restart.
 //! - `collect`: the collector never deletes an object whose row commits
 //!   later.
+//! - `tus`: resumable uploads go on at any replica, and leave nothing in
+//!   the bucket once completed, refused, ended or expired.
 
 mod collect;
 mod crash;
@@ -23,6 +25,7 @@ mod harness;
 mod mismatch;
 mod outage;
 mod race;
+mod tus;
 
 use std::collections::{BTreeMap, BTreeSet};
 

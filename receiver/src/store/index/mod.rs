@@ -191,6 +191,65 @@ pub struct AllowedCommit {
     pub allowed_at: i64,
 }
 
+/// A resumable upload whose bytes are in the shared object store (see
+/// `store::uploads::shared`): its row in the index, so that any replica
+/// continues it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedUpload {
+    pub id: String,
+    pub device: String,
+    pub episode_id: EpisodeId,
+    pub commit: Commit,
+    /// The sha256 the creation claimed for the whole body.
+    pub sha256: Sha256,
+    pub length: u64,
+    /// Unix seconds.
+    pub created: i64,
+    /// The object store's multipart upload.
+    pub multipart: String,
+    pub progress: Progress,
+}
+
+/// What a PATCH moves on, saved only while its lease is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes received and durable: the parts and the tail.
+    pub received: u64,
+    /// Unix seconds: reclaimed after this.
+    pub expires: i64,
+    /// The ETags of the parts uploaded, in order.
+    pub parts: Vec<String>,
+    /// The sha256 state of the `received` bytes (`uploads::HashState`).
+    pub hash: Vec<u8>,
+    /// Bytes in the incomplete-part object, after the parts.
+    pub tail: u64,
+    /// The last PATCH ended before its body did.
+    pub interrupted: bool,
+}
+
+/// Result of [`Index::lease_upload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leased {
+    /// The lease is ours until the time asked; here is the row.
+    Taken(Box<SharedUpload>),
+    /// Another PATCH holds it.
+    Held,
+    /// No such upload.
+    Missing,
+}
+
+/// Open resumable uploads, for the caps checked at creation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenUploads {
+    /// All of them.
+    pub count: u64,
+    /// Bytes they still expect, declared minus received.
+    pub pending: u64,
+    /// The device's own (id, created), the one to end first first: the
+    /// longest idle (earliest `expires`), then the least received.
+    pub device: Vec<(String, i64)>,
+}
+
 /// Totals for the status page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -298,6 +357,37 @@ pub trait Index: Send + Sync + 'static {
     /// committing its row. `None` when another replica holds the lease.
     fn collect_gate(&self) -> BoxFut<'_, Option<Gate>>;
     fn totals(&self) -> BoxFut<'_, Totals>;
+
+    /// Records a new resumable upload (its lease free).
+    fn create_upload<'a>(&'a self, up: &'a SharedUpload) -> BoxFut<'a, ()>;
+    /// A resumable upload's row.
+    fn upload<'a>(&'a self, id: &'a str) -> BoxFut<'a, Option<SharedUpload>>;
+    /// Takes the upload's lease for `lease` until `until` (unix seconds)
+    /// when it is free or past its time.
+    fn lease_upload<'a>(
+        &'a self,
+        id: &'a str,
+        lease: &'a str,
+        now: i64,
+        until: i64,
+    ) -> BoxFut<'a, Leased>;
+    /// Saves a PATCH's progress and extends its lease to `until`, if
+    /// `lease` still holds it; `false` when it was lost (nothing saved).
+    fn save_upload<'a>(
+        &'a self,
+        id: &'a str,
+        lease: &'a str,
+        progress: &'a Progress,
+        until: i64,
+    ) -> BoxFut<'a, bool>;
+    /// Lets the lease go, if `lease` holds it.
+    fn release_upload<'a>(&'a self, id: &'a str, lease: &'a str) -> BoxFut<'a, ()>;
+    /// Removes an upload's row; `false` when it was not there.
+    fn delete_upload<'a>(&'a self, id: &'a str) -> BoxFut<'a, bool>;
+    /// Uploads that expired before `now`, at most `limit`.
+    fn expired_uploads(&self, now: i64, limit: u64) -> BoxFut<'_, Vec<SharedUpload>>;
+    /// The open uploads, and `device`'s (see [`OpenUploads`]).
+    fn open_uploads<'a>(&'a self, device: &'a str) -> BoxFut<'a, OpenUploads>;
 }
 
 /// A held gate or lease (see [`Index::write_gate`]).

@@ -257,12 +257,14 @@ mod commits;
 mod devices;
 mod episodes;
 mod rejections;
+pub(crate) mod uploads;
 
 pub(crate) use batch::{impl_batch_standing, impl_batch_statements, impl_insert_batch};
 pub(crate) use commits::commit_methods;
 pub(crate) use devices::{device_admin_methods, device_methods};
 pub(crate) use episodes::{episode_methods, episode_store_methods};
 pub(crate) use rejections::rejection_methods;
+pub(crate) use uploads::upload_methods;
 
 /// Implements [`Index`](super::Index) for a struct with a `pool` field of a
 /// concrete sqlx pool type: one implementation for SQLite and PostgreSQL,
@@ -280,6 +282,7 @@ macro_rules! impl_sql_index {
             $crate::store::index::sql::episode_methods!($pool);
             $crate::store::index::sql::episode_store_methods!($pool);
             $crate::store::index::sql::rejection_methods!($pool);
+            $crate::store::index::sql::upload_methods!($pool);
         }
     };
 }

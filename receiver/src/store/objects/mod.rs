@@ -162,6 +162,39 @@ pub struct Swept {
     pub failed: u64,
 }
 
+/// Multipart parts kept across requests and replicas: where a resumable
+/// upload's bytes wait on a store that has them (S3). A part is uploaded
+/// once it is whole; the bytes of an unfinished part wait in an
+/// incomplete-part object of the upload (its "tail"), as tusd's S3 store
+/// keeps them, since S3 takes no part under 5 MiB but the last.
+pub trait PartStore: Send + Sync {
+    /// Bytes of every part but the last.
+    fn part_size(&self) -> u64;
+    /// Opens a multipart upload for the object `claimed`; its id.
+    fn open<'a>(&'a self, claimed: &'a Sha256) -> ObjFut<'a, String>;
+    /// Uploads part `index` (from 0) of `multipart`; its ETag.
+    fn put_part<'a>(
+        &'a self,
+        claimed: &'a Sha256,
+        multipart: &'a str,
+        index: usize,
+        data: Vec<Bytes>,
+    ) -> ObjFut<'a, String>;
+    /// Replaces the tail of resumable upload `upload`.
+    fn put_tail<'a>(&'a self, upload: &'a str, data: Vec<Bytes>) -> ObjFut<'a, ()>;
+    /// The tail of resumable upload `upload`.
+    fn get_tail<'a>(&'a self, upload: &'a str) -> ObjFut<'a, Bytes>;
+    /// Deletes the tail of `upload` (gone already is fine).
+    fn delete_tail<'a>(&'a self, upload: &'a str) -> ObjFut<'a, ()>;
+    /// Aborts `multipart` (gone already is fine).
+    fn abort<'a>(&'a self, claimed: &'a Sha256, multipart: &'a str) -> ObjFut<'a, ()>;
+    /// A finished upload whose bytes hashed to `sha256`, for the commit
+    /// stage: [`Objects::persist`] completes the multipart upload (and
+    /// takes it as done if an earlier attempt completed it). Dropping it
+    /// keeps the upload, so that a failed commit can be tried again.
+    fn staged(&self, sha256: &Sha256, multipart: &str, parts: Vec<String>, size: u64) -> Staged;
+}
+
 /// A content-addressed object store. Objects are named by their sha256.
 pub trait Objects: Send + Sync + 'static {
     /// Where the objects are, for logs: a directory or an `s3://` URL.
@@ -217,6 +250,11 @@ pub trait Objects: Send + Sync + 'static {
     /// Removes staging left by a crash or an abandoned upload, older than
     /// `before`, in bounded steps, stopping early on `shutdown`.
     fn sweep_staging(&self, before: SystemTime, shutdown: CancellationToken) -> Fut<'_, Swept>;
+    /// Where resumable uploads keep their bytes in this store, if it
+    /// keeps them (else they are on the local disk: `store::uploads`).
+    fn parts(&self) -> Option<Arc<dyn PartStore>> {
+        None
+    }
 }
 
 /// Opens the configured object store (not yet prepared).

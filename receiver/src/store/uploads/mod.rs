@@ -19,7 +19,11 @@
 //! PATCHes so that each PATCH hashes only its own bytes. After a restart
 //! the first PATCH re-hashes the partial file once ([`rehash`]).
 
+pub mod hashstate;
 pub mod reclaim;
+pub mod shared;
+
+pub use hashstate::HashState;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -37,6 +41,7 @@ use tokio::sync::mpsc;
 
 use super::objects::local::{BodyHasher, TempFile, Written, TEMP_SUFFIX};
 use super::objects::{blocking, StoreError};
+use super::OpenUploads;
 
 /// What the receiver keeps of one upload, in `<id>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +82,32 @@ pub struct Live {
 pub struct Uploads {
     dir: PathBuf,
     live: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Live>>>>,
+    /// What the caps at creation count ([`Uploads::open_uploads`]): every
+    /// upload's device, creation time and the bytes it still expects; read
+    /// from the records on first use, then kept up to date.
+    open: Mutex<Option<HashMap<String, Open>>>,
+}
+
+/// An upload as the caps count it.
+#[derive(Debug, Clone)]
+struct Open {
+    device: String,
+    created: i64,
+    expires: i64,
+    offset: u64,
+    pending: u64,
+}
+
+impl Open {
+    fn of(meta: &Meta) -> Self {
+        Open {
+            device: meta.device.clone(),
+            created: meta.created,
+            expires: meta.expires,
+            offset: meta.offset,
+            pending: meta.length.saturating_sub(meta.offset),
+        }
+    }
 }
 
 /// A random, unguessable upload id: 128 bits, hex.
@@ -96,6 +127,74 @@ impl Uploads {
         Self {
             dir,
             live: Mutex::default(),
+            open: Mutex::default(),
+        }
+    }
+
+    /// Counts the open uploads for the caps at creation (see
+    /// `store::index::OpenUploads`); the first call reads every record.
+    pub async fn open_uploads(self: &Arc<Self>, device: &str) -> Result<OpenUploads, StoreError> {
+        if self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            let this = self.clone();
+            let found = blocking(move || this.read_all()).await?;
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            if open.is_none() {
+                *open = Some(found);
+            }
+        }
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let all = open.as_ref().expect("loaded above");
+        let mut mine: Vec<(&String, &Open)> =
+            all.iter().filter(|(_, o)| o.device == device).collect();
+        mine.sort_by_key(|(id, o)| (o.expires, o.offset, o.created, *id));
+        let mine = mine
+            .into_iter()
+            .map(|(id, o)| (id.clone(), o.created))
+            .collect();
+        Ok(OpenUploads {
+            count: all.len() as u64,
+            pending: all.values().map(|o| o.pending).fold(0, u64::saturating_add),
+            device: mine,
+        })
+    }
+
+    /// Every record in the directory (blocking); one that cannot be read
+    /// is counted as nothing (the reclaimer deals with it).
+    fn read_all(&self) -> Result<HashMap<String, Open>, StoreError> {
+        let mut found = HashMap::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(StoreError::new("read directory", &self.dir, e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if !valid_id(id) {
+                continue;
+            }
+            if let Ok(Some(meta)) = self.read_meta(id) {
+                found.insert(id.to_owned(), Open::of(&meta));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Keeps the caps' count of upload `id` up to date.
+    fn note(&self, id: &str, meta: Option<&Meta>) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(all) = open.as_mut() {
+            match meta {
+                Some(m) => all.insert(id.to_owned(), Open::of(m)),
+                None => all.remove(id),
+            };
         }
     }
 
@@ -159,7 +258,9 @@ impl Uploads {
         let path = self.json(id);
         let text = serde_json::to_vec_pretty(meta)
             .map_err(|e| StoreError::new("encode", &path, io::Error::other(e.to_string())))?;
-        fsio::write_atomic(&path, &text).map_err(|e| StoreError::new("write", &path, e))
+        fsio::write_atomic(&path, &text).map_err(|e| StoreError::new("write", &path, e))?;
+        self.note(id, Some(meta));
+        Ok(())
     }
 
     /// Reads `<id>.json` (blocking); `None` when the upload does not exist.
@@ -185,6 +286,7 @@ impl Uploads {
     /// even if removing its bytes fails (the reclaimer takes a `.bin`
     /// without a record).
     pub fn remove_now(&self, id: &str) -> Result<(), StoreError> {
+        self.note(id, None);
         for path in [self.json(id), self.bin(id)] {
             fsio::remove_file_durable(&path).map_err(|e| StoreError::new("remove", &path, e))?;
         }

@@ -20,6 +20,7 @@
 
 mod client;
 mod errors;
+mod parts;
 mod staging;
 mod sweep;
 #[cfg(test)]
@@ -365,6 +366,10 @@ impl Objects for S3Objects {
 
     fn sweep_staging(&self, before: SystemTime, shutdown: CancellationToken) -> Fut<'_, Swept> {
         Box::pin(sweep::sweep(self.inner.clone(), before, shutdown))
+    }
+
+    fn parts(&self) -> Option<Arc<dyn super::PartStore>> {
+        Some(parts::of(self))
     }
 }
 

@@ -66,6 +66,8 @@ pub enum Held {
     },
     /// Every part uploaded; to be completed.
     Multipart(Multipart),
+    /// A resumable upload's parts (`parts`): completed, never aborted here.
+    Resumed(super::parts::Resumed),
 }
 
 /// An open multipart upload on `key`. Dropped while open (not completed or
@@ -470,6 +472,12 @@ pub async fn persist(inner: &Arc<Inner>, staged: Staged) -> Result<(), StoreErro
             ))
         }
         Held::Multipart(mp) => mp.complete().await,
+        Held::Resumed(r) if r.key != key => Err(invariant(
+            "persist",
+            &at,
+            "a resumable upload's sha256 is not the key it was uploaded to",
+        )),
+        Held::Resumed(r) => r.complete(inner, staged.size).await,
     }
 }
 

@@ -1,0 +1,27 @@
+-- Resumable (tus) uploads whose bytes are in the shared object store
+-- (store/uploads/shared.rs): every replica can continue any of them. The
+-- bytes received are S3 multipart parts (`parts`: their ETags, in order,
+-- a JSON array) and at most one part's worth of bytes in an
+-- incomplete-part object (`tail` bytes long); `hash` is the sha256 state
+-- of all of them. A PATCH holds the row's lease (`lease`, until
+-- `lease_until`) while it runs, so that one PATCH at a time writes parts.
+CREATE TABLE resumable_uploads (
+    upload_id   TEXT PRIMARY KEY,
+    device      TEXT NOT NULL REFERENCES devices (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    episode_id  TEXT NOT NULL,
+    commit_id   TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    length      BIGINT NOT NULL,
+    received    BIGINT NOT NULL,
+    created     BIGINT NOT NULL,
+    expires     BIGINT NOT NULL,
+    multipart   TEXT NOT NULL,
+    parts       TEXT NOT NULL,
+    hash        BYTEA NOT NULL,
+    tail        BIGINT NOT NULL,
+    interrupted BOOLEAN NOT NULL,
+    lease       TEXT,
+    lease_until BIGINT NOT NULL
+);
+CREATE INDEX resumable_uploads_by_device ON resumable_uploads (device);
+CREATE INDEX resumable_uploads_by_expiry ON resumable_uploads (expires);
