@@ -251,9 +251,13 @@ impl Patch<'_> {
         // shipped meanwhile are written again by the next PATCH if this
         // one is refused.
         let mut progress = self.up.progress.clone();
+        // The expiry moves on only with bytes: an empty PATCH must not keep
+        // an upload (and what it holds) alive for ever.
+        let renewed = unix_now().saturating_add(self.state.config.upload_expiry.as_secs() as i64);
         let ended = loop {
             match reader.next().await {
                 Piece::Data(mut data) => {
+                    progress.expires = renewed;
                     if let Some(m) = mine.as_mut() {
                         m.update(&data);
                     }
@@ -281,10 +285,6 @@ impl Patch<'_> {
                 self.ship_part(&mut progress).await?;
             } else if self.buffered > self.hashed {
                 self.ship_tail(&mut progress).await?;
-            }
-            if progress.received > self.up.progress.received {
-                progress.expires =
-                    unix_now().saturating_add(self.state.config.upload_expiry.as_secs() as i64);
             }
             progress.interrupted = !ended.is_whole();
             self.save(&progress).await?;

@@ -249,3 +249,75 @@ fn tus_standard_client_tuspy_through_the_balancer_on_s3() {
     assert_eq!(rows.get(&("dev-py".into(), "ep-py".into())), Some(&sha));
     assert_no_upload_left(&stack);
 }
+
+/// The agent ships a large episode with tus through nginx; the replica
+/// that receives it is killed (-9) mid-upload; the agent goes on at the
+/// other replica from what the dead one had made durable (its last whole
+/// part), not from byte 0.
+#[test]
+fn agent_resumes_at_another_replica_after_the_one_it_used_is_killed() {
+    let test = "agent_resumes_at_another_replica_after_the_one_it_used_is_killed";
+    let Some(mut stack) = Stack::start(test, Options::replicas(2)) else {
+        return;
+    };
+    let token = stack.ready_device("dev-big");
+    let spool = ferry_tests::Spool::with_token(stack.url(), &token);
+    ferry_tests::make_episode(
+        spool.path(),
+        "ep-big",
+        Some(COMMIT_A),
+        &[("data.bin", &ferry_tests::noise(17, 40 << 20))],
+    );
+    let log = spool.path().join("agent.log");
+    let mut agent = spool
+        .agent("run")
+        .env("FERRY_AGENT_SCAN_INTERVAL", "200ms")
+        .env("FERRY_AGENT_BACKOFF_MAX", "1s")
+        .env("FERRY_AGENT_BANDWIDTH_LIMIT", "8MiB")
+        .env("FERRY_AGENT_RESUMABLE_THRESHOLD", "1MiB")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Past two of the 8 MiB parts at whichever replica has the PATCH.
+    let busy = wait_for("20 MiB of the episode at one replica", || {
+        (0..2).find(|&i| {
+            metric(
+                stack.replicas.get(i),
+                "ferry_bytes_received_total{route=\"tus\"}",
+            )
+            .is_some_and(|b| b > (20 << 20) as f64)
+        })
+    });
+    stack.replicas.kill9(busy);
+    let other = stack.replicas.get(1 - busy);
+    let before = metric(other, "ferry_bytes_received_total{route=\"tus\"}").unwrap_or(0.0);
+    wait_for("the episode shipped", || {
+        (spool.ids_in("shipped") == ["ep-big"]).then_some(())
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let log = std::fs::read_to_string(&log).unwrap();
+    let other = stack.replicas.get(1 - busy);
+    let again = metric(other, "ferry_bytes_received_total{route=\"tus\"}").unwrap() - before;
+    let rows = stack.rows();
+    let sha = rows
+        .get(&("dev-big".into(), "ep-big".into()))
+        .expect("stored")
+        .clone();
+    let size = stack
+        .objects()
+        .into_iter()
+        .find(|o| ferry_tests::s3::key_sha(&o.key) == sha)
+        .expect("its object")
+        .size;
+    eprintln!("after the kill -9 of replica {busy}: {again} of {size} bytes sent again");
+    assert!(
+        again <= (size - (16 << 20)) as f64,
+        "{again} of {size} bytes sent again\n{log}"
+    );
+    assert!(log.contains("resuming the upload"), "{log}");
+    stack.replicas.restart(busy);
+    assert_rows_have_their_objects(&stack);
+    assert_no_upload_left(&stack);
+}
