@@ -135,6 +135,16 @@ pub async fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<St
 
 /// The hash of the bearer token, or 401 when there is none.
 pub fn token_hash(headers: &HeaderMap) -> Result<[u8; 32], AppError> {
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(AppError::unauthenticated(
+            "exactly one `Authorization: Bearer <device token>` header is allowed",
+        ));
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

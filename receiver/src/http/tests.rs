@@ -282,6 +282,33 @@ async fn each_header_error_is_400_with_its_kind() {
     assert_eq!(bad_request(&body), BadRequest::MissingCommit);
 }
 
+/// A protocol header sent twice is refused, never read as its first copy
+/// (a proxy in front could read the other one).
+#[tokio::test]
+async fn a_protocol_header_sent_twice_is_refused() {
+    let f = Fixture::new().await;
+    let twice = |name: &str, value: &str| {
+        let mut req = put("ep-1", Some(&f.token_a), &[], &[]);
+        req.headers_mut().append(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        req
+    };
+    for (name, value, want) in [
+        (headers::COMMIT, HEAD, BadRequest::MalformedCommit),
+        (headers::SHA256, OTHER_DIGEST, BadRequest::MalformedDigest),
+    ] {
+        let (code, body) = f.send(twice(name, value)).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{name}: {body}");
+        assert_eq!(bad_request(&body), want, "{name}: {body}");
+    }
+    // Two tokens: neither is taken.
+    let bearer_b = format!("Bearer {}", f.token_b);
+    let (code, body) = f.send(twice("authorization", &bearer_b)).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
+}
+
 #[tokio::test]
 async fn over_max_episode_size_is_413_with_the_limit() {
     let f = Fixture::new().await;

@@ -57,7 +57,14 @@ async fn episode_id(
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
-    h.get(name).map(|v| v.to_str().map_err(|_| ()))
+    // A protocol header sent twice is malformed, not "the first one": a
+    // proxy and the client could each read a different one.
+    let mut all = h.get_all(name).iter();
+    let first = all.next()?;
+    if all.next().is_some() {
+        return Some(Err(()));
+    }
+    Some(first.to_str().map_err(|_| ()))
 }
 
 /// A required length header (`Content-Length`, tus's `Upload-Length`):

@@ -248,6 +248,15 @@ async fn creation_decides_every_header_row_of_spec_2_before_any_byte() {
     r.headers_mut().remove(tus::UPLOAD_LENGTH);
     let (_, _, body) = send(&f, r).await;
     assert_eq!(bad_request(&body), BadRequest::MissingLength);
+    // Two of it: not the first one.
+    let mut r = create(Some(&f.token_a), good(), "10");
+    r.headers_mut().append(
+        tus::UPLOAD_LENGTH,
+        axum::http::HeaderValue::from_static("2000"),
+    );
+    let (got, _, body) = send(&f, r).await;
+    assert_eq!(got, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(bad_request(&body), BadRequest::MissingLength);
 }
 
 /// A small body with the zstd magic, and its sha256.
