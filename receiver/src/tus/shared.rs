@@ -207,6 +207,11 @@ pub(crate) async fn patch(
     if p.up.progress.interrupted {
         state.metrics.uploads_resumed.inc();
     }
+    // A part's worth of buffer (or what the upload still lacks), out of
+    // the same `s3_buffer_limit` the PUTs' parts count against.
+    let part = parts.part_size();
+    let room = p.up.length - p.up.progress.received + p.up.progress.tail;
+    let _buffer = parts.buffer(room.min(part)).await.map_err(AppError::from)?;
     if p.up.progress.tail > 0 {
         let tail = parts.get_tail(id).await.map_err(AppError::from)?;
         if tail.len() as u64 != p.up.progress.tail {

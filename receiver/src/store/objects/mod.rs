@@ -170,6 +170,10 @@ pub struct Swept {
 pub trait PartStore: Send + Sync {
     /// Bytes of every part but the last.
     fn part_size(&self) -> u64;
+    /// Room for `bytes` more buffered bytes in memory, out of the store's
+    /// buffer limit, held until the returned value is dropped (waiting a
+    /// while for it, then unreachable: 503).
+    fn buffer(&self, bytes: u64) -> ObjFut<'_, Box<dyn std::any::Any + Send>>;
     /// Opens a multipart upload for the object `claimed`; its id.
     fn open<'a>(&'a self, claimed: &'a Sha256) -> ObjFut<'a, String>;
     /// Uploads part `index` (from 0) of `multipart`; its ETag.

@@ -15,7 +15,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 
 use super::errors::store_error;
-use super::staging::Held;
+use super::staging::{kib, Held};
 use super::{Inner, S3Objects};
 use crate::store::objects::{ObjFut, PartStore, Staged, StoreError};
 
@@ -89,6 +89,14 @@ async fn object_size(inner: &Inner, key: &Path, at: &str) -> Result<Option<u64>,
 impl PartStore for S3Objects {
     fn part_size(&self) -> u64 {
         self.inner.part_size
+    }
+
+    fn buffer(&self, bytes: u64) -> ObjFut<'_, Box<dyn std::any::Any + Send>> {
+        Box::pin(async move {
+            let at = super::describe(&self.inner.bucket, &self.inner.prefix);
+            let permit = super::staging::buffer_permits(&self.inner, kib(bytes), &at).await?;
+            Ok(Box::new(permit) as Box<dyn std::any::Any + Send>)
+        })
     }
 
     fn open<'a>(&'a self, claimed: &'a Sha256) -> ObjFut<'a, String> {

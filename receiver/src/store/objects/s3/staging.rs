@@ -261,6 +261,31 @@ fn lost_upload(e: StoreError) -> StoreError {
     }
 }
 
+/// `kib` permits of the store's buffer semaphore, waiting at most its
+/// `buffer_wait` (then unreachable: 503, retry).
+pub async fn buffer_permits(
+    inner: &Inner,
+    kib: u64,
+    at: &str,
+) -> Result<OwnedSemaphorePermit, StoreError> {
+    let sem = inner.buffers.clone();
+    let wait = inner.buffer_wait;
+    let want = kib.min(u32::MAX as u64) as u32;
+    match tokio::time::timeout(wait, sem.acquire_many_owned(want)).await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(_)) => Err(invariant("buffer", at, "the buffer semaphore is closed")),
+        Err(_) => Err(plain_error(
+            "buffer",
+            at,
+            io::ErrorKind::TimedOut,
+            format!(
+                "no room in s3_buffer_limit for {kib} KiB within {} s: the bucket takes uploads slower than they arrive",
+                wait.as_secs()
+            ),
+        )),
+    }
+}
+
 /// The state of one staging.
 struct Writer {
     inner: Arc<Inner>,
@@ -353,24 +378,8 @@ impl Writer {
             .saturating_sub(self.shipped)
             .min(self.inner.part_size);
         let want = need.max(kib(expected)) - held;
-        let sem = self.inner.buffers.clone();
         let at = self.inner.locator(&self.inner.object_key(&self.claimed));
-        let wait = self.inner.buffer_wait;
-        let more = match tokio::time::timeout(wait, sem.acquire_many_owned(want as u32)).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(invariant("buffer", &at, "the buffer semaphore is closed")),
-            Err(_) => {
-                return Err(plain_error(
-                    "buffer",
-                    &at,
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "no room in s3_buffer_limit for {want} KiB within {} s: the bucket takes uploads slower than they arrive",
-                        wait.as_secs()
-                    ),
-                ))
-            }
-        };
+        let more = buffer_permits(&self.inner, want, &at).await?;
         match &mut self.permit {
             Some(p) => p.merge(more),
             None => self.permit = Some(more),
