@@ -1,18 +1,20 @@
 //! Turns what happened to one attempt into a `proto::Outcome`. No IO and no
 //! decisions: the table in `proto::decide` decides.
 
-use ferry_proto::Outcome;
+use ferry_proto::{Outcome, Sent};
 
 use crate::pack::PackError;
 use crate::ship::UploadResult;
 
-/// The outcome of an upload attempt.
-pub fn upload(result: &UploadResult) -> Outcome<'_> {
+/// The outcome of an upload attempt that shipped `sent` (which a 200/201
+/// must name to retire it: `proto::decide` checks).
+pub fn upload<'a>(result: &'a UploadResult, sent: Sent<'a>) -> Outcome<'a> {
     match result {
         UploadResult::Answered(a) => Outcome::Answered {
             status: a.status,
             reply: a.reply.as_ref(),
             retry_after: a.retry_after,
+            sent,
         },
         UploadResult::Network(_) => Outcome::Network,
         UploadResult::TarballRead { .. } => Outcome::LocalRead,
@@ -63,7 +65,16 @@ mod tests {
 
     #[test]
     fn upload_results_map() {
-        assert_eq!(upload(&UploadResult::Aborted), Outcome::Aborted);
-        assert_eq!(upload(&UploadResult::Network("x".into())), Outcome::Network);
+        let id = ferry_proto::EpisodeId::parse("e").unwrap();
+        let sha = ferry_proto::Sha256::parse(&"a".repeat(64)).unwrap();
+        let sent = Sent {
+            episode_id: &id,
+            sha256: &sha,
+        };
+        assert_eq!(upload(&UploadResult::Aborted, sent), Outcome::Aborted);
+        assert_eq!(
+            upload(&UploadResult::Network("x".into()), sent),
+            Outcome::Network
+        );
     }
 }

@@ -13,9 +13,10 @@
 //! watchdog, stall timeout, shutdown abort). A 404 or 410 (expired, or the
 //! receiver lost it) forgets the record and creates a new upload; an offset
 //! mismatch asks HEAD again. A creation answered without `Tus-Resumable`
-//! (a receiver without tus) falls back to the PUT. The completing PATCH is answered like a PUT
-//! (201/200 with the §2 JSON, 400 digest-mismatch, 409), and the caller
-//! classifies it with `proto::decide` as for a PUT.
+//! (a receiver without tus) falls back to the PUT. The completing PATCH is
+//! answered like a PUT (201/200 with the §2 JSON, 400 digest-mismatch, 409),
+//! and the caller classifies it with `proto::decide` as for a PUT: a
+//! 200/201 retires only when its JSON names the episode and sha256 sent.
 //!
 //! The record is read from a directory others may write to: it is opened
 //! without following links, bounded, and its URL must be a path under
@@ -167,28 +168,6 @@ fn metadata(s: &Shipment<'_>) -> String {
     )
 }
 
-/// A 200 or 201 retires the episode (`proto::decide`): from a tus route it
-/// must say what it claims in the §2 JSON, `stored` or `already-present`;
-/// anything else (a proxy's page, a broken receiver) is no proof that the
-/// episode is stored, and is retried like a network failure.
-fn settled(r: UploadResult) -> UploadResult {
-    match &r {
-        UploadResult::Answered(a)
-            if (a.status == 200 || a.status == 201)
-                && !matches!(
-                    a.reply,
-                    Some(Reply::Stored { .. } | Reply::AlreadyPresent { .. })
-                ) =>
-        {
-            UploadResult::Network(format!(
-                "the receiver answered {} without saying the episode is stored: {}",
-                a.status, a.body
-            ))
-        }
-        _ => r,
-    }
-}
-
 /// What an upload attempt that never got the receiver's answer about the
 /// episode itself reports: a HEAD, or rounds run out. Such an answer is
 /// about the upload's state, never about the episode, so nothing but a
@@ -247,7 +226,7 @@ impl Shipper {
                             let std = file.into_std().await;
                             return (Resumable::Unsupported(std), problem);
                         }
-                        return done(settled(r));
+                        return done(r);
                     }
                 },
             };
@@ -292,7 +271,7 @@ impl Shipper {
                 _ => false,
             };
             if !again {
-                return done(settled(r));
+                return done(r);
             }
             if gone(&r) {
                 let (spool, id) = (s.spool.clone(), s.id.clone());
@@ -409,30 +388,6 @@ mod tests {
             upload_offset: None,
             tus: true,
         })
-    }
-
-    #[test]
-    fn only_a_200_or_201_that_says_stored_retires() {
-        let stored = Reply::Stored {
-            episode_id: "e".into(),
-            sha256: "s".into(),
-            size: 1,
-        };
-        assert!(matches!(
-            settled(answered(201, Some(stored))),
-            UploadResult::Answered(_)
-        ));
-        assert!(matches!(
-            settled(answered(200, None)),
-            UploadResult::Network(_)
-        ));
-        let refused = Reply::Gone {
-            detail: String::new(),
-        };
-        assert!(matches!(
-            settled(answered(410, Some(refused))),
-            UploadResult::Answered(_)
-        ));
     }
 
     /// A HEAD's answer, or the last answer when the rounds ran out, is about

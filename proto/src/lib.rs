@@ -18,7 +18,7 @@ pub mod headers;
 mod ids;
 pub mod reply;
 
-pub use action::{decide, strikes_after, Action, Outcome, QuarantineKind, Strikes};
+pub use action::{decide, strikes_after, Action, Outcome, QuarantineKind, Sent, Strikes};
 pub use ids::{Commit, EpisodeId, ParseIdError, Sha256};
 pub use reply::{BadRequest, Reply};
 

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use ferry_proto::{Action, EpisodeId, Outcome};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use super::tally::Record;
@@ -22,10 +23,10 @@ use crate::{conflict, quarantine, retire};
 /// Execute the table's action for one attempt; the next step is the start
 /// again when the episode must be re-packed and shipped now.
 pub(super) async fn act<'a>(agent: &'a Agent, id: &EpisodeId, h: Box<Happened<'a>>) -> Step<'a> {
-    let outcome = h.what.outcome();
+    let outcome = h.what.outcome(id);
     let (before, action) = agent.tally.decide(id, outcome);
     let attempts = before.attempts + 1;
-    let (commit, sha256, detail) = (h.commit.as_ref(), h.sha256.as_ref(), &h.detail);
+    let (commit, sha256, detail) = (h.commit.as_ref(), h.what.sha256(), &h.detail);
     match action {
         Action::Retire => retire::execute(agent, id, sha256, detail).await,
         Action::Conflict => conflict::execute(agent, id, commit, sha256, detail).await,
@@ -92,13 +93,36 @@ async fn backoff(
     } else {
         "transient failure"
     };
+    let error = match ferry_proto::action::unconfirmed(outcome) {
+        Some(why) => untrusted(&detail.error, why, &detail.body),
+        None => detail.error.clone(),
+    };
     let msg = format!(
-        "{what} shipping {id}: {}; tarball kept, retrying in {}",
-        detail.error,
+        "{what} shipping {id}: {error}; tarball kept, retrying in {}",
         humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
     );
     tracing::warn!("{msg}");
     agent.record_error(&msg).await;
+}
+
+/// Longest part of an untrusted answer's body quoted in the log.
+const BODY_EXCERPT: usize = 200;
+
+/// Why a 200/201 was not taken as the receiver's word that it holds the
+/// episode, for the operator: most likely something on the way answers in
+/// its stead, so the start of its body is quoted.
+fn untrusted(error: &str, why: ferry_proto::action::Unconfirmed<'_>, body: &Value) -> String {
+    let body = match body {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut excerpt: String = body.chars().take(BODY_EXCERPT).collect();
+    if excerpt.len() < body.len() {
+        excerpt.push('…');
+    }
+    format!(
+        "the answer {error} is not trusted: {why}, so it does not say the receiver holds this episode (a proxy or captive portal answering in its stead?); body: {excerpt:?}"
+    )
 }
 
 /// A local read error under the limit: reported with the pass's others.

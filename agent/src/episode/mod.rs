@@ -15,7 +15,7 @@ mod tally;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use ferry_proto::{Commit, EpisodeId, Outcome, Sha256};
+use ferry_proto::{Commit, EpisodeId, Outcome, Sent, Sha256};
 use tokio::sync::SemaphorePermit;
 
 pub(crate) use detail::Detail;
@@ -54,7 +54,6 @@ enum Step<'a> {
 /// What happened to one attempt, with what to say about it.
 struct Happened<'a> {
     commit: Option<Commit>,
-    sha256: Option<Sha256>,
     what: What,
     detail: Detail,
     /// The upload slot of an upload, held until its action is executed
@@ -62,18 +61,36 @@ struct Happened<'a> {
     _slot: Option<SemaphorePermit<'a>>,
 }
 
-/// The thing classified: an upload's result (its outcome borrows the
-/// answer's parsed body) or an outcome decided locally.
+/// The thing classified: an upload's result with the sha256 of the
+/// tarball it sent (its outcome borrows both, and the answer's parsed
+/// body) or an outcome decided locally.
 enum What {
-    Upload(UploadResult),
+    Upload {
+        result: UploadResult,
+        sha256: Sha256,
+    },
     Local(Outcome<'static>),
 }
 
 impl What {
-    fn outcome(&self) -> Outcome<'_> {
+    fn outcome<'s>(&'s self, id: &'s EpisodeId) -> Outcome<'s> {
         match self {
-            What::Upload(r) => classify::upload(r),
+            What::Upload { result, sha256 } => classify::upload(
+                result,
+                Sent {
+                    episode_id: id,
+                    sha256,
+                },
+            ),
             What::Local(o) => *o,
+        }
+    }
+
+    /// The sha256 of the tarball an upload sent.
+    fn sha256(&self) -> Option<&Sha256> {
+        match self {
+            What::Upload { sha256, .. } => Some(sha256),
+            What::Local(_) => None,
         }
     }
 }
@@ -139,7 +156,6 @@ async fn found<'a>(agent: &'a Agent, id: &EpisodeId, shutdown: &Shutdown) -> Ste
     let local = |outcome, detail| {
         Step::Happened(Box::new(Happened {
             commit: None,
-            sha256: None,
             what: What::Local(outcome),
             detail,
             _slot: None,
@@ -190,7 +206,6 @@ async fn packed<'a>(
             Some(Outcome::Aborted) => Step::Aborted("while packing"),
             Some(outcome) => Step::Happened(Box::new(Happened {
                 commit: Some(commit),
-                sha256: None,
                 what: What::Local(outcome),
                 detail: Detail::local(e.describe()),
                 _slot: None,
@@ -259,9 +274,11 @@ async fn upload<'a>(
     };
     Step::Happened(Box::new(Happened {
         commit: Some(commit),
-        sha256: Some(packed.sha256),
         detail: Detail::of_upload(&result, token_problem.as_deref()),
-        what: What::Upload(result),
+        what: What::Upload {
+            result,
+            sha256: packed.sha256,
+        },
         _slot: Some(slot),
     }))
 }

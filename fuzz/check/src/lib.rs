@@ -6,9 +6,12 @@
 //!
 //! Properties, not just "does not crash": a parsed id is one safe path
 //! component, a parsed commit or digest is lowercase hex of its length, and
-//! a parsed answer round-trips and has an action.
+//! a parsed answer round-trips and has an action, which retires the episode
+//! only when the answer names the episode and sha256 that were sent.
 
-use ferry_proto::{decide, headers, Commit, EpisodeId, Outcome, Reply, Sha256, Strikes};
+use ferry_proto::{
+    decide, headers, Action, Commit, EpisodeId, Outcome, Reply, Sent, Sha256, Strikes,
+};
 
 /// Check every property on one input; panics (a fuzzer finding) if one
 /// does not hold.
@@ -63,14 +66,28 @@ fn check_reply(r: &Reply) {
     let back = serde_json::to_vec(r).expect("serialise");
     let again: Reply = serde_json::from_slice(&back).expect("round trip");
     assert_eq!(r, &again);
-    let _ = decide(
+    let id = EpisodeId::parse("fuzz-episode").expect("an id");
+    let sha = Sha256::parse(&"f".repeat(64)).expect("a digest");
+    let sent = Sent {
+        episode_id: &id,
+        sha256: &sha,
+    };
+    let action = decide(
         Outcome::Answered {
             status: r.http_status(),
             reply: Some(r),
             retry_after: None,
+            sent,
         },
         Strikes::default(),
     );
+    // Only the answer naming the episode and digest sent retires it.
+    let names_ours = matches!(
+        r,
+        Reply::Stored { episode_id, sha256, .. } | Reply::AlreadyPresent { episode_id, sha256, .. }
+            if episode_id == id.as_str() && sha256 == sha.as_str()
+    );
+    assert_eq!(action == Action::Retire, names_ours, "{r:?} → {action:?}");
 }
 
 #[cfg(test)]

@@ -211,10 +211,7 @@ fn row_400_digest_mismatch_repacks_and_quarantines_after_three() {
             400,
             json!({"status": "bad-request", "error": "digest-mismatch", "detail": "x"}),
         ),
-        _ => answer(
-            201,
-            json!({"status": "stored", "episode_id": "once", "sha256": "x", "size": 1}),
-        ),
+        _ => Script::Stored,
     });
     let spool = Spool::with_token(&f.url, "tok");
     small(&spool, "once", 1);
@@ -398,10 +395,7 @@ fn row_transient_answers_back_off_keep_the_tarball_and_honour_retry_after() {
         ),
         3 => answer(500, json!({"status": "internal", "detail": "oops"})),
         4 => answer(408, json!({"status": "request-timeout", "detail": "slow"})),
-        _ => answer(
-            201,
-            json!({"status": "stored", "episode_id": "t", "sha256": "x", "size": 1}),
-        ),
+        _ => Script::Stored,
     });
     let spool = Spool::with_token(&f.url, "tok");
     small(&spool, "t", 1);
@@ -547,10 +541,7 @@ fn invalid_names_are_skipped_reported_and_never_shipped() {
 fn request_timeout_is_a_stall_timeout_not_a_total() {
     let f = fake(|n| match n {
         0 => Script::Hang,
-        _ => answer(
-            201,
-            json!({"status": "stored", "episode_id": "s", "sha256": "x", "size": 1}),
-        ),
+        _ => Script::Stored,
     });
     let spool = Spool::with_token(&f.url, "tok");
     let dir = small(&spool, "s", 1);

@@ -195,6 +195,10 @@ pub enum Script {
     },
     /// Read the head and stop reading: the upload stalls.
     Hang,
+    /// Read the whole body, then answer as the receiver does when it
+    /// stored it: 201 `stored` naming the request's episode id and its
+    /// `X-Ferry-Sha256`.
+    Stored,
 }
 
 pub fn answer(status: u16, body: serde_json::Value) -> Script {
@@ -282,6 +286,28 @@ fn serve(
     } else {
         answer(200, serde_json::json!({"status": "ok", "allowed": false}))
     };
+    // What to answer once the body is read; `None`: stop reading instead.
+    let reply_with = match action {
+        Script::Hang => None,
+        Script::Answer {
+            status,
+            headers,
+            body,
+        } => Some((status, headers, body)),
+        Script::Stored => {
+            let sha = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("x-ferry-sha256"))
+                .map(|(_, v)| v.as_str());
+            let body = serde_json::json!({
+                "status": "stored",
+                "episode_id": path.rsplit('/').next(),
+                "sha256": sha,
+                "size": len,
+            });
+            Some((201, Vec::new(), body.to_string()))
+        }
+    };
     let mut hit = Hit {
         method,
         path,
@@ -290,8 +316,8 @@ fn serve(
         started: Instant::now(),
         at: Instant::now(),
     };
-    match action {
-        Script::Hang => {
+    match reply_with {
+        None => {
             hits.lock().unwrap().push(hit);
             // Hold the connection open without reading, until the client
             // gives up.
@@ -299,11 +325,7 @@ fn serve(
             std::thread::sleep(Duration::from_secs(600));
             let _ = r.read(&mut buf);
         }
-        Script::Answer {
-            status,
-            headers,
-            body,
-        } => {
+        Some((status, headers, body)) => {
             let mut left = len;
             let mut buf = vec![0u8; 64 << 10];
             while left > 0 {
@@ -315,13 +337,20 @@ fn serve(
             hit.body_len = len - left;
             hit.at = Instant::now();
             hits.lock().unwrap().push(hit);
+            // JSON unless the script says otherwise (a proxy's HTML page).
             let mut extra = String::new();
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            {
+                extra.push_str("Content-Type: application/json\r\n");
+            }
             for (k, v) in headers {
                 extra.push_str(&format!("{k}: {v}\r\n"));
             }
             let _ = write!(
                 w,
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
                 body.len()
             );
             let _ = w.flush();

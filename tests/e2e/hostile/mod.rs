@@ -11,7 +11,8 @@
 //! - `packing`: a file swapped while packed (3), a file that changes while
 //!   packed (4).
 //! - `outbox`: anything in the outbox the agent did not make (5).
-//! - `answers`: a `Retry-After` from the receiver (7).
+//! - `answers`: a `Retry-After` from the receiver (7), a 200/201 that does
+//!   not name the episode (a captive portal's page, another id).
 //!
 //! And the receiver side, over raw sockets: `receiver` (metric labels (8),
 //! the connection cap (9), upload slots per device (10), malformed HTTP,
