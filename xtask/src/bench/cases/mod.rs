@@ -2,6 +2,7 @@
 //! one file per case, and here what they share (the bench's receiver, the
 //! agent's command line, the many-PUT client).
 
+mod flaky;
 mod ingest;
 mod pack;
 mod scale;
@@ -53,6 +54,9 @@ pub fn all(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Resu
     if opts.wants("scaleout") {
         super::scaleout::ingest(env, opts, corpus, report)?;
     }
+    if opts.wants("flaky") {
+        flaky::flaky(env, opts, report)?;
+    }
     Ok(())
 }
 
@@ -68,10 +72,25 @@ pub struct Bench {
     pub data_dir: PathBuf,
     /// Given to `serve` and to every admin command (a shared database).
     env: Vec<(String, String)>,
+    /// Where `serve` runs: its command is put after this one (`ip netns
+    /// exec NS`), and the address it listens on.
+    wrap: Vec<String>,
+    listen: String,
 }
 
 impl Bench {
     pub(super) fn start(env: &Env, name: &str, extra_env: &[(&str, &str)]) -> Result<Bench> {
+        Bench::start_in(env, name, extra_env, &[], "127.0.0.1:0")
+    }
+
+    /// `start`, with `serve` run under `wrap` and listening on `listen`.
+    pub(super) fn start_in(
+        env: &Env,
+        name: &str,
+        extra_env: &[(&str, &str)],
+        wrap: &[&str],
+        listen: &str,
+    ) -> Result<Bench> {
         let data_dir = env.work.join(format!("receiver-{name}"));
         super::clear_dir(&data_dir);
         std::fs::create_dir_all(&data_dir)?;
@@ -84,6 +103,8 @@ impl Bench {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            wrap: wrap.iter().map(|w| w.to_string()).collect(),
+            listen: listen.into(),
         };
         b.cli(env, &["commits", "allow", COMMIT, "--head"])?;
         b.spawn(env, extra_env)?;
@@ -93,12 +114,12 @@ impl Bench {
     /// Start `serve` and return the time until it printed `listening on`.
     pub(super) fn spawn(&mut self, env: &Env, extra_env: &[(&str, &str)]) -> Result<Duration> {
         let started = Instant::now();
-        let mut child = Command::new(&env.receiver)
+        let mut child = wrapped(&self.wrap, &env.receiver)
             .arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .env("FERRY_RECEIVER_LOG_FORMAT", "json")
             .envs(extra_env.iter().copied())
             .stdout(Stdio::piped())
@@ -185,8 +206,27 @@ fn spool_with(env: &Env, name: &str, src: &Path, id: &str, token: &str) -> Resul
     Ok(spool)
 }
 
+/// `program`, or `wrap` with `program` as its last argument (a command
+/// such as `ip netns exec NS` execs it: the child's pid stays the
+/// program's).
+fn wrapped(wrap: &[String], program: &Path) -> Command {
+    match wrap.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+    }
+}
+
 fn agent_cmd(env: &Env, sub: &str, spool: &Path, url: &str) -> Command {
-    let mut c = Command::new(&env.agent);
+    agent_cmd_in(env, &[], sub, spool, url)
+}
+
+/// `agent_cmd` under `wrap` (see [`wrapped`]).
+fn agent_cmd_in(env: &Env, wrap: &[String], sub: &str, spool: &Path, url: &str) -> Command {
+    let mut c = wrapped(wrap, &env.agent);
     c.arg(sub)
         .arg("--spool")
         .arg(spool)
