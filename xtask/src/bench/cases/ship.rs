@@ -13,7 +13,8 @@ use crate::bench::{measure, Env, Opts, Report};
 pub(super) fn ship(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report) -> Result<()> {
     report.section(
         &format!("ship end to end ({:.0} MB episode)", corpus.large_bytes as f64 / 1e6),
-        "ferry: `ferry-agent drain` into `ferry-receiver` (pack, sha256, upload, verify, fsync, index) · \
+        "ferry: `ferry-agent drain` into `ferry-receiver` (pack, sha256, upload, verify, fsync, index), \
+         with tus (the default above `resumable_threshold`) and with a plain PUT · \
          baseline: `tar -cf - ep | zstd -T0 -3 | curl -T - http://nginx/dav/...` (no digest, no fsync)",
     );
     let mut rx = Bench::start(env, "ship", &[])?;
@@ -21,7 +22,8 @@ pub(super) fn ship(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report)
     let ng = Nginx::start(&env.work)?;
     let tar_file = large_tar(env, corpus)?;
     let bound_out = env.work.join("pack").join("bound.tar.zst");
-    let (mut ferry, mut base, mut bound) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ferry, mut ferry_put, mut base, mut bound) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 0..opts.reps {
         let id = format!("ship-{rep}");
         let spool = spool_with(env, "ship", &corpus.large, &id, &token)?;
@@ -32,6 +34,19 @@ pub(super) fn ship(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report)
         )?);
         if !spool.join("shipped").join(&id).exists() {
             bail!("drain exited 0 but {id} is not in shipped/");
+        }
+        // The same episode over a plain PUT: the episode is above
+        // `resumable_threshold`, so the default ships it with tus.
+        let put_id = format!("ship-put-{rep}");
+        let spool = spool_with(env, "ship-put", &corpus.large, &put_id, &token)?;
+        sync_all();
+        ferry_put.push(measure(
+            agent_cmd(env, "drain", &spool, &rx.url)
+                .args(["--timeout", "10m"])
+                .env("FERRY_AGENT_RESUMABLE_THRESHOLD", "100GiB"),
+        )?);
+        if !spool.join("shipped").join(&put_id).exists() {
+            bail!("drain exited 0 but {put_id} is not in shipped/");
         }
         sync_all();
         base.push(measure(
@@ -55,6 +70,11 @@ pub(super) fn ship(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report)
         corpus.large_bytes,
         &ferry,
     );
+    let p = report.rate_row(
+        "ferry-agent drain → ferry-receiver, plain PUT",
+        corpus.large_bytes,
+        &ferry_put,
+    );
     let b = report.rate_row("tar \\| zstd \\| curl → nginx", corpus.large_bytes, &base);
     let z = report.rate_row(
         "bound: `zstd -T0 -3` on the tar file, alone",
@@ -62,6 +82,11 @@ pub(super) fn ship(env: &Env, opts: &Opts, corpus: &Corpus, report: &mut Report)
         &bound,
     );
     report.ratio("end to end vs shell-to-nginx", f / b, 1.5);
+    report.note(&format!(
+        "the default (tus: one PATCH, durable every 8 MiB) against the same agent with \
+         `resumable_threshold` above the episode (one PUT): {:.2}×",
+        f / p
+    ));
     report.note(&format!(
         "limit: the protocol sends X-Ferry-Sha256 before the body, so an episode is packed \
          completely before its upload starts. A ship whose pack ran at zstd's own speed and \
