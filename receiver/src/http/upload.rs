@@ -56,7 +56,7 @@ async fn episode_id(
         .map_err(|e| AppError::bad_request(BadRequest::BadEpisodeId, e.to_string()))
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
+pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
     // A protocol header sent twice is malformed, not "the first one": a
     // proxy and the client could each read a different one.
     let mut all = h.get_all(name).iter();

@@ -56,10 +56,10 @@ fn field<T>(
 
 /// The claim of a creation request.
 pub(crate) fn claim(h: &HeaderMap) -> Claim {
-    let meta = match h.get(tus::UPLOAD_METADATA).map(|v| v.to_str()) {
+    let meta = match crate::http::upload::header_str(h, tus::UPLOAD_METADATA) {
         None => Ok(HashMap::new()),
         Some(Ok(v)) => parse(v),
-        Some(Err(_)) => Err("Upload-Metadata is not ASCII".to_owned()),
+        Some(Err(())) => Err("Upload-Metadata is sent twice, or is not ASCII".to_owned()),
     };
     let length = if h.contains_key(tus::UPLOAD_DEFER_LENGTH) {
         Err(AppError::bad_request(

@@ -35,7 +35,9 @@ use sha2::Digest;
 use tokio::sync::mpsc;
 
 use super::{offset_headers, owned};
-use crate::http::upload::{is_zstd, stored, take_slots, too_slow, Upload, RETRY_AFTER_SECS};
+use crate::http::upload::{
+    header_str, is_zstd, stored, take_slots, too_slow, Upload, RETRY_AFTER_SECS,
+};
 use crate::http::{authenticate, reply, AppError, SharedState};
 use crate::store::objects::blocking;
 use crate::store::uploads::{self, Live, Meta};
@@ -68,22 +70,23 @@ fn invalid(detail: impl Into<String>) -> AppError {
 /// What the headers of a PATCH say: its offset and, optionally, the sha256
 /// of its bytes (`Upload-Checksum: sha256 <base64>`).
 pub(crate) fn patch_headers(h: &HeaderMap) -> Result<(u64, Option<[u8; 32]>), AppError> {
-    let ctype = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    // Each header once: a proxy could act on another copy (see
+    // `header_str`).
+    let ctype = header_str(h, header::CONTENT_TYPE.as_str()).and_then(Result::ok);
     if ctype != Some(tus::PATCH_CONTENT_TYPE) {
         return Err(invalid(format!(
             "Content-Type must be {}",
             tus::PATCH_CONTENT_TYPE
         )));
     }
-    let offset = h
-        .get(tus::UPLOAD_OFFSET)
-        .and_then(|v| v.to_str().ok())
+    let offset = header_str(h, tus::UPLOAD_OFFSET)
+        .and_then(Result::ok)
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .ok_or_else(|| invalid("an Upload-Offset header (a number) is required"))?;
-    let checksum = match h.get(tus::UPLOAD_CHECKSUM) {
+        .ok_or_else(|| invalid("an Upload-Offset header (one number) is required"))?;
+    let checksum = match header_str(h, tus::UPLOAD_CHECKSUM) {
         None => None,
         Some(v) => {
-            let v = v.to_str().unwrap_or("");
+            let v = v.unwrap_or("");
             let (algo, encoded) = v.split_once(' ').unwrap_or((v, ""));
             if algo != "sha256" {
                 return Err(invalid(format!(

@@ -329,6 +329,7 @@ impl Patch<'_> {
     /// progress unless the PATCH waits for its checksum.
     async fn ship_part(&mut self, progress: &mut Progress) -> Result<(), Done> {
         self.check_zstd(progress).await?;
+        self.fence().await?;
         let chunks = std::mem::take(&mut self.buf);
         let hashing = hash_more(std::mem::take(&mut self.hash), chunks.clone(), self.hashed);
         let index = progress.parts.len();
@@ -352,6 +353,7 @@ impl Patch<'_> {
     /// in it.
     async fn ship_tail(&mut self, progress: &mut Progress) -> Result<(), Done> {
         self.check_zstd(progress).await?;
+        self.fence().await?;
         let chunks = self.buf.clone();
         let hashing = hash_more(std::mem::take(&mut self.hash), chunks.clone(), self.hashed);
         let upload = self.parts.put_tail(&self.up.id, chunks);
@@ -385,6 +387,17 @@ impl Patch<'_> {
         self.saved = progress.clone();
         self.renewed = Instant::now();
         Ok(())
+    }
+
+    /// Renews the lease now (saving what was saved last), before a part or
+    /// the tail is written: a PATCH whose body paused past [`sh::LEASE_FOR`]
+    /// since its last renewal (up to [`RENEW_EVERY`] plus
+    /// `body_read_timeout`) may have lost the upload to another PATCH or a
+    /// DELETE, and must not write over the bytes that one saved (the same
+    /// part number, the same tail key) nor leave a tail no row names.
+    async fn fence(&mut self) -> Result<(), Done> {
+        let saved = self.saved.clone();
+        self.save(&saved).await
     }
 
     /// Renews the lease (saving what was saved last) when it is due.

@@ -476,3 +476,56 @@ async fn an_expired_upload_is_gone_until_it_is_reclaimed() {
     let head = req(Method::HEAD, &url, Some(&f.token_a), &[], Body::empty());
     assert_eq!(send(&f, head).await.0, StatusCode::NOT_FOUND);
 }
+
+/// Upload-Metadata, Upload-Offset, Upload-Checksum and Content-Type sent
+/// twice are refused (400), never read as their first copy.
+#[tokio::test]
+async fn a_tus_header_sent_twice_is_refused() {
+    let f = Fixture::new().await;
+    let (body, sha) = body_of(300);
+    let meta = metadata("ep-twice", ALLOWED, &sha);
+    let twice = req(
+        Method::POST,
+        "/v1/uploads",
+        Some(&f.token_a),
+        &[
+            (tus::UPLOAD_METADATA, meta.clone()),
+            (tus::UPLOAD_METADATA, metadata("ep-other", ALLOWED, &sha)),
+            (tus::UPLOAD_LENGTH, "300".into()),
+        ],
+        unread_body(),
+    );
+    let (code, _, _) = send(&f, twice).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let (code, h, _) = send(&f, create(Some(&f.token_a), meta, "300")).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let url = header(&h, "location").to_owned();
+    let ctype = ("content-type", tus::PATCH_CONTENT_TYPE.to_owned());
+    let offset = (tus::UPLOAD_OFFSET, "0".to_owned());
+    for dup in [
+        (tus::UPLOAD_OFFSET, "100".to_owned()),
+        (tus::UPLOAD_CHECKSUM, sha256_b64(&body)),
+        ctype.clone(),
+    ] {
+        let mut hs = vec![ctype.clone(), offset.clone(), dup.clone()];
+        if dup.0 == tus::UPLOAD_CHECKSUM {
+            hs.push(dup.clone());
+        }
+        let r = req(
+            Method::PATCH,
+            &url,
+            Some(&f.token_a),
+            &hs,
+            Body::from(body.clone()),
+        );
+        let (code, _, _) = send(&f, r).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{}", dup.0);
+    }
+    let (code, h, _) = send(
+        &f,
+        req(Method::HEAD, &url, Some(&f.token_a), &[], Body::empty()),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(header(&h, tus::UPLOAD_OFFSET), "0");
+}

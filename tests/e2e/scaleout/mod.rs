@@ -18,6 +18,7 @@
 //! - `tus`: resumable uploads go on at any replica, and leave nothing in
 //!   the bucket once completed, refused, ended or expired.
 
+mod attack;
 mod collect;
 mod crash;
 mod fleet;
