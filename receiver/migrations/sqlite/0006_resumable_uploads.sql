@@ -2,9 +2,11 @@
 -- (store/uploads/shared.rs): every replica can continue any of them. The
 -- bytes received are S3 multipart parts (`parts`: their ETags, in order,
 -- a JSON array) and at most one part's worth of bytes in an
--- incomplete-part object (`tail` bytes long); `hash` is the sha256 state
--- of all of them. A PATCH holds the row's lease (`lease`, until
--- `lease_until`) while it runs, so that one PATCH at a time writes parts.
+-- incomplete-part object (`tail` bytes long, at `tail_key`: a key per
+-- write, so that a write of a PATCH that lost its lease lands beside it,
+-- never on it); `hash` is the sha256 state of all of them. A PATCH holds
+-- the row's lease (`lease`, until `lease_until`) while it runs, so that
+-- one PATCH at a time writes parts.
 CREATE TABLE resumable_uploads (
     upload_id   TEXT PRIMARY KEY,
     device      TEXT NOT NULL REFERENCES devices (name) ON UPDATE CASCADE ON DELETE CASCADE,
@@ -18,6 +20,7 @@ CREATE TABLE resumable_uploads (
     multipart   TEXT NOT NULL,
     parts       TEXT NOT NULL,
     hash        BLOB NOT NULL,
+    tail_key    TEXT NOT NULL,
     tail        INTEGER NOT NULL,
     interrupted INTEGER NOT NULL,
     lease       TEXT,

@@ -91,6 +91,7 @@ pub async fn create(
             expires: meta.expires,
             parts: Vec::new(),
             hash: HashState::default().encode(),
+            tail_key: String::new(),
             tail: 0,
             interrupted: false,
         },
@@ -213,7 +214,10 @@ pub(crate) async fn patch(
     let room = p.up.length - p.up.progress.received + p.up.progress.tail;
     let _buffer = parts.buffer(room.min(part)).await.map_err(AppError::from)?;
     if p.up.progress.tail > 0 {
-        let tail = parts.get_tail(id).await.map_err(AppError::from)?;
+        let tail = parts
+            .get_tail(&p.up.progress.tail_key)
+            .await
+            .map_err(AppError::from)?;
         if tail.len() as u64 != p.up.progress.tail {
             tracing::error!(
                 upload = id,
@@ -341,6 +345,7 @@ impl Patch<'_> {
         progress.parts.push(etag.map_err(AppError::from)?);
         progress.received = progress.received - progress.tail + self.buffered;
         progress.tail = 0;
+        progress.tail_key.clear();
         progress.hash = self.hash.encode();
         (self.buffered, self.hashed) = (0, 0);
         if self.save_parts {
@@ -359,7 +364,7 @@ impl Patch<'_> {
         let upload = self.parts.put_tail(&self.up.id, chunks);
         let (hashed, put) = tokio::join!(hashing, upload);
         self.hash = hashed?;
-        put.map_err(AppError::from)?;
+        progress.tail_key = put.map_err(AppError::from)?;
         progress.received = progress.received - progress.tail + self.buffered;
         progress.tail = self.buffered;
         progress.hash = self.hash.encode();
@@ -384,7 +389,14 @@ impl Patch<'_> {
             })
             .into());
         }
-        self.saved = progress.clone();
+        // The incomplete part the row named before is no longer needed
+        // (a part took its bytes, or a new one has them and more).
+        let before = std::mem::replace(&mut self.saved, progress.clone()).tail_key;
+        if !before.is_empty() && before != progress.tail_key {
+            if let Err(e) = self.parts.delete_tail(&before).await {
+                tracing::warn!(upload = self.up.id, error = %e, "cannot delete an incomplete part no longer needed; the sweep will");
+            }
+        }
         self.renewed = Instant::now();
         Ok(())
     }
@@ -448,9 +460,7 @@ impl Patch<'_> {
         if let Err(e) = state.index.delete_upload(&id).await {
             tracing::warn!(upload = id, error = %e, "stored, but the upload's row stays until it expires");
         }
-        if let Err(e) = self.parts.delete_tail(&id).await {
-            tracing::warn!(upload = id, error = %e, "stored, but the upload's incomplete part stays");
-        }
+
         self.lease.release().await;
         Ok(completed(answer, up.length))
     }

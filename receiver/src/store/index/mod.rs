@@ -221,6 +221,9 @@ pub struct Progress {
     pub parts: Vec<String>,
     /// The sha256 state of the `received` bytes (`uploads::HashState`).
     pub hash: Vec<u8>,
+    /// The incomplete-part object's name (a new one per write; empty when
+    /// there has been none).
+    pub tail_key: String,
     /// Bytes in the incomplete-part object, after the parts.
     pub tail: u64,
     /// The last PATCH ended before its body did.

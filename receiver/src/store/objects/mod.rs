@@ -184,12 +184,16 @@ pub trait PartStore: Send + Sync {
         index: usize,
         data: Vec<Bytes>,
     ) -> ObjFut<'a, String>;
-    /// Replaces the tail of resumable upload `upload`.
-    fn put_tail<'a>(&'a self, upload: &'a str, data: Vec<Bytes>) -> ObjFut<'a, ()>;
-    /// The tail of resumable upload `upload`.
-    fn get_tail<'a>(&'a self, upload: &'a str) -> ObjFut<'a, Bytes>;
-    /// Deletes the tail of `upload` (gone already is fine).
-    fn delete_tail<'a>(&'a self, upload: &'a str) -> ObjFut<'a, ()>;
+    /// Writes an incomplete part of resumable upload `upload` under a new
+    /// name (a write never replaces another); the name.
+    fn put_tail<'a>(&'a self, upload: &'a str, data: Vec<Bytes>) -> ObjFut<'a, String>;
+    /// The incomplete part named `name`.
+    fn get_tail<'a>(&'a self, name: &'a str) -> ObjFut<'a, Bytes>;
+    /// Deletes the incomplete part named `name` (gone already is fine).
+    fn delete_tail<'a>(&'a self, name: &'a str) -> ObjFut<'a, ()>;
+    /// Every incomplete part there is: its upload, its name and when it
+    /// was written (for the sweep of those no upload names).
+    fn list_tails(&self) -> ObjFut<'_, Vec<(String, String, SystemTime)>>;
     /// Aborts `multipart` (gone already is fine).
     fn abort<'a>(&'a self, claimed: &'a Sha256, multipart: &'a str) -> ObjFut<'a, ()>;
     /// A finished upload whose bytes hashed to `sha256`, for the commit

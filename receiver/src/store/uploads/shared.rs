@@ -113,8 +113,11 @@ pub async fn discard_bytes(parts: &dyn PartStore, up: &SharedUpload) {
     if let Err(e) = parts.abort(&up.sha256, &up.multipart).await {
         tracing::warn!(upload = up.id, error = %e, "cannot abort a resumable upload's multipart upload");
     }
-    if let Err(e) = parts.delete_tail(&up.id).await {
-        tracing::warn!(upload = up.id, error = %e, "cannot delete a resumable upload's incomplete part");
+    let tail = &up.progress.tail_key;
+    if !tail.is_empty() {
+        if let Err(e) = parts.delete_tail(tail).await {
+            tracing::warn!(upload = up.id, error = %e, "cannot delete a resumable upload's incomplete part; the sweep will");
+        }
     }
 }
 
@@ -168,6 +171,54 @@ pub async fn reclaim_pass(
     }
 }
 
+/// Incomplete parts that no upload's row names are deleted once this old:
+/// written by a PATCH that lost its lease, or left by a replica that
+/// died between writing one and saving the row (a live PATCH saves within
+/// one request of writing).
+pub const ORPHAN_AGE: Duration = Duration::from_secs(600);
+
+/// Deletes incomplete parts no row names, older than `age`; how many.
+pub async fn sweep_tails(
+    index: &Arc<dyn Index>,
+    parts: &dyn PartStore,
+    age: Duration,
+    shutdown: &CancellationToken,
+) -> Result<u64, IndexError> {
+    let listed = match parts.list_tails().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list incomplete parts");
+            return Ok(0);
+        }
+    };
+    let before = std::time::SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let mut removed = 0;
+    for (upload, name, written) in listed {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if written > before {
+            continue;
+        }
+        let named = index
+            .upload(&upload)
+            .await?
+            .is_some_and(|row| row.progress.tail_key == name);
+        if named {
+            continue;
+        }
+        match parts.delete_tail(&name).await {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, tail = name, "cannot delete an incomplete part no upload names")
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Runs [`reclaim_pass`] every [`super::reclaim::interval`] of `expiry`
 /// until `shutdown`, counting reclaimed uploads in `expired`.
 pub async fn reclaim(
@@ -187,6 +238,11 @@ pub async fn reclaim(
                 expired.inc_by(n);
             }
             Err(e) => tracing::warn!(error = %e, "reclaiming expired resumable uploads"),
+        }
+        match sweep_tails(&index, parts.as_ref(), ORPHAN_AGE, &shutdown).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tails = n, "incomplete parts no upload names deleted"),
+            Err(e) => tracing::warn!(error = %e, "sweeping incomplete parts"),
         }
     }
 }

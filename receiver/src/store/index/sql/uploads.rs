@@ -5,7 +5,7 @@
 use crate::store::index::{IndexError, Progress, SharedUpload};
 
 pub(crate) const UPLOAD_COLUMNS: &str = "upload_id, device, episode_id, commit_id, sha256, \
-     length, received, created, expires, multipart, parts, hash, tail, interrupted";
+     length, received, created, expires, multipart, parts, hash, tail_key, tail, interrupted";
 
 pub(crate) type UploadRow = (
     String,
@@ -20,6 +20,7 @@ pub(crate) type UploadRow = (
     String,
     String,
     Vec<u8>,
+    String,
     i64,
     bool,
 );
@@ -42,8 +43,9 @@ pub(crate) fn upload(r: UploadRow) -> Result<SharedUpload, IndexError> {
             expires: r.8,
             parts,
             hash: r.11,
-            tail: r.12.max(0) as u64,
-            interrupted: r.13,
+            tail_key: r.12,
+            tail: r.13.max(0) as u64,
+            interrupted: r.14,
         },
         multipart: r.9,
         device: r.1,
@@ -72,7 +74,7 @@ macro_rules! upload_methods {
             Box::pin(async move {
                 let sql = format!(
                     "INSERT INTO resumable_uploads ({}, lease, lease_until) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, 0)",
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, 0)",
                     $crate::store::index::sql::uploads::UPLOAD_COLUMNS
                 );
                 let p = &up.progress;
@@ -90,6 +92,7 @@ macro_rules! upload_methods {
                         .bind(&up.multipart)
                         .bind(parts_json(&p.parts))
                         .bind(&p.hash)
+                        .bind(&p.tail_key)
                         .bind(db_int(p.tail))
                         .bind(p.interrupted)
                         .execute(&mut **conn)
@@ -164,7 +167,7 @@ macro_rules! upload_methods {
                 let done = $crate::store::index::sql::write_on_conn!($pool, self.pool, |conn| {
                     sqlx::query(
                         "UPDATE resumable_uploads SET received = $3, expires = $4, parts = $5, \
-                         hash = $6, tail = $7, interrupted = $8, lease_until = $9 \
+                         hash = $6, tail_key = $7, tail = $8, interrupted = $9, lease_until = $10 \
                          WHERE upload_id = $1 AND lease = $2",
                     )
                     .bind(id)
@@ -173,6 +176,7 @@ macro_rules! upload_methods {
                     .bind(progress.expires)
                     .bind(parts_json(&progress.parts))
                     .bind(&progress.hash)
+                    .bind(&progress.tail_key)
                     .bind(db_int(progress.tail))
                     .bind(progress.interrupted)
                     .bind(until)

@@ -1,18 +1,21 @@
 //! Resumable uploads' bytes in the bucket ([`PartStore`]): a multipart
 //! upload on the claimed object key, opened when the upload is created,
-//! and an incomplete-part object per upload at `<prefix>/uploads/<id>`
-//! (outside the listing of objects, which does not descend). The upload's
+//! and incomplete-part objects at `<prefix>/uploads/<id>/<random>` (outside
+//! the listing of objects, which does not descend), a new name per write. The upload's
 //! row in the index holds the multipart id and the parts' ETags, so that
 //! any replica goes on with it; no staging marker is written (the row is
 //! the record, and the upload reclaimer aborts expired ones).
 
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures_util::StreamExt;
 
 use bytes::Bytes;
 use ferry_proto::Sha256;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::errors::store_error;
 use super::staging::{kib, Held};
@@ -129,22 +132,23 @@ impl PartStore for S3Objects {
         })
     }
 
-    fn put_tail<'a>(&'a self, upload: &'a str, data: Vec<Bytes>) -> ObjFut<'a, ()> {
+    fn put_tail<'a>(&'a self, upload: &'a str, data: Vec<Bytes>) -> ObjFut<'a, String> {
         Box::pin(async move {
-            let key = self.inner.tail_key(upload);
+            let name = format!("{upload}/{}", super::staging::random_name());
+            let key = self.inner.tail_key(&name);
             let payload: PutPayload = data.into_iter().collect();
             self.inner
                 .s3
                 .put(&key, payload)
                 .await
-                .map(drop)
-                .map_err(|e| store_error("put", &self.inner.locator(&key), e))
+                .map_err(|e| store_error("put", &self.inner.locator(&key), e))?;
+            Ok(name)
         })
     }
 
-    fn get_tail<'a>(&'a self, upload: &'a str) -> ObjFut<'a, Bytes> {
+    fn get_tail<'a>(&'a self, name: &'a str) -> ObjFut<'a, Bytes> {
         Box::pin(async move {
-            let key = self.inner.tail_key(upload);
+            let key = self.inner.tail_key(name);
             let at = self.inner.locator(&key);
             let got = self
                 .inner
@@ -156,13 +160,36 @@ impl PartStore for S3Objects {
         })
     }
 
-    fn delete_tail<'a>(&'a self, upload: &'a str) -> ObjFut<'a, ()> {
+    fn delete_tail<'a>(&'a self, name: &'a str) -> ObjFut<'a, ()> {
         Box::pin(async move {
-            let key = self.inner.tail_key(upload);
+            let key = self.inner.tail_key(name);
             match self.inner.s3.delete(&key).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(store_error("delete", &self.inner.locator(&key), e)),
             }
+        })
+    }
+
+    fn list_tails(&self) -> ObjFut<'_, Vec<(String, String, SystemTime)>> {
+        Box::pin(async move {
+            let dir = self.inner.key(UPLOADS);
+            let at = self.inner.locator(&dir);
+            let mut out = Vec::new();
+            let mut listing = self.inner.s3.list(Some(&dir));
+            while let Some(meta) = listing.next().await {
+                let meta = meta.map_err(|e| store_error("list", &at, e))?;
+                let mut parts = meta.location.parts().rev();
+                let (Some(name), Some(upload)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let upload = upload.as_ref().to_owned();
+                out.push((
+                    upload.clone(),
+                    format!("{upload}/{}", name.as_ref()),
+                    SystemTime::from(meta.last_modified),
+                ));
+            }
+            Ok(out)
         })
     }
 

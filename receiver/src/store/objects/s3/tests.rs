@@ -523,3 +523,81 @@ async fn the_start_names_a_missing_bucket_and_the_endpoint() {
     assert!(text.contains(&m.endpoint()), "{text}");
     assert!(!e.is_unreachable(), "a missing bucket is no outage: {text}");
 }
+
+/// A resumable upload's incomplete parts: each write gets a name of its
+/// own (a late write of a PATCH that lost its lease lands beside the one
+/// the row names, never on it), and the sweep deletes those no row names.
+#[tokio::test]
+async fn incomplete_parts_get_a_name_per_write_and_the_sweep_takes_unnamed_ones() {
+    use crate::store::objects::PartStore;
+    use crate::store::uploads::shared::sweep_tails;
+    let Some(m) = Moto::start("incomplete_parts_get_a_name_per_write") else {
+        return;
+    };
+    let s = store(&m, "tails");
+    let upload = "0123456789abcdef0123456789abcdef";
+    let a = s
+        .put_tail(upload, vec![Bytes::from_static(b"first")])
+        .await
+        .unwrap();
+    let b = s
+        .put_tail(upload, vec![Bytes::from_static(b"second")])
+        .await
+        .unwrap();
+    assert_ne!(a, b);
+    assert_eq!(&s.get_tail(&a).await.unwrap()[..], b"first");
+    assert_eq!(&s.get_tail(&b).await.unwrap()[..], b"second");
+    let mut listed: Vec<(String, String)> = s
+        .list_tails()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(u, n, _)| (u, n))
+        .collect();
+    listed.sort();
+    let mut want = vec![
+        (upload.to_owned(), a.clone()),
+        (upload.to_owned(), b.clone()),
+    ];
+    want.sort();
+    assert_eq!(listed, want);
+
+    // The upload's row names `b`: `a` goes, but only once old enough.
+    let dir = tempfile::tempdir().unwrap();
+    let index: std::sync::Arc<dyn crate::store::Index> = std::sync::Arc::new(
+        crate::store::index::sqlite::SqliteIndex::open(&dir.path().join("index.db"))
+            .await
+            .unwrap(),
+    );
+    index.add_device("dev", &[7; 32], 1).await.unwrap();
+    let row = crate::store::SharedUpload {
+        id: upload.into(),
+        device: "dev".into(),
+        episode_id: ferry_proto::EpisodeId::parse("ep-1").unwrap(),
+        commit: ferry_proto::Commit::parse(&"a".repeat(40)).unwrap(),
+        sha256: sha(b"whole"),
+        length: 100,
+        created: 1,
+        multipart: "mp".into(),
+        progress: crate::store::Progress {
+            received: 6,
+            expires: i64::MAX,
+            parts: Vec::new(),
+            hash: Vec::new(),
+            tail_key: b.clone(),
+            tail: 6,
+            interrupted: false,
+        },
+    };
+    index.create_upload(&row).await.unwrap();
+    let stop = CancellationToken::new();
+    let young = sweep_tails(&index, &s, Duration::from_secs(3600), &stop).await;
+    assert_eq!(young.unwrap(), 0);
+    assert_eq!(m.keys("tails/uploads/").len(), 2);
+    let swept = sweep_tails(&index, &s, Duration::ZERO, &stop).await;
+    assert_eq!(swept.unwrap(), 1);
+    assert_eq!(&s.get_tail(&b).await.unwrap()[..], b"second");
+    assert!(s.get_tail(&a).await.is_err(), "the unnamed one is gone");
+    // Deleting one already gone is no error.
+    s.delete_tail(&a).await.unwrap();
+}
