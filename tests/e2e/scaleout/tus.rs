@@ -279,14 +279,15 @@ fn agent_resumes_at_another_replica_after_the_one_it_used_is_killed() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    // Past two of the 8 MiB parts at whichever replica has the PATCH.
-    let busy = wait_for("20 MiB of the episode at one replica", || {
+    // Past three of the 8 MiB parts at whichever replica has the PATCH:
+    // two are in the bucket and saved (the third may still be on its way).
+    let busy = wait_for("24 MiB of the episode at one replica", || {
         (0..2).find(|&i| {
             metric(
                 stack.replicas.get(i),
                 "ferry_bytes_received_total{route=\"tus\"}",
             )
-            .is_some_and(|b| b > (20 << 20) as f64)
+            .is_some_and(|b| b > (24 << 20) as f64)
         })
     });
     stack.replicas.kill9(busy);
