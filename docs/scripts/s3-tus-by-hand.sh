@@ -31,16 +31,19 @@ start_rx() { # $1 = bucket
 stop_rx() { grep VmHWM /proc/$RX/status | awk '{printf "%.0f MB", $2/1024}'; kill $RX; wait $RX 2>/dev/null || true; }
 now() { date +%s.%N; }
 for rep in $(seq ${REPS:-2}); do
+  if [ -z "${ONLY:-}" ]; then
   start_rx put$rep
   t0=$(now)
   code=$(curl -s -o $W/put.out -w '%{http_code}' -X PUT -H "Authorization: Bearer $TOKEN" -H "X-Ferry-Commit: $COMMIT" -H "X-Ferry-Sha256: $SHA" --data-binary @$W/ep.tar.zst $URL/v1/episodes/ep-put)
   t1=$(now); echo "rep $rep PUT: $code $(echo "$t1 - $t0" | bc) s, receiver peak RSS $(stop_rx)"
+  fi
   start_rx tus$rep
   META="episode_id $(b64 ep-tus),commit $(b64 $COMMIT),sha256 $(b64 $SHA)"
   t0=$(now)
   LOC=$(curl -s -D - -o /dev/null -X POST -H "Tus-Resumable: 1.0.0" -H "Authorization: Bearer $TOKEN" -H "Upload-Length: $SIZE" -H "Upload-Metadata: $META" $URL/v1/uploads | awk 'tolower($1)=="location:"{print $2}' | tr -d '\r')
   code=$(curl -s -o $W/tus.out -w '%{http_code}' -X PATCH -H "Tus-Resumable: 1.0.0" -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/offset+octet-stream" -H "Upload-Offset: 0" --data-binary @$W/ep.tar.zst $URL$LOC)
   t1=$(now); echo "rep $rep tus, one PATCH: $code $(echo "$t1 - $t0" | bc) s, receiver peak RSS $(stop_rx)"
+  [ -n "${ONLY:-}" ] && continue
   start_rx tuschunk$rep
   t0=$(now)
   LOC=$(curl -s -D - -o /dev/null -X POST -H "Tus-Resumable: 1.0.0" -H "Authorization: Bearer $TOKEN" -H "Upload-Length: $SIZE" -H "Upload-Metadata: $META" $URL/v1/uploads | awk 'tolower($1)=="location:"{print $2}' | tr -d '\r')

@@ -158,21 +158,6 @@ struct Patch<'a> {
     /// What the row holds now.
     saved: Progress,
     renewed: Instant,
-    /// The part being uploaded (and hashed) while the next one fills.
-    in_flight: Option<InFlight>,
-}
-
-/// A part on its way: its size, and the task that hashes and uploads it
-/// (aborted if the PATCH ends without waiting for it).
-struct InFlight {
-    size: u64,
-    job: tokio::task::JoinHandle<(Result<HashState, AppError>, Result<String, AppError>)>,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.job.abort();
-    }
 }
 
 /// `PATCH`, after authentication and the headers.
@@ -210,7 +195,6 @@ pub(crate) async fn patch(
         save_parts: checksum.is_none(),
         saved: up.progress.clone(),
         renewed: Instant::now(),
-        in_flight: None,
         up,
     };
     if p.up.progress.received == p.up.length {
@@ -226,15 +210,9 @@ pub(crate) async fn patch(
     }
     // A part's worth of buffer (or what the upload still lacks), out of
     // the same `s3_buffer_limit` the PUTs' parts count against.
-    // Two parts' worth of buffer (one filling, one on its way), or what
-    // the upload still lacks, out of the same `s3_buffer_limit` the PUTs'
-    // parts count against.
     let part = parts.part_size();
     let room = p.up.length - p.up.progress.received + p.up.progress.tail;
-    let _buffer = parts
-        .buffer(room.min(2 * part))
-        .await
-        .map_err(AppError::from)?;
+    let _buffer = parts.buffer(room.min(part)).await.map_err(AppError::from)?;
     if p.up.progress.tail > 0 {
         let tail = parts
             .get_tail(&p.up.progress.tail_key)
@@ -289,11 +267,6 @@ impl Patch<'_> {
             match reader.next().await {
                 Piece::Data(mut data) => {
                     progress.expires = renewed;
-                    // A part that arrived in the bucket is saved at once,
-                    // not when the next one fills: HEAD answers it.
-                    if self.in_flight.as_ref().is_some_and(|f| f.job.is_finished()) {
-                        self.settle(&mut progress).await?;
-                    }
                     if let Some(m) = mine.as_mut() {
                         m.update(&data);
                     }
@@ -313,16 +286,12 @@ impl Patch<'_> {
         let keep = checksum.is_none_or(|c| {
             ended.is_whole() && mine.map(|m| <[u8; 32]>::from(m.finalize())) == Some(c)
         });
-        // The part on its way is waited for either way: refused, it must
-        // not land later, over what the next PATCH uploads.
-        self.settle(&mut progress).await?;
         if keep {
             // The buffer starts with the old tail, which `received`
             // counts too.
             let last = progress.received - progress.tail + self.buffered == self.up.length;
             if last && self.buffered > 0 {
                 self.ship_part(&mut progress).await?;
-                self.settle(&mut progress).await?;
             } else if self.buffered > self.hashed {
                 self.ship_tail(&mut progress).await?;
             }
@@ -360,48 +329,25 @@ impl Patch<'_> {
         Err(not_zstd().into())
     }
 
-    /// Starts uploading the buffer as the next part, and hashing it, in a
-    /// task of their own, once the part before it is settled: the body
-    /// goes on filling the next part meanwhile.
+    /// Uploads the buffer as the next part while hashing it; saves the
+    /// progress unless the PATCH waits for its checksum.
     async fn ship_part(&mut self, progress: &mut Progress) -> Result<(), Done> {
-        self.settle(progress).await?;
         self.check_zstd(progress).await?;
         self.fence().await?;
         let chunks = std::mem::take(&mut self.buf);
         let hashing = hash_more(std::mem::take(&mut self.hash), chunks.clone(), self.hashed);
-        let store = self.state.parts.clone().ok_or_else(AppError::internal)?;
-        let (sha, multipart, index) = (
-            self.up.sha256.clone(),
-            self.up.multipart.clone(),
-            progress.parts.len(),
-        );
-        let job = tokio::spawn(async move {
-            let upload = store.put_part(&sha, &multipart, index, chunks);
-            let (hashed, etag) = tokio::join!(hashing, upload);
-            (hashed, etag.map_err(AppError::from))
-        });
-        self.in_flight = Some(InFlight {
-            size: self.buffered,
-            job,
-        });
-        (self.buffered, self.hashed) = (0, 0);
-        Ok(())
-    }
-
-    /// Waits for the part on its way, then counts it in `progress` and,
-    /// unless the PATCH waits for its checksum, saves: only then is it part
-    /// of the offset HEAD answers.
-    async fn settle(&mut self, progress: &mut Progress) -> Result<(), Done> {
-        let Some(mut part) = self.in_flight.take() else {
-            return Ok(());
-        };
-        let (hashed, etag) = (&mut part.job).await.map_err(|_| AppError::internal())?;
+        let index = progress.parts.len();
+        let upload = self
+            .parts
+            .put_part(&self.up.sha256, &self.up.multipart, index, chunks);
+        let (hashed, etag) = tokio::join!(hashing, upload);
         self.hash = hashed?;
-        progress.parts.push(etag?);
-        progress.received = progress.received - progress.tail + part.size;
+        progress.parts.push(etag.map_err(AppError::from)?);
+        progress.received = progress.received - progress.tail + self.buffered;
         progress.tail = 0;
         progress.tail_key.clear();
         progress.hash = self.hash.encode();
+        (self.buffered, self.hashed) = (0, 0);
         if self.save_parts {
             self.save(progress).await?;
         }
