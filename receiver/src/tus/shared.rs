@@ -37,6 +37,9 @@ use crate::store::uploads::shared::{self as sh, Lease, RENEW_EVERY};
 use crate::store::uploads::{HashState, Meta};
 use crate::store::{unix_now, Leased, Progress, SharedUpload};
 
+/// The most parts an S3 multipart upload takes.
+const MAX_PARTS: u64 = 10_000;
+
 /// The tus view of a row (for HEAD and the offset headers).
 pub fn meta_of(up: &SharedUpload) -> Meta {
     Meta {
@@ -76,6 +79,16 @@ pub async fn create(
     episode: (ferry_proto::EpisodeId, ferry_proto::Commit, Sha256),
 ) -> Result<String, AppError> {
     let (episode_id, commit, sha256) = episode;
+    // S3 takes at most 10,000 parts: refuse now what could never complete.
+    let max = MAX_PARTS.saturating_mul(parts.part_size());
+    if meta.length > max {
+        return Err(AppError(Reply::TooLarge {
+            limit: max,
+            detail: format!(
+                "a resumable upload here takes at most {MAX_PARTS} parts of s3_part_size, {max} bytes; ship it with a PUT or raise s3_part_size"
+            ),
+        }));
+    }
     let multipart = parts.open(&sha256).await?;
     let up = SharedUpload {
         id: crate::store::uploads::new_id(),
@@ -212,11 +225,12 @@ pub(crate) async fn patch(
     // the same `s3_buffer_limit` the PUTs' parts count against.
     let part = parts.part_size();
     let room = p.up.length - p.up.progress.received + p.up.progress.tail;
-    let _buffer = parts.buffer(room.min(part)).await.map_err(AppError::from)?;
+    let need = room.min(part.max(p.up.progress.tail));
+    let _buffer = parts.buffer(need).await.map_err(AppError::from)?;
     if p.up.progress.tail > 0 {
-        let tail = parts
-            .get_tail(&p.up.progress.tail_key)
-            .await
+        let tail = p
+            .kept(parts.get_tail(&p.up.progress.tail_key))
+            .await?
             .map_err(AppError::from)?;
         if tail.len() as u64 != p.up.progress.tail {
             tracing::error!(
@@ -271,6 +285,11 @@ impl Patch<'_> {
                         m.update(&data);
                     }
                     while !data.is_empty() {
+                        // An incomplete part saved by a replica with a
+                        // larger `s3_part_size` may already be a part.
+                        if self.buffered >= part {
+                            self.ship_part(&mut progress).await?;
+                        }
                         let take = (part - self.buffered).min(data.len() as u64) as usize;
                         self.buffered += take as u64;
                         self.buf.push(data.split_to(take));
@@ -340,9 +359,16 @@ impl Patch<'_> {
         let upload = self
             .parts
             .put_part(&self.up.sha256, &self.up.multipart, index, chunks);
-        let (hashed, etag) = tokio::join!(hashing, upload);
+        let (hashed, etag) = self.kept(async { tokio::join!(hashing, upload) }).await?;
         self.hash = hashed?;
-        progress.parts.push(etag.map_err(AppError::from)?);
+        let etag = match etag {
+            Ok(etag) => etag,
+            Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(self.lost_multipart(e).await)
+            }
+            Err(e) => return Err(AppError::from(e).into()),
+        };
+        progress.parts.push(etag);
         progress.received = progress.received - progress.tail + self.buffered;
         progress.tail = 0;
         progress.tail_key.clear();
@@ -362,7 +388,7 @@ impl Patch<'_> {
         let chunks = self.buf.clone();
         let hashing = hash_more(std::mem::take(&mut self.hash), chunks.clone(), self.hashed);
         let upload = self.parts.put_tail(&self.up.id, chunks);
-        let (hashed, put) = tokio::join!(hashing, upload);
+        let (hashed, put) = self.kept(async { tokio::join!(hashing, upload) }).await?;
         self.hash = hashed?;
         progress.tail_key = put.map_err(AppError::from)?;
         progress.received = progress.received - progress.tail + self.buffered;
@@ -383,11 +409,7 @@ impl Patch<'_> {
             .await
             .map_err(AppError::from)?;
         if !kept {
-            return Err(AppError(Reply::Overloaded {
-                retry_after_secs: RETRY_AFTER_SECS,
-                detail: "another PATCH took this upload on; ask HEAD for its offset".into(),
-            })
-            .into());
+            return Err(lease_lost().into());
         }
         // The incomplete part the row named before is no longer needed
         // (a part took its bytes, or a new one has them and more).
@@ -410,6 +432,45 @@ impl Patch<'_> {
     async fn fence(&mut self) -> Result<(), Done> {
         let saved = self.saved.clone();
         self.save(&saved).await
+    }
+
+    /// Runs `work` (a request to the bucket, the commit stage) while
+    /// renewing the lease every [`RENEW_EVERY`], so that no other PATCH,
+    /// DELETE or eviction takes the upload on while it is in flight, however
+    /// long the store takes; fails (503) if the lease is lost meanwhile.
+    async fn kept<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T, Done> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                () = tokio::time::sleep(RENEW_EVERY) => {
+                    let index = &self.state.index;
+                    let until = Lease::until();
+                    let kept = index
+                        .save_upload(&self.up.id, &self.lease.token, &self.saved, until)
+                        .await
+                        .map_err(AppError::from)?;
+                    if !kept {
+                        return Err(lease_lost().into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The multipart upload is gone from the bucket (a lifecycle rule
+    /// aborted it, or an earlier removal did and lost its row): nothing can
+    /// go on with it. The row goes, and the answer is 410, so the client
+    /// starts a new upload instead of failing here until the expiry.
+    async fn lost_multipart(&self, e: crate::store::objects::StoreError) -> Done {
+        tracing::warn!(upload = self.up.id, error = %e, "the upload's multipart upload is gone from the bucket; the upload is removed");
+        if let Err(e) = sh::remove(&self.state.index, self.parts, &self.up).await {
+            return AppError::from(e).into();
+        }
+        AppError(Reply::Gone {
+            detail: "this upload's bytes are gone from the store; create a new one".into(),
+        })
+        .into()
     }
 
     /// Renews the lease (saving what was saved last) when it is due.
@@ -456,7 +517,7 @@ impl Patch<'_> {
             up.progress.parts.clone(),
             up.length,
         );
-        let answer = stored(state, &episode, staged).await?;
+        let answer = self.kept(stored(state, &episode, staged)).await??;
         if let Err(e) = state.index.delete_upload(&id).await {
             tracing::warn!(upload = id, error = %e, "stored, but the upload's row stays until it expires");
         }
@@ -464,6 +525,15 @@ impl Patch<'_> {
         self.lease.release().await;
         Ok(completed(answer, up.length))
     }
+}
+
+/// 503 for a PATCH whose lease ran out (its body or the store stalled)
+/// and was taken by another PATCH, or whose upload was removed.
+fn lease_lost() -> AppError {
+    AppError(Reply::Overloaded {
+        retry_after_secs: RETRY_AFTER_SECS,
+        detail: "another PATCH took this upload on; ask HEAD for its offset".into(),
+    })
 }
 
 /// `hash` updated with `chunks` past their first `skip` bytes, on the

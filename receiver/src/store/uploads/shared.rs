@@ -31,8 +31,10 @@ pub const LEASE_FOR: Duration = Duration::from_secs(30);
 /// A PATCH renews its lease at least this often.
 pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 
-/// How often a PATCH that waits for another's lease asks again.
-const LEASE_POLL: Duration = Duration::from_millis(250);
+/// How soon a PATCH that waits for another's lease asks again, at first
+/// and at most.
+const LEASE_POLL: Duration = Duration::from_millis(100);
+const LEASE_POLL_MAX: Duration = Duration::from_secs(2);
 
 /// Expired uploads reclaimed per pass at most.
 const RECLAIM_BATCH: u64 = 100;
@@ -61,6 +63,9 @@ impl Lease {
     ) -> Result<Result<(Lease, SharedUpload), Leased>, IndexError> {
         let token = super::new_id();
         let deadline = tokio::time::Instant::now() + wait;
+        // A waiting PATCH asks again less and less often: each ask is a
+        // write to the index.
+        let mut pause = LEASE_POLL;
         loop {
             match index
                 .lease_upload(id, &token, unix_now(), Self::until())
@@ -76,19 +81,21 @@ impl Lease {
                     return Ok(Ok((lease, *row)));
                 }
                 Leased::Held if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(LEASE_POLL).await
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(LEASE_POLL_MAX);
                 }
                 other => return Ok(Err(other)),
             }
         }
     }
 
-    /// Lets go now.
+    /// Lets go now (if this is dropped before it is done, the drop lets
+    /// go instead).
     pub async fn release(mut self) {
-        self.released = true;
         if let Err(e) = self.index.release_upload(&self.id, &self.token).await {
             tracing::warn!(upload = self.id, error = %e, "cannot let go of an upload's lease; it runs out by itself");
         }
+        self.released = true;
     }
 }
 
