@@ -322,3 +322,28 @@ fn agent_resumes_at_another_replica_after_the_one_it_used_is_killed() {
     assert_rows_have_their_objects(&stack);
     assert_no_upload_left(&stack);
 }
+
+/// Replicas whose `s3_part_size` differ (a rolling change of it): an
+/// incomplete part saved by the one with larger parts is already a whole
+/// part at the other, which ships it as one and goes on.
+#[test]
+fn tus_on_s3_goes_on_across_replicas_with_different_part_sizes() {
+    let test = "tus_on_s3_goes_on_across_replicas_with_different_part_sizes";
+    let opts = Options::replicas(2).replica_env(1, "FERRY_RECEIVER_S3_PART_SIZE", "5MiB");
+    let Some(stack) = Stack::start(test, opts) else {
+        return;
+    };
+    let token = stack.ready_device("mixed");
+    let (r0, r1) = (stack.replicas.get(0).addr, stack.replicas.get(1).addr);
+    let body = archive_of_size("ep-mixed", 14, 20 << 20);
+    let sha = sha256_hex(&body);
+    let path = created(r0, &token, "ep-mixed", &sha, body.len());
+    // 7 MiB at the replica of 8 MiB parts: an incomplete part.
+    assert_eq!(patch(r0, &token, &path, 0, &body[..7 << 20]).status, 204);
+    // The rest at the replica of 5 MiB parts.
+    let r = patch(r1, &token, &path, 7 << 20, &body[7 << 20..]);
+    expect(&r, 201, "stored");
+    let rows = assert_rows_have_their_objects(&stack);
+    assert_eq!(rows.get(&("mixed".into(), "ep-mixed".into())), Some(&sha));
+    assert_no_upload_left(&stack);
+}
