@@ -347,3 +347,38 @@ fn tus_on_s3_goes_on_across_replicas_with_different_part_sizes() {
     assert_eq!(rows.get(&("mixed".into(), "ep-mixed".into())), Some(&sha));
     assert_no_upload_left(&stack);
 }
+
+/// The caps on open uploads, counted in the shared index: a device's
+/// newest upload ends its oldest idle one at any replica (its multipart
+/// upload aborted), and past the global cap creation is refused (503).
+#[test]
+fn tus_on_s3_open_uploads_are_capped_across_replicas() {
+    let test = "tus_on_s3_open_uploads_are_capped_across_replicas";
+    let opts = Options::replicas(2)
+        .env("FERRY_RECEIVER_MAX_OPEN_UPLOADS_PER_DEVICE", "2")
+        .env("FERRY_RECEIVER_MAX_OPEN_UPLOADS", "3");
+    let Some(stack) = Stack::start(test, opts) else {
+        return;
+    };
+    let a = stack.ready_device("cap-a");
+    let b = stack.add_device("cap-b");
+    let (r0, r1) = (stack.replicas.get(0).addr, stack.replicas.get(1).addr);
+    let body = archive_of_size("ep-cap", 15, 1 << 20);
+    let sha = sha256_hex(&body);
+    let first = created(r0, &a, "ep-cap-1", &sha, body.len());
+    let second = created(r1, &a, "ep-cap-2", &sha, body.len());
+    assert_eq!(patch(r1, &a, &second, 0, &body[..1000]).status, 204);
+    let _third = created(r0, &a, "ep-cap-3", &sha, body.len());
+    assert_eq!(head(r1, &a, &first).0, 404);
+    assert_eq!(head(r0, &a, &second), (200, Some(1000)));
+    let open = stack.s3.open_multipart_uploads(&format!("{PREFIX}/"));
+    assert_eq!(
+        open.len(),
+        2,
+        "the ended upload's multipart upload is aborted: {open:?}"
+    );
+    created(r1, &b, "ep-cap-b1", &sha, body.len());
+    let r = ferry_tests::tus::create(r0, &b, "ep-cap-b2", &sha, body.len());
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["status"], "overloaded");
+}
