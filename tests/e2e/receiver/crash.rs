@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use ferry_tests::{put_episode, sha256_hex, stored, temp_files, Receiver, COMMIT_A};
 
-use super::archive_of_size;
+use super::{archive_of_size, proto_headers, HeldUpload};
 
 const CYCLES: usize = 3;
 const CLIENTS: usize = 4;
@@ -60,12 +60,24 @@ fn kill9_during_uploads_loses_nothing_acknowledged() {
         next_id += CLIENTS * 100_000 + 1;
         // Let some uploads be acknowledged, then kill in the middle of
         // others: observed in flight (the metric and a body on disk), and
-        // proven cut by the temp files the kill leaves behind.
+        // proven cut by the temp files the kill leaves behind. One upload
+        // is held half-sent, so that the kill always cuts one (the racing
+        // clients' small bodies may all be between two uploads at the
+        // instant of the kill).
         ferry_tests::wait_for("some acknowledged uploads", || {
             (acked.lock().unwrap().len() > cycle * 5 + 5).then_some(())
         });
+        let held_body = &bodies[cycle % bodies.len()];
+        let held = HeldUpload::start(
+            rx.addr,
+            &proto_headers(&token, COMMIT_A, &sha256_hex(held_body)),
+            &format!("held-{cycle}"),
+            held_body,
+            held_body.len() / 2,
+        );
         rx.wait_upload_in_flight();
         rx.kill9();
+        drop(held);
         assert!(
             !temp_files(&rx).is_empty(),
             "cycle {cycle}: the kill cut no upload (no temp file left)"
