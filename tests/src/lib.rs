@@ -546,6 +546,21 @@ impl Spool {
         self.dir.path()
     }
 
+    /// `ferry-agent run` shipping with tus from 1 MiB up, at most 8 MiB/s
+    /// (so that a test can act in the middle of an upload), rescanning and
+    /// retrying quickly, its log in `log`.
+    pub fn resumable_agent(&self, log: &Path) -> std::process::Child {
+        self.agent("run")
+            .env("FERRY_AGENT_SCAN_INTERVAL", "200ms")
+            .env("FERRY_AGENT_BACKOFF_MAX", "1s")
+            .env("FERRY_AGENT_BANDWIDTH_LIMIT", "8MiB")
+            .env("FERRY_AGENT_RESUMABLE_THRESHOLD", "1MiB")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("agent log"))
+            .spawn()
+            .expect("spawn ferry-agent run")
+    }
+
     /// `ferry-agent <sub> --spool S --receiver URL --token-file F`, ready
     /// for more args; the environment is cleared of `FERRY_AGENT_*` and
     /// `NOTIFY_SOCKET` so the host cannot leak into a test.

@@ -25,16 +25,7 @@ fn agent_resumes_a_large_episode_after_the_receiver_is_killed_mid_upload() {
         &[("data.bin", &noise(7, 32 << 20))],
     );
     let log = spool.path().join("agent.log");
-    let mut agent = spool
-        .agent("run")
-        .env("FERRY_AGENT_SCAN_INTERVAL", "200ms")
-        .env("FERRY_AGENT_BACKOFF_MAX", "1s")
-        .env("FERRY_AGENT_BANDWIDTH_LIMIT", "8MiB")
-        .env("FERRY_AGENT_RESUMABLE_THRESHOLD", "1MiB")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut agent = spool.resumable_agent(&log);
     let record = spool.path().join("outbox/ep-big.upload.json");
     // Well into the upload: past three of the receiver's 8 MiB checkpoints.
     ferry_tests::wait_for("24 MiB of the episode at the receiver", || {

@@ -269,16 +269,7 @@ fn agent_resumes_at_another_replica_after_the_one_it_used_is_killed() {
         &[("data.bin", &ferry_tests::noise(17, 40 << 20))],
     );
     let log = spool.path().join("agent.log");
-    let mut agent = spool
-        .agent("run")
-        .env("FERRY_AGENT_SCAN_INTERVAL", "200ms")
-        .env("FERRY_AGENT_BACKOFF_MAX", "1s")
-        .env("FERRY_AGENT_BANDWIDTH_LIMIT", "8MiB")
-        .env("FERRY_AGENT_RESUMABLE_THRESHOLD", "1MiB")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut agent = spool.resumable_agent(&log);
     // Past three of the 8 MiB parts at whichever replica has the PATCH:
     // two are in the bucket and saved (the third may still be on its way).
     let busy = wait_for("24 MiB of the episode at one replica", || {
