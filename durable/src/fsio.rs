@@ -197,12 +197,18 @@ pub fn wait_written(file: &File) -> io::Result<()> {
 
 /// sha256 and size of a file, read in 1 MiB pieces.
 pub fn hash_file(path: &Path) -> io::Result<([u8; 32], u64)> {
-    let mut f = File::open(path)?;
     let mut hasher = sha2::Sha256::new();
+    let size = hash_reader(File::open(path)?, &mut hasher)?;
+    Ok((hasher.finalize().into(), size))
+}
+
+/// Feeds everything `r` yields to `hasher`, read in 1 MiB pieces; the
+/// number of bytes.
+pub fn hash_reader(mut r: impl Read, hasher: &mut sha2::Sha256) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = match f.read(&mut buf) {
+        let n = match r.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -211,7 +217,7 @@ pub fn hash_file(path: &Path) -> io::Result<([u8; 32], u64)> {
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((hasher.finalize().into(), size))
+    Ok(size)
 }
 
 /// An exclusive advisory lock on a file, held for the life of the value.

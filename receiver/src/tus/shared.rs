@@ -478,8 +478,7 @@ impl Patch<'_> {
         if self.renewed.elapsed() < RENEW_EVERY {
             return Ok(());
         }
-        let saved = self.saved.clone();
-        self.save(&saved).await
+        self.fence().await
     }
 
     /// Every byte is here: verify, store as a PUT would, answer. An error

@@ -95,7 +95,7 @@ struct Open {
     created: i64,
     expires: i64,
     offset: u64,
-    pending: u64,
+    length: u64,
 }
 
 impl Open {
@@ -105,7 +105,7 @@ impl Open {
             created: meta.created,
             expires: meta.expires,
             offset: meta.offset,
-            pending: meta.length.saturating_sub(meta.offset),
+            length: meta.length,
         }
     }
 }
@@ -158,7 +158,10 @@ impl Uploads {
             .collect();
         Ok(OpenUploads {
             count: all.len() as u64,
-            pending: all.values().map(|o| o.pending).fold(0, u64::saturating_add),
+            pending: all
+                .values()
+                .map(|o| o.length.saturating_sub(o.offset))
+                .fold(0, u64::saturating_add),
             device: mine,
         })
     }
@@ -350,19 +353,8 @@ impl Uploads {
 pub fn rehash(bin: &Path, upto: u64) -> Result<sha2::Sha256, StoreError> {
     let mut h = sha2::Sha256::new();
     let f = File::open(bin).map_err(|e| StoreError::new("open", bin, e))?;
-    let mut r = io::BufReader::with_capacity(1 << 20, f.take(upto));
-    let mut buf = vec![0u8; 1 << 20];
-    let mut read = 0u64;
-    loop {
-        let n = r
-            .read(&mut buf)
-            .map_err(|e| StoreError::new("read", bin, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        read += n as u64;
-    }
+    let read =
+        fsio::hash_reader(f.take(upto), &mut h).map_err(|e| StoreError::new("read", bin, e))?;
     if read != upto {
         return Err(StoreError::new(
             "read",
