@@ -146,6 +146,29 @@ async fn create(State(state): State<SharedState>, headers: HeaderMap) -> Respons
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// 410 for an upload past its expiry.
+pub(crate) fn expired_upload() -> AppError {
+    AppError(Reply::Gone {
+        detail: "this upload expired; create a new one".into(),
+    })
+}
+
+/// 503 while another PATCH of the upload holds it.
+pub(crate) fn patch_busy() -> AppError {
+    AppError(Reply::Overloaded {
+        retry_after_secs: crate::http::upload::RETRY_AFTER_SECS,
+        detail: "another PATCH of this upload is in progress; retry later".into(),
+    })
+}
+
+/// 409 for a PATCH at `asked` of an upload at `at`.
+pub(crate) fn offset_mismatch(asked: u64, at: u64) -> AppError {
+    AppError(Reply::OffsetMismatch {
+        offset: at,
+        detail: format!("Upload-Offset is {asked}, the upload is at {at}; ask HEAD"),
+    })
+}
+
 /// 404 for an upload that is not there, or not this device's.
 pub(crate) fn no_upload() -> AppError {
     AppError::not_found("no such upload")
@@ -167,9 +190,7 @@ pub(crate) async fn owned(state: &SharedState, device: &str, id: &str) -> Result
         .filter(|m| m.device == device)
         .ok_or_else(no_upload)?;
     if meta.expired(unix_now()) {
-        return Err(AppError(Reply::Gone {
-            detail: "this upload expired; create a new one".into(),
-        }));
+        return Err(expired_upload());
     }
     Ok(meta)
 }
@@ -212,14 +233,13 @@ async fn terminate(
         owned(&state, &device, &id).await?;
         if let Some(parts) = &state.parts {
             shared::terminate(&state, parts.as_ref(), &device, &id).await?;
-            tracing::info!(upload = id, device, "resumable upload terminated");
-            return Ok(StatusCode::NO_CONTENT.into_response());
+        } else {
+            let live = state.uploads.live(&id);
+            let _held = live.lock().await;
+            // Gone meanwhile (completed, or reclaimed): the same 404.
+            owned(&state, &device, &id).await?;
+            state.uploads.remove(&id).await?;
         }
-        let live = state.uploads.live(&id);
-        let _held = live.lock().await;
-        // Gone meanwhile (completed, or reclaimed): the same 404.
-        owned(&state, &device, &id).await?;
-        state.uploads.remove(&id).await?;
         tracing::info!(upload = id, device, "resumable upload terminated");
         Ok::<_, AppError>(StatusCode::NO_CONTENT.into_response())
     }

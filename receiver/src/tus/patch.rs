@@ -35,9 +35,7 @@ use sha2::Digest;
 use tokio::sync::mpsc;
 
 use super::{offset_headers, owned};
-use crate::http::upload::{
-    header_str, is_zstd, stored, take_slots, too_slow, Upload, RETRY_AFTER_SECS,
-};
+use crate::http::upload::{header_str, is_zstd, stored, take_slots, too_slow, Upload};
 use crate::http::{authenticate, reply, AppError, SharedState};
 use crate::store::objects::blocking;
 use crate::store::uploads::{self, Live, Meta};
@@ -116,23 +114,12 @@ async fn run(state: &SharedState, id: &str, h: &HeaderMap, body: Body) -> Result
     let Ok(mut live) =
         tokio::time::timeout(state.config.body_read_timeout, live.lock_owned()).await
     else {
-        return Err(AppError(Reply::Overloaded {
-            retry_after_secs: RETRY_AFTER_SECS,
-            detail: "another PATCH of this upload is in progress; retry later".into(),
-        })
-        .into());
+        return Err(super::patch_busy().into());
     };
     // Read again under the lock: a PATCH before this one moved it on.
     let mut meta = owned(state, &device, id).await?;
     if offset != meta.offset {
-        return Err(AppError(Reply::OffsetMismatch {
-            offset: meta.offset,
-            detail: format!(
-                "Upload-Offset is {offset}, the upload is at {}; ask HEAD",
-                meta.offset
-            ),
-        })
-        .into());
+        return Err(super::offset_mismatch(offset, meta.offset).into());
     }
     // Slots first: a PATCH turned away keeps the hash state for the next.
     let slots = match take_slots(state, &device) {

@@ -29,7 +29,7 @@ use ferry_proto::{Reply, Sha256};
 use sha2::Digest;
 
 use super::patch::{as_upload, completed, digest_mismatch, not_zstd, BodyReader, Done, Piece};
-use super::{no_upload, offset_headers};
+use super::{expired_upload, no_upload, offset_headers, offset_mismatch, patch_busy};
 use crate::http::upload::{is_zstd, stored, take_slots, RETRY_AFTER_SECS};
 use crate::http::{AppError, SharedState};
 use crate::store::objects::PartStore;
@@ -59,9 +59,7 @@ pub fn meta_of(up: &SharedUpload) -> Meta {
 fn check_owned(up: Option<SharedUpload>, device: &str) -> Result<SharedUpload, AppError> {
     let up = up.filter(|u| u.device == device).ok_or_else(no_upload)?;
     if up.progress.expires < unix_now() {
-        return Err(AppError(Reply::Gone {
-            detail: "this upload expired; create a new one".into(),
-        }));
+        return Err(expired_upload());
     }
     Ok(up)
 }
@@ -131,10 +129,7 @@ async fn lease(
                 Err(e)
             }
         },
-        Err(Leased::Held) => Err(AppError(Reply::Overloaded {
-            retry_after_secs: RETRY_AFTER_SECS,
-            detail: "another PATCH of this upload is in progress; retry later".into(),
-        })),
+        Err(Leased::Held) => Err(patch_busy()),
         Err(_) => Err(no_upload()),
     }
 }
@@ -184,14 +179,7 @@ pub(crate) async fn patch(
 ) -> Result<Response, Done> {
     let (lease, up) = lease(state, device, id).await?;
     if offset != up.progress.received {
-        return Err(AppError(Reply::OffsetMismatch {
-            offset: up.progress.received,
-            detail: format!(
-                "Upload-Offset is {offset}, the upload is at {}; ask HEAD",
-                up.progress.received
-            ),
-        })
-        .into());
+        return Err(offset_mismatch(offset, up.progress.received).into());
     }
     let hash = HashState::decode(&up.progress.hash).map_err(|e| {
         tracing::error!(upload = id, error = %e, "an upload's hash state does not decode");
