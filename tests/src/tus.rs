@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 
 use base64::Engine;
 
-use crate::{read_response, read_response_head, request, request_head, Response, COMMIT_A};
+use crate::{read_response_head, request, request_head, Response, COMMIT_A};
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -49,32 +49,30 @@ pub fn created(addr: SocketAddr, token: &str, id: &str, sha: &str, len: usize) -
     loc
 }
 
+/// The headers of a PATCH of `len` bytes at `offset` (an empty one says
+/// `Content-Length: 0` too).
+fn patch_headers(token: &str, offset: u64, len: usize) -> [(&'static str, String); 5] {
+    [
+        ("Tus-Resumable", "1.0.0".into()),
+        ("Authorization", auth(token)),
+        ("Content-Type", "application/offset+octet-stream".into()),
+        ("Upload-Offset", offset.to_string()),
+        ("Content-Length", len.to_string()),
+    ]
+}
+
 /// The head of a PATCH that announces `len` bytes at `offset`.
 pub fn patch_head(addr: SocketAddr, token: &str, path: &str, offset: u64, len: usize) -> String {
-    let (a, o) = (auth(token), offset.to_string());
-    request_head(
-        addr,
-        "PATCH",
-        path,
-        &[
-            ("Tus-Resumable", "1.0.0"),
-            ("Authorization", &a),
-            ("Content-Type", "application/offset+octet-stream"),
-            ("Upload-Offset", &o),
-            ("Content-Length", &len.to_string()),
-        ],
-        len,
-    )
+    let h = patch_headers(token, offset, len);
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    request_head(addr, "PATCH", path, &h, len)
 }
 
 /// A whole PATCH of `bytes` at `offset`; the answer.
 pub fn patch(addr: SocketAddr, token: &str, path: &str, offset: u64, bytes: &[u8]) -> Response {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(crate::DEADLINE)).unwrap();
-    s.write_all(patch_head(addr, token, path, offset, bytes.len()).as_bytes())
-        .unwrap();
-    let _ = s.write_all(bytes);
-    read_response(&mut s)
+    let h = patch_headers(token, offset, bytes.len());
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    request(addr, "PATCH", path, &h, bytes)
 }
 
 /// A PATCH that announces `announced` bytes, sends `bytes` of them and
