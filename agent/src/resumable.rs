@@ -99,26 +99,6 @@ pub fn write_record(spool: &Spool, id: &EpisodeId, rec: &UploadRecord) -> std::i
     fsio::write_atomic(&spool.upload_record(id), &text)
 }
 
-/// The resumable uploads in progress in the outbox (blocking), by episode:
-/// for `status` and `doctor`.
-pub fn in_progress(spool: &Spool) -> Vec<(EpisodeId, UploadRecord)> {
-    let Ok(rd) = std::fs::read_dir(spool.dir(crate::spool::OUTBOX)) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(EpisodeId, UploadRecord)> = rd
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name();
-            let stem = name.to_str()?.strip_suffix(crate::spool::UPLOAD_EXT)?;
-            let id = EpisodeId::parse(stem).ok()?;
-            let rec = read_record(spool, &id)?;
-            Some((id, rec))
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-    out
-}
-
 /// Keeps the offset the receiver reported in the record, for `status`.
 async fn note_offset(s: &Shipment<'_>, url: &str, size: u64, offset: u64) {
     let rec = UploadRecord {

@@ -178,6 +178,12 @@ impl Spool {
 }
 
 /// Classify an outbox file name: `(id, is_partial)`.
+/// The episode whose resumable upload record (`<id>.upload.json`) `name`
+/// is.
+pub fn parse_upload_record_name(name: &str) -> Option<EpisodeId> {
+    EpisodeId::parse(name.strip_suffix(UPLOAD_EXT)?).ok()
+}
+
 pub fn parse_outbox_name(name: &str) -> Option<(EpisodeId, bool)> {
     if let Some(stem) = name.strip_suffix(PARTIAL_EXT) {
         return EpisodeId::parse(stem).ok().map(|id| (id, true));

@@ -97,20 +97,25 @@ pub fn counts(s: &Spool) -> io::Result<Counts> {
     };
     for e in entries(s, spool::OUTBOX)? {
         let name = e.file_name();
-        match spool::parse_outbox_name(&name.to_string_lossy()) {
+        let name = name.to_string_lossy();
+        match spool::parse_outbox_name(&name) {
             Some((_, true)) => c.partial += 1,
             Some((_, false)) => c.outbox += 1,
             None => {}
         }
+        // A resumable upload in progress, by its record.
+        let Some(id) = spool::parse_upload_record_name(&name) else {
+            continue;
+        };
+        if let Some(r) = crate::resumable::read_record(s, &id) {
+            c.resumable.push(Resumable {
+                episode: id.to_string(),
+                offset: r.offset,
+                size: r.size,
+            });
+        }
     }
-    c.resumable = crate::resumable::in_progress(s)
-        .into_iter()
-        .map(|(id, r)| Resumable {
-            episode: id.to_string(),
-            offset: r.offset,
-            size: r.size,
-        })
-        .collect();
+    c.resumable.sort_by(|a, b| a.episode.cmp(&b.episode));
     let (ids, bad) = if s.dir(spool::QUARANTINE).exists() {
         quarantine::list_ids(s)?
     } else {

@@ -143,10 +143,7 @@ fn sweep_outbox(
             let name = e.file_name().to_string_lossy().into_owned();
             // An upload record whose episode is gone (a crash between the
             // move and the removal of the tarball): nothing to resume.
-            if let Some(id) = name
-                .strip_suffix(spool::UPLOAD_EXT)
-                .and_then(|stem| ferry_proto::EpisodeId::parse(stem).ok())
-            {
+            if let Some(id) = spool::parse_upload_record_name(&name) {
                 if !spool.episode_dir(&id).exists() {
                     remove(&e.path(), &mut sw.orphans, &mut sw.errors);
                 }
