@@ -232,14 +232,12 @@ impl Shipper {
         };
         let (body, watch) = self.stream_from(file, size);
         let rb = self
-            .client
-            .put(format!("{}{}", self.base, ferry_proto::episode_path(id)))
+            .request(reqwest::Method::PUT, &ferry_proto::episode_path(id), &token)
             .header(headers::COMMIT, commit.as_str())
             .header(headers::SHA256, sha256.as_str())
             .header(reqwest::header::CONTENT_LENGTH, size)
             .header(reqwest::header::CONTENT_TYPE, "application/zstd")
             .body(body);
-        let rb = self.authed(rb, &token);
         let result = self.send_streamed(rb, watch, tarball, cancel).await;
         (result, token_problem)
     }
