@@ -261,20 +261,20 @@ fn check_commit(
     }))
 }
 
-fn already_present(id: &EpisodeId, sha256: String, size: u64) -> Response {
-    reply(Reply::AlreadyPresent {
+fn already_present(id: &EpisodeId, sha256: String, size: u64) -> Reply {
+    Reply::AlreadyPresent {
         episode_id: id.to_string(),
         sha256,
         size,
-    })
+    }
 }
 
-fn conflict(id: &EpisodeId, existing: String, ours: &Sha256) -> Response {
-    reply(Reply::Conflict {
+fn conflict(id: &EpisodeId, existing: String, ours: &Sha256) -> Reply {
+    Reply::Conflict {
         episode_id: id.to_string(),
         existing_sha256: existing,
         sha256: Some(ours.to_string()),
-    })
+    }
 }
 
 /// Decrements the in-flight gauge when the upload ends, however it ends.
@@ -323,21 +323,21 @@ pub(crate) async fn before_body(
 
     if let Some(existing) = up.existing.take() {
         if existing.sha256 != up.sha256 {
-            return Ok(Some(conflict(
+            return Ok(Some(reply(conflict(
                 &up.id,
                 existing.sha256.to_string(),
                 &up.sha256,
-            )));
+            ))));
         }
         // Same bytes are already stored, unless the object was lost: then
         // this upload repairs it (and still answers 200).
         match state.objects.stat(&up.sha256).await {
             Ok(Some(_)) => {
-                return Ok(Some(already_present(
+                return Ok(Some(reply(already_present(
                     &up.id,
                     existing.sha256.to_string(),
                     existing.size,
-                )))
+                ))))
             }
             Ok(None) => tracing::error!(
                 episode_id = %up.id, device = up.device, sha256 = %up.sha256,
@@ -552,17 +552,11 @@ pub(crate) async fn stored(
             })
         }
         // Same id, same bytes, same path: the object is the winner's too.
-        Inserted::Exists(info) if info.sha256 == up.sha256 => Ok(Reply::AlreadyPresent {
-            episode_id: up.id.to_string(),
-            sha256: info.sha256.to_string(),
-            size: info.size,
-        }),
+        Inserted::Exists(info) if info.sha256 == up.sha256 => {
+            Ok(already_present(&up.id, info.sha256.to_string(), info.size))
+        }
         // Lost the race to other bytes: ours are left to the collector.
-        Inserted::Exists(info) => Ok(Reply::Conflict {
-            episode_id: up.id.to_string(),
-            existing_sha256: info.sha256.to_string(),
-            sha256: Some(up.sha256.to_string()),
-        }),
+        Inserted::Exists(info) => Ok(conflict(&up.id, info.sha256.to_string(), &up.sha256)),
         // Revoked while the body streamed: nothing was stored.
         Inserted::Refused(why) => {
             tracing::info!(
